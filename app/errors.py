@@ -1,0 +1,140 @@
+"""The service's exception hierarchy.
+
+Every error the service raises on purpose derives from ``SandboxControlError``
+and carries the HTTP status and machine ``code`` it is answered with; the one
+exception handler in ``app.api.errors`` turns it into the wire envelope
+``{"success": false, "error": ..., "code": ...}``. Subclasses also inherit the
+built-in exception they mean, so callers can catch ``LookupError`` or
+``TimeoutError`` without importing this module.
+
+    SandboxControlError                      500 internal
+    ├── BadRequest (ValueError)              400 bad_request
+    │   ├── HostNotAllowed                   400 host_not_allowed
+    │   └── UnsupportedSpec                  422 unsupported_spec
+    ├── Unauthorized (PermissionError)       401 unauthorized
+    ├── NotFound (LookupError)               404 not_found
+    │   ├── SandboxNotFound                  404 sandbox_not_found
+    │   └── SnapshotNotFound                 404 snapshot_not_found
+    ├── Conflict                             409 conflict
+    │   └── SandboxNotRunning                409 sandbox_not_running
+    ├── PayloadTooLarge                      413 payload_too_large
+    ├── ProviderError                        502 provider_error
+    │   └── ProviderAuthError                502 provider_auth
+    ├── ProviderUnavailable (ConnectionError) 503 provider_unavailable
+    ├── StorageUnavailable (ConnectionError)  503 storage_unavailable
+    └── SnapshotCorrupt (ValueError)          422 snapshot_corrupt
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class SandboxControlError(Exception):
+    """Root of every deliberate error; carries its HTTP status and code."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class BadRequest(SandboxControlError, ValueError):
+    """The request is well-formed JSON but asks for something invalid."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class HostNotAllowed(BadRequest):
+    """A callback or control-plane URL points at a host not on the allow list."""
+
+    code = "host_not_allowed"
+
+
+class UnsupportedSpec(BadRequest):
+    """The provider cannot honour a requested field (e.g. ``gpu`` on local)."""
+
+    status_code = 422
+    code = "unsupported_spec"
+
+    def __init__(self, field: str, provider: str, reason: str = "") -> None:
+        text = f"provider {provider!r} does not support {field!r}"
+        super().__init__(f"{text}: {reason}" if reason else text, field=field, provider=provider)
+        self.field = field
+        self.provider = provider
+
+
+class Unauthorized(SandboxControlError, PermissionError):
+    """Missing, malformed, expired or wrong credentials."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFound(SandboxControlError, LookupError):
+    """A named resource does not exist."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class SandboxNotFound(NotFound):
+    code = "sandbox_not_found"
+
+
+class SnapshotNotFound(NotFound):
+    code = "snapshot_not_found"
+
+
+class Conflict(SandboxControlError):
+    """The resource exists but is in a state that forbids the operation."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class SandboxNotRunning(Conflict):
+    code = "sandbox_not_running"
+
+
+class PayloadTooLarge(SandboxControlError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ProviderError(SandboxControlError):
+    """The provider answered, but with a failure that retrying will not fix."""
+
+    status_code = 502
+    code = "provider_error"
+
+
+class ProviderAuthError(ProviderError):
+    """The provider refused our credentials; fail fast, never retry."""
+
+    code = "provider_auth"
+
+
+class ProviderUnavailable(SandboxControlError, ConnectionError):
+    """The provider is down or overloaded; the caller may retry later."""
+
+    status_code = 503
+    code = "provider_unavailable"
+
+
+class StorageUnavailable(SandboxControlError, ConnectionError):
+    """The blob store (S3/MinIO) or state store is unreachable."""
+
+    status_code = 503
+    code = "storage_unavailable"
+
+
+class SnapshotCorrupt(SandboxControlError, ValueError):
+    """A snapshot blob failed verification or holds a hostile entry."""
+
+    status_code = 422
+    code = "snapshot_corrupt"

@@ -1,0 +1,172 @@
+"""The provider contract: where a sandbox runs, behind one small async ABC.
+
+Services build everything else (snapshots, pools, builds, files over HTTP) on
+these few methods, once, for every provider. A provider translates its own
+failures at this boundary into the errors of ``app.errors``:
+
+Raises (any method taking ``ref``):
+    SandboxNotFound: the provider has no sandbox with that reference.
+    SandboxNotRunning: the operation needs a running sandbox and it is stopped.
+    ProviderUnavailable: transient trouble (engine down, 5xx, timeouts); retryable.
+    ProviderError / ProviderAuthError: a definitive provider-side failure.
+    UnsupportedSpec: ``create`` was asked for something it cannot honour.
+
+A command that exits non-zero or runs out of time is a *result*
+(``ExecResult``), never an exception: "command failed" is not "sandbox down".
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ProviderStatus = Literal["running", "stopped", "failed"]
+
+#: Exit code reported for a command killed at its deadline (as coreutils ``timeout``).
+TIMEOUT_EXIT_CODE = 124
+
+
+class Resources(BaseModel):
+    """Requested (and, in a sandbox record, effective) resources."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float | None = Field(default=None, gt=0, le=256, description="CPU cores")
+    memory_mb: int | None = Field(default=None, ge=16, le=1024 * 1024)
+    disk_mb: int | None = Field(default=None, ge=16, le=64 * 1024 * 1024)
+    gpu: str | None = Field(default=None, min_length=1, max_length=64, description="e.g. 'A10G' or 'any'")
+    pids: int | None = Field(default=None, ge=8, le=1_000_000, description="max processes")
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What a provider needs to create one sandbox."""
+
+    sandbox_id: str
+    image: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    #: ``None`` = provider default; ``"host"``, ``"none"`` or a named network.
+    network: str | None = None
+    #: Long-running entry command (e.g. the supervisor); ``None`` = idle.
+    command: Sequence[str] | None = None
+    ttl_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class ProviderSandbox:
+    """A sandbox as the provider sees it."""
+
+    provider_object_id: str
+    status: ProviderStatus
+    labels: Mapping[str, str] = field(default_factory=dict)
+    image: str | None = None
+    created_at: datetime | None = None
+    #: Effective resources after the provider merged defaults and limits.
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """The outcome of one command; a timeout is a result, not an error."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
+    #: True when stdout or stderr was cut at the output limit.
+    truncated: bool = False
+    duration_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider can honour; services refuse the rest with 422."""
+
+    gpu: bool = False
+    stop_start: bool = True
+    max_disk_mb: int | None = None
+    #: Network modes accepted in ``SandboxSpec.network``; ``None`` = any name.
+    networks: frozenset[str] | None = frozenset({"host", "none"})
+
+
+class Provider(abc.ABC):
+    """Async interface every sandbox backend implements.
+
+    Implementations are constructed with the service ``Settings`` and must not
+    block the event loop: subprocesses are async, sync SDKs run in threads.
+    """
+
+    #: Registry name, e.g. ``"local"``.
+    name: str = ""
+    capabilities: Capabilities = Capabilities()
+
+    async def aopen(self) -> None:  # noqa: B027 - optional hook
+        """Prepare the provider (connect, check binaries). Called once at start."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and connections. Sandboxes keep running."""
+
+    @abc.abstractmethod
+    async def create(self, spec: SandboxSpec) -> ProviderSandbox:
+        """Create and start a sandbox; returns once it can run commands."""
+
+    @abc.abstractmethod
+    async def start(self, ref: str) -> None:
+        """Resume a stopped sandbox with its filesystem intact (idempotent)."""
+
+    @abc.abstractmethod
+    async def stop(self, ref: str) -> None:
+        """End every process of the sandbox but keep its filesystem (idempotent)."""
+
+    @abc.abstractmethod
+    async def delete(self, ref: str) -> None:
+        """Remove the sandbox and its filesystem. Missing → ``SandboxNotFound``."""
+
+    @abc.abstractmethod
+    async def status(self, ref: str) -> ProviderStatus:
+        """Current status. Missing → ``SandboxNotFound``."""
+
+    @abc.abstractmethod
+    async def list(self, labels: Mapping[str, str] | None = None) -> list[ProviderSandbox]:
+        """Sandboxes this service created whose labels include ``labels``."""
+
+    @abc.abstractmethod
+    async def exec(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> ExecResult:
+        """Run ``argv`` inside the sandbox; kill it (whole process group) at ``timeout``.
+
+        On expiry the result has ``timed_out=True`` and exit code 124. Output
+        beyond ``max_output_bytes`` per stream is dropped and ``truncated`` set.
+        """
+
+    @abc.abstractmethod
+    def read_file(self, ref: str, path: str) -> AsyncIterator[bytes]:
+        """Stream one file's bytes. Missing file → ``FileNotFoundError``."""
+
+    @abc.abstractmethod
+    async def write_file(self, ref: str, path: str, data: AsyncIterator[bytes]) -> None:
+        """Write one file (parents created) from a byte stream."""
+
+    @abc.abstractmethod
+    def export_tar(self, ref: str, path: str) -> AsyncIterator[bytes]:
+        """Stream an uncompressed tar of directory ``path`` (entries relative to it)."""
+
+    @abc.abstractmethod
+    async def import_tar(self, ref: str, path: str, data: AsyncIterator[bytes]) -> None:
+        """Extract an uncompressed tar stream into directory ``path`` (created)."""

@@ -1,0 +1,160 @@
+"""Service configuration from the environment, validated once at start.
+
+``Settings.load()`` is the only place the environment is read; everything
+else receives the ``Settings`` object. A bad value stops the service with a
+message that names the variable.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+#: Minimum length of an API secret, in bytes.
+MIN_SECRET_BYTES = 32
+#: File under the data dir holding the generated secret of ``make run``.
+SECRET_FILE_NAME = "api-secret"
+_PLACEHOLDERS = {"changeme", "change-me", "secret", "your-secret-here", "replace-me", "xxx"}
+
+
+class ConfigError(Exception):
+    """The configuration cannot work; raised before anything starts."""
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; environment names in ``validation_alias``."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    provider: str = Field(default="local", validation_alias="SANDBOX_PROVIDER")
+    #: Shared HMAC secrets, comma separated; the first signs, all verify.
+    api_secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("SANDBOX_API_SECRET", "DAYTONA_API_SECRET", "MODAL_API_SECRET"),
+    )
+    auth_mode: Literal["token", "signed"] = Field(default="token", validation_alias="SANDBOX_AUTH_MODE")
+    #: Accepted clock skew for bearer tokens and signatures, seconds.
+    auth_skew_seconds: int = Field(default=300, ge=5, le=3600, validation_alias="SANDBOX_AUTH_SKEW_SECONDS")
+    data_dir: Path = Field(default=Path(".sandbox-control"), validation_alias="SANDBOX_DATA_DIR")
+    #: SQLAlchemy async URL; default ``sqlite+aiosqlite:///<data_dir>/state.db``.
+    state_url: str | None = Field(default=None, validation_alias="SANDBOX_STATE_URL")
+    host: str = Field(default="127.0.0.1", validation_alias="SANDBOX_HOST")
+    port: int = Field(default=8080, ge=1, le=65535, validation_alias="SANDBOX_PORT")
+    log_level: str = Field(default="info", validation_alias="SANDBOX_LOG_LEVEL")
+
+    # Blob store: S3 when a bucket is set, else a directory under data_dir.
+    s3_endpoint: str | None = Field(default=None, validation_alias="S3_ENDPOINT")
+    s3_bucket: str | None = Field(default=None, validation_alias="S3_BUCKET")
+    s3_access_key: SecretStr | None = Field(default=None, validation_alias="S3_ACCESS_KEY")
+    s3_secret_key: SecretStr | None = Field(default=None, validation_alias="S3_SECRET_KEY")
+    s3_region: str = Field(default="us-east-1", validation_alias="S3_REGION")
+    s3_path_style: bool = Field(default=True, validation_alias="S3_PATH_STYLE")
+    s3_create_bucket: bool = Field(default=True, validation_alias="S3_CREATE_BUCKET")
+
+    base_image: str | None = Field(default=None, validation_alias="SANDBOX_BASE_IMAGE")
+    allowed_control_plane_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="ALLOWED_CONTROL_PLANE_HOSTS"
+    )
+    internal_callback_secret: SecretStr | None = Field(default=None, validation_alias="INTERNAL_CALLBACK_SECRET")
+
+    # Limits of the API.
+    max_json_body_bytes: int = Field(default=1 << 20, ge=1024, validation_alias="SANDBOX_MAX_JSON_BODY_BYTES")
+    max_upload_bytes: int = Field(default=1 << 30, ge=1024, validation_alias="SANDBOX_MAX_UPLOAD_BYTES")
+    exec_max_output_bytes: int = Field(default=1 << 20, ge=1024, validation_alias="SANDBOX_EXEC_MAX_OUTPUT_BYTES")
+    exec_default_timeout: float = Field(default=60.0, gt=0, validation_alias="SANDBOX_EXEC_DEFAULT_TIMEOUT")
+    exec_max_timeout: float = Field(default=3600.0, gt=0, validation_alias="SANDBOX_EXEC_MAX_TIMEOUT")
+    default_ttl_seconds: int | None = Field(default=None, ge=1, validation_alias="SANDBOX_DEFAULT_TTL_SECONDS")
+    max_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, validation_alias="SANDBOX_MAX_TTL_SECONDS")
+    reaper_interval_seconds: float = Field(default=15.0, gt=0, validation_alias="SANDBOX_REAPER_INTERVAL")
+    reconcile_interval_seconds: float = Field(default=60.0, gt=0, validation_alias="SANDBOX_RECONCILE_INTERVAL")
+
+    # Local (bubblewrap) provider.
+    local_bwrap: str = Field(default="bwrap", validation_alias="SANDBOX_LOCAL_BWRAP")
+    #: A root filesystem directory to use instead of the host's system dirs.
+    local_rootfs: Path | None = Field(default=None, validation_alias="SANDBOX_LOCAL_ROOTFS")
+    #: First host uid of the range sandboxes run as when the service is root.
+    local_uid_base: int = Field(default=200_000, ge=1000, validation_alias="SANDBOX_LOCAL_UID_BASE")
+    local_uid_count: int = Field(default=10_000, ge=1, validation_alias="SANDBOX_LOCAL_UID_COUNT")
+
+    # Docker provider.
+    docker_network: str | None = Field(default=None, validation_alias="SANDBOX_DOCKER_NETWORK")
+    docker_pull: Literal["never", "missing", "always"] = Field(default="never", validation_alias="SANDBOX_DOCKER_PULL")
+
+    @field_validator("api_secrets", "allowed_control_plane_hosts", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.exec_default_timeout > self.exec_max_timeout:
+            raise ValueError("SANDBOX_EXEC_DEFAULT_TIMEOUT exceeds SANDBOX_EXEC_MAX_TIMEOUT")
+        return self
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Read the environment (plus ``overrides``), or raise ``ConfigError``."""
+        try:
+            settings = cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigError(f"invalid configuration: {problems}") from None
+        return settings
+
+    @property
+    def secret_file(self) -> Path:
+        return self.data_dir / SECRET_FILE_NAME
+
+    @property
+    def effective_state_url(self) -> str:
+        return self.state_url or f"sqlite+aiosqlite:///{(self.data_dir / 'state.db').resolve()}"
+
+    def resolved_secrets(self) -> list[bytes]:
+        """The API secrets from the environment, else the data dir's secret file."""
+        values = [s.get_secret_value() for s in self.api_secrets]
+        if not values and self.secret_file.is_file():
+            values = [v.strip() for v in self.secret_file.read_text().split(",") if v.strip()]
+        return [v.encode() for v in values]
+
+    def validate_secrets(self) -> list[bytes]:
+        """Refuse to run with no secret, a short one, or a placeholder."""
+        found = self.resolved_secrets()
+        if not found:
+            raise ConfigError(
+                "no API secret: set SANDBOX_API_SECRET (32+ bytes, e.g. `openssl rand -hex 32`) "
+                f"or run `sandboxctl serve`, which generates one into {self.secret_file}"
+            )
+        for value in found:
+            if value.decode(errors="replace").lower() in _PLACEHOLDERS:
+                raise ConfigError("SANDBOX_API_SECRET is a placeholder; generate a random one")
+            if len(value) < MIN_SECRET_BYTES:
+                raise ConfigError(f"SANDBOX_API_SECRET is shorter than {MIN_SECRET_BYTES} bytes")
+        return found
+
+
+def ensure_secret_file(settings: Settings) -> bool:
+    """Create a random secret in the data dir when none is configured.
+
+    Returns True when a new secret was written (first run of ``make run``).
+    """
+    if settings.resolved_secrets():
+        return False
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.secret_file
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text(secrets.token_hex(32) + "\n")
+    path.chmod(0o600)
+    return True

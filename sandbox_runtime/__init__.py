@@ -1,0 +1,1 @@
+"""The in-sandbox supervisor: repository boot, env server, bridge. Imports nothing from ``app``."""
