@@ -113,6 +113,10 @@ class Provider(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients and connections. Sandboxes keep running."""
 
+    async def ping(self) -> None:
+        """Readiness check: raise ``ProviderUnavailable`` when the backend cannot serve."""
+        await self.list({"sandbox-control.ping": "1"})
+
     @abc.abstractmethod
     async def create(self, spec: SandboxSpec) -> ProviderSandbox:
         """Create and start a sandbox; returns once it can run commands."""

@@ -1,0 +1,72 @@
+"""The one place where errors become HTTP answers.
+
+Every answer has the envelope ``{"success": false, "error": <readable>,
+"code": <machine code>}``; unexpected exceptions become a 500 with code
+``internal`` and no stack trace (the trace goes to the log with the request id).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import SandboxControlError
+from app.logging import get_logger
+
+log = get_logger("api")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def error_body(message: str, code: str, **details: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"success": False, "error": message, "code": code}
+    if details:
+        body["details"] = details
+    return body
+
+
+def error_response(exc: SandboxControlError) -> JSONResponse:
+    safe = {k: v for k, v in exc.details.items() if isinstance(v, str | int | float | bool | list) or v is None}
+    return JSONResponse(error_body(exc.message, exc.code, **safe), status_code=exc.status_code)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    problems = []
+    for err in exc.errors():
+        location = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        problems.append({"field": location or "body", "message": err.get("msg", "invalid")})
+    text = "; ".join(f"{p['field']}: {p['message']}" for p in problems[:5])
+    return f"invalid request: {text}", problems
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map our exceptions, validation errors and framework HTTP errors to the envelope."""
+
+    async def on_ours(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, SandboxControlError)
+        if exc.status_code >= 500:
+            log.warning("request.failed", code=exc.code, error=exc.message)
+        return error_response(exc)
+
+    async def on_validation(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        message, problems = _validation_message(exc)
+        return JSONResponse(error_body(message, "validation_error", problems=problems), status_code=422)
+
+    async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(str(exc.detail), code), status_code=exc.status_code, headers=exc.headers)
+
+    async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("request.crashed", error_type=type(exc).__name__, exc_info=exc)
+        return JSONResponse(error_body("internal error", "internal"), status_code=500)
+
+    app.add_exception_handler(SandboxControlError, on_ours)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

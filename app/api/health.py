@@ -1,0 +1,60 @@
+"""Liveness, readiness and metrics (no authentication)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from app.api.deps import ServicesDep
+from app.errors import SandboxControlError
+
+router = APIRouter(tags=["health"])
+_CHECK_TIMEOUT = 5.0
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process serves requests."""
+    return {"status": "ok"}
+
+
+@router.get("/api/health")
+async def compat_health() -> dict[str, Any]:
+    """Open-Inspect's health endpoint."""
+    return {"success": True, "data": {"status": "healthy", "service": "sandbox-control"}}
+
+
+async def _check(name: str, probe: Any) -> tuple[str, str]:
+    try:
+        await asyncio.wait_for(probe(), _CHECK_TIMEOUT)
+    except TimeoutError:
+        return name, "timeout"
+    except SandboxControlError as exc:
+        return name, f"error: {exc.message}"
+    except Exception as exc:  # a readiness probe reports, it does not crash
+        return name, f"error: {type(exc).__name__}"
+    return name, "ok"
+
+
+@router.get("/readyz")
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Readiness: the state store, the blob store and the provider answer."""
+    probes = [("state", services.store.ping), ("provider", services.provider.ping)]
+    blobs = getattr(services, "blobs", None)
+    if blobs is not None:
+        probes.append(("blobs", blobs.ping))
+    checks = dict(await asyncio.gather(*(_check(name, probe) for name, probe in probes)))
+    ready = all(v == "ok" for v in checks.values())
+    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(services: ServicesDep) -> Response:
+    """Prometheus text format."""
+    services.metrics.set_sandbox_counts(await services.store.count_by_status())
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

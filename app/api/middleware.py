@@ -1,0 +1,188 @@
+"""ASGI middleware: request context and metrics, then auth and body limits.
+
+Both run before FastAPI parses a body, so an unauthenticated caller learns
+nothing about the API's validation, and an oversized body is refused before
+it is read whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from app.api.errors import error_response
+from app.auth import SIGNATURE_HEADER, RequestVerifier
+from app.errors import PayloadTooLarge, SandboxControlError, Unauthorized
+from app.logging import get_logger, request_id_var
+from app.metrics import Metrics
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Paths answered without credentials (liveness, readiness, metrics, docs).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/health", "/docs", "/openapi.json"})
+CONTENT_SHA256_HEADER = "x-content-sha256"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+log = get_logger("http")
+
+
+def _header(scope: Scope, name: str) -> str | None:
+    wanted = name.encode()
+    for key, value in scope.get("headers", ()):
+        if key.lower() == wanted:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def is_streamed_upload(scope: Scope) -> bool:
+    """File uploads stream up to the upload limit; everything else is small JSON."""
+    return scope.get("method") == "PUT" and str(scope.get("path", "")).endswith("/files")
+
+
+class RequestContextMiddleware:
+    """Binds a request id, logs one line per request, records metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, "x-request-id")
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else secrets.token_hex(8)
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.request_latency.labels(method, template).observe(elapsed)
+            if template not in ("/healthz", "/metrics"):
+                log.info("request", method=method, route=template, status=status, ms=round(elapsed * 1000, 1))
+            request_id_var.reset(token)
+
+
+class AuthMiddleware:
+    """Verifies credentials and enforces body size limits before any parsing."""
+
+    def __init__(self, app: ASGIApp, verifier: RequestVerifier, max_json_bytes: int, max_upload_bytes: int) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.max_json_bytes = max_json_bytes
+        self.max_upload_bytes = max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            receive = await self._authenticate(scope, receive)
+        except SandboxControlError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _authenticate(self, scope: Scope, receive: Receive) -> Receive:
+        limit = self.max_upload_bytes if is_streamed_upload(scope) else self.max_json_bytes
+        declared = _header(scope, "content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        signature = _header(scope, SIGNATURE_HEADER)
+        if signature is None:
+            if self.verifier.mode == "signed":
+                raise Unauthorized("signed requests are required (X-Sandbox-Signature)")
+            self.verifier.check_bearer(_header(scope, "authorization"))
+            return _limited(receive, limit)
+        path_query = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
+        if scope.get("query_string"):
+            path_query += "?" + scope["query_string"].decode("latin-1")
+        content_hash = _header(scope, CONTENT_SHA256_HEADER)
+        if content_hash is not None:
+            # Streamed body: trust the declared hash for the signature now and
+            # prove it when the last byte arrives (the handler then aborts).
+            self.verifier.check_signature_header(signature, scope["method"], path_query, content_hash.lower())
+            return _hash_checked(_limited(receive, limit), content_hash.lower())
+        body = await _read_body(receive, limit)
+        self.verifier.check_signature_header(signature, scope["method"], path_query, hashlib.sha256(body).hexdigest())
+        return _replay(body)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Unauthorized("client disconnected before the body was complete")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    size = 0
+
+    async def receive_limited() -> Message:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        return message
+
+    return receive_limited
+
+
+def _hash_checked(receive: Receive, expected: str) -> Receive:
+    digest = hashlib.sha256()
+
+    async def receive_checked() -> Message:
+        message = await receive()
+        digest.update(message.get("body", b""))
+        finished = message["type"] == "http.request" and not message.get("more_body", False)
+        if finished and digest.hexdigest() != expected:
+            raise Unauthorized("body does not match the signed X-Content-SHA256")
+        return message
+
+    return receive_checked

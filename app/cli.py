@@ -1,0 +1,250 @@
+"""``sandboxctl``: serve the API, mint tokens, and drive sandboxes from a shell.
+
+The URL comes from ``SANDBOX_URL`` (default ``http://127.0.0.1:8080``), the
+secret from ``SANDBOX_API_SECRET`` or the data dir's generated secret file.
+Every failure prints one readable line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.auth import make_token
+from app.client import ApiError, SandboxClient
+from app.settings import ConfigError, Settings, ensure_secret_file
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line."""
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    return Settings.load(**overrides)
+
+
+def _secret(settings: Settings) -> bytes:
+    found = settings.resolved_secrets()
+    if not found:
+        raise CliError(
+            f"no API secret: set SANDBOX_API_SECRET or run `sandboxctl serve` once (creates {settings.secret_file})"
+        )
+    return found[0]
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in values or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise CliError(f"{what} {item!r} must be KEY=VALUE")
+        result[key] = value
+    return result
+
+
+def _split_target(spec: str) -> tuple[str | None, str]:
+    """``ID:/path`` names a sandbox file; anything else is a local path."""
+    head, colon, tail = spec.partition(":")
+    if colon and head and "/" not in head and tail:
+        return head, tail
+    return None, spec
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = _settings(args)
+    if ensure_secret_file(settings):
+        sys.stderr.write(f"generated an API secret in {settings.secret_file}\n")
+    host = args.host or settings.host
+    port = args.port or settings.port
+    app = create_app(settings)
+    sys.stderr.write(
+        f"serving on http://{host}:{port} (provider {settings.provider}); "
+        f"get a token with: sandboxctl token   (SANDBOX_DATA_DIR={settings.data_dir})\n"
+    )
+    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    print(make_token(_secret(_settings(args))))
+    return 0
+
+
+async def _with_client(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    url = args.url or os.environ.get("SANDBOX_URL") or DEFAULT_URL
+    async with SandboxClient(url, _secret(settings)) as client:
+        return int(await args.handler(client, args))
+
+
+async def cmd_create(client: SandboxClient, args: argparse.Namespace) -> int:
+    fields: dict[str, Any] = {"labels": _pairs(args.label, "label"), "env": _pairs(args.env, "env")}
+    if args.id:
+        fields["sandbox_id"] = args.id
+    if args.image:
+        fields["image"] = args.image
+    if args.ttl:
+        fields["ttl_seconds"] = args.ttl
+    if args.network:
+        fields["network"] = args.network
+    resources = {k: v for k, v in {"cpu": args.cpu, "memory_mb": args.memory_mb}.items() if v}
+    if resources:
+        fields["resources"] = resources
+    sandbox = await client.create(**fields)
+    print(json.dumps(sandbox) if args.json else sandbox["id"])
+    return 0
+
+
+async def cmd_ls(client: SandboxClient, args: argparse.Namespace) -> int:
+    sandboxes = await client.list_sandboxes(_pairs(args.label, "label"))
+    if args.json:
+        print(json.dumps(sandboxes))
+        return 0
+    for s in sandboxes:
+        labels = ",".join(f"{k}={v}" for k, v in s["labels"].items())
+        print(f"{s['id']}\t{s['status']}\t{s['provider']}\t{s['created_at']}\t{labels}")
+    return 0
+
+
+async def cmd_exec(client: SandboxClient, args: argparse.Namespace) -> int:
+    command = [c for c in args.command if c != "--"] if args.command else []
+    if not command:
+        raise CliError("usage: sandboxctl exec ID -- COMMAND [ARGS...]")
+    options: dict[str, Any] = {}
+    if args.timeout:
+        options["timeout_seconds"] = args.timeout
+    if args.cwd:
+        options["cwd"] = args.cwd
+    if not sys.stdin.isatty() and args.stdin:
+        options["stdin"] = sys.stdin.read()
+    result = await client.exec(args.id, command, **options)
+    sys.stdout.write(result["stdout"])
+    sys.stderr.write(result["stderr"])
+    if result["timed_out"]:
+        sys.stderr.write(f"sandboxctl: command timed out after {args.timeout or 'the default'} s\n")
+    return int(result["exit_code"])
+
+
+async def cmd_cp(client: SandboxClient, args: argparse.Namespace) -> int:
+    src_id, src = _split_target(args.src)
+    dst_id, dst = _split_target(args.dst)
+    if (src_id is None) == (dst_id is None):
+        raise CliError("exactly one side of cp must be ID:/path")
+    if dst_id is not None:
+        local = Path(src)
+        if not local.is_file():
+            raise CliError(f"no such local file: {src}")
+        await client.upload(dst_id, dst, local)
+        return 0
+    assert src_id is not None
+    target = Path(dst)
+    if target.is_dir():
+        target = target / Path(src).name
+    partial = target.with_name(target.name + ".part")
+    try:
+        with partial.open("wb") as fh:
+            async for chunk in client.download(src_id, src):
+                fh.write(chunk)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return 0
+
+
+def _simple(method: str) -> Any:
+    async def run(client: SandboxClient, args: argparse.Namespace) -> int:
+        result = await getattr(client, method)(args.id)
+        print(result["id"], result["status"])
+        return 0
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sandboxctl", description="Sandbox control service CLI")
+    parser.add_argument("--data-dir", help="data dir holding the generated secret (SANDBOX_DATA_DIR)")
+    parser.add_argument("--url", help=f"service URL (SANDBOX_URL, default {DEFAULT_URL})")
+    sub = parser.add_subparsers(dest="command_name", required=True)
+
+    serve = sub.add_parser("serve", help="serve the API")
+    serve.add_argument("--host", help="bind address (SANDBOX_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (SANDBOX_PORT, default 8080)")
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("token", help="print a bearer token valid for 5 minutes").set_defaults(func=cmd_token)
+
+    create = sub.add_parser("create", help="create a sandbox; prints its id")
+    create.add_argument("--id", help="logical sandbox id")
+    create.add_argument("--image")
+    create.add_argument("--label", action="append", metavar="KEY=VALUE")
+    create.add_argument("--env", action="append", metavar="KEY=VALUE")
+    create.add_argument("--ttl", type=int, metavar="SECONDS")
+    create.add_argument("--network", help="host, none, or a provider network name")
+    create.add_argument("--cpu", type=float)
+    create.add_argument("--memory-mb", type=int)
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(handler=cmd_create)
+
+    ls = sub.add_parser("ls", help="list sandboxes")
+    ls.add_argument("--label", action="append", metavar="KEY=VALUE")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=cmd_ls)
+
+    exec_ = sub.add_parser("exec", help="run a command: sandboxctl exec ID -- CMD ARGS...")
+    exec_.add_argument("id")
+    exec_.add_argument("--timeout", type=float)
+    exec_.add_argument("--cwd")
+    exec_.add_argument("--stdin", action="store_true", help="send this process's stdin")
+    exec_.add_argument("command", nargs=argparse.REMAINDER)
+    exec_.set_defaults(handler=cmd_exec)
+
+    cp = sub.add_parser("cp", help="copy a file: cp LOCAL ID:/path  or  cp ID:/path LOCAL")
+    cp.add_argument("src")
+    cp.add_argument("dst")
+    cp.set_defaults(handler=cmd_cp)
+
+    simple = (("stop", "stop", "stop (keep files)"), ("start", "start", "resume"), ("rm", "delete", "delete"))
+    for name, method, text in simple:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("id")
+        p.set_defaults(handler=_simple(method))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if hasattr(args, "func"):
+            return int(args.func(args))
+        return asyncio.run(_with_client(args))
+    except ApiError as exc:
+        sys.stderr.write(f"sandboxctl: {exc.message} ({exc.code})\n")
+    except (CliError, ConfigError) as exc:
+        sys.stderr.write(f"sandboxctl: {exc}\n")
+    except httpx.HTTPError as exc:
+        sys.stderr.write(f"sandboxctl: cannot reach the service: {exc or type(exc).__name__}\n")
+    except OSError as exc:
+        sys.stderr.write(f"sandboxctl: {exc.strerror or exc}\n")
+    except KeyboardInterrupt:
+        sys.stderr.write("sandboxctl: interrupted\n")
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

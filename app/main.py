@@ -1,0 +1,79 @@
+"""``create_app(settings)``: everything is built in the lifespan; no module globals."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import health
+from app.api.errors import install_error_handlers
+from app.api.middleware import AuthMiddleware, RequestContextMiddleware
+from app.api.v1 import sandboxes
+from app.auth import RequestVerifier
+from app.logging import configure_logging, get_logger
+from app.metrics import Metrics
+from app.providers.instrumented import InstrumentedProvider
+from app.providers.registry import create_provider
+from app.services.background import Periodic
+from app.services.container import Services
+from app.services.sandboxes import SandboxService
+from app.settings import Settings
+from app.storage.state import StateStore
+
+log = get_logger("app")
+
+
+def _known_secrets(settings: Settings, api_secrets: list[bytes]) -> list[str]:
+    values = [s.decode() for s in api_secrets]
+    for secret in (settings.s3_secret_key, settings.s3_access_key, settings.internal_callback_secret):
+        if secret is not None:
+            values.append(secret.get_secret_value())
+    return values
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the service. Raises ``ConfigError`` for a configuration that cannot work."""
+    api_secrets = settings.validate_secrets()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level, _known_secrets(settings, api_secrets))
+        async with AsyncExitStack() as stack:
+            store = StateStore(settings.effective_state_url)
+            await store.open()
+            stack.push_async_callback(store.aclose)
+            provider = InstrumentedProvider(create_provider(settings.provider, settings), metrics)
+            await provider.aopen()
+            stack.push_async_callback(provider.aclose)
+            sandbox_service = SandboxService(settings, store, provider)
+            app.state.services = Services(
+                settings=settings, metrics=metrics, store=store, provider=provider, sandboxes=sandbox_service
+            )
+            counts = await sandbox_service.reconcile()
+            log.info("service.started", provider=settings.provider, reconciled=counts)
+            for job in (
+                Periodic("reap", settings.reaper_interval_seconds, sandbox_service.reap_expired),
+                Periodic("reconcile", settings.reconcile_interval_seconds, sandbox_service.reconcile),
+            ):
+                job.start()
+                stack.push_async_callback(job.aclose)
+            yield
+            log.info("service.stopping")
+
+    app = FastAPI(title="Sandbox Control", version="0.1.0", lifespan=lifespan, docs_url="/docs")
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(sandboxes.router)
+    verifier = RequestVerifier(api_secrets, settings.auth_skew_seconds, settings.auth_mode)
+    # Added last = outermost: context wraps auth so rejected requests are logged and counted.
+    app.add_middleware(
+        AuthMiddleware,
+        verifier=verifier,
+        max_json_bytes=settings.max_json_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app

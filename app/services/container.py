@@ -1,0 +1,20 @@
+"""The services of one app instance, built in the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.metrics import Metrics
+from app.providers.base import Provider
+from app.services.sandboxes import SandboxService
+from app.settings import Settings
+from app.storage.state import StateStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    store: StateStore
+    provider: Provider
+    sandboxes: SandboxService

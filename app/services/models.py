@@ -1,0 +1,146 @@
+"""Request and response models shared by the routes and the services.
+
+One model pair per operation, ``extra="forbid"`` everywhere: a misspelt field
+is a 422, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.providers.base import Resources
+
+#: Label keys we set ourselves; callers may read but not set them.
+RESERVED_LABEL_PREFIX = "sandbox-control."
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62}[A-Za-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_LABELS = 64
+MAX_ENV = 256
+
+
+def validate_labels(labels: dict[str, str], *, allow_reserved: bool = False) -> dict[str, str]:
+    """Label keys like Kubernetes', values printable and ≤ 256 chars; at most 64."""
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise ValueError(f"invalid label key {key!r}: letters, digits and ._/- only, 1-64 chars")
+        if key.startswith(RESERVED_LABEL_PREFIX) and not allow_reserved:
+            raise ValueError(f"label prefix {RESERVED_LABEL_PREFIX!r} is reserved")
+        if len(value) > 256 or not value.isprintable():
+            raise ValueError(f"invalid value for label {key!r}: printable text, at most 256 chars")
+    return labels
+
+
+def validate_env(env: dict[str, str]) -> dict[str, str]:
+    if len(env) > MAX_ENV:
+        raise ValueError(f"at most {MAX_ENV} environment variables")
+    for name, value in env.items():
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"invalid environment variable name {name!r}")
+        if "\x00" in value or len(value) > 32 * 1024:
+            raise ValueError(f"invalid value for environment variable {name!r}")
+    return env
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+SandboxId = Annotated[str, Field(pattern=_SANDBOX_ID.pattern, description="letters, digits, ._- (max 128)")]
+
+
+class CreateSandboxRequest(StrictModel):
+    """``POST /v1/sandboxes``."""
+
+    sandbox_id: SandboxId | None = Field(default=None, description="logical id; generated when absent")
+    image: str | None = Field(default=None, max_length=512)
+    env: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    ttl_seconds: int | None = Field(default=None, ge=1)
+    network: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    command: list[Annotated[str, Field(max_length=8192)]] | None = Field(
+        default=None, min_length=1, max_length=256, description="long-running entry command"
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return validate_labels(value)
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return validate_env(value)
+
+
+class SandboxView(StrictModel):
+    """A sandbox as the API shows it."""
+
+    id: str
+    provider: str
+    provider_object_id: str | None
+    status: str
+    image: str | None
+    labels: dict[str, str]
+    resources: dict[str, Any]
+    network: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    session_id: str | None = None
+    repo: str | None = None
+    error: str | None = None
+
+
+class SandboxList(StrictModel):
+    sandboxes: list[SandboxView]
+
+
+class ExecRequest(StrictModel):
+    """``POST /v1/sandboxes/{id}/exec``: argv list, or a shell string run by ``/bin/sh -c``."""
+
+    command: list[Annotated[str, Field(max_length=65536)]] | Annotated[str, Field(min_length=1, max_length=65536)]
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    cwd: str | None = Field(default=None, min_length=1, max_length=4096)
+    env: dict[str, str] = Field(default_factory=dict)
+    stdin: str | None = Field(default=None, max_length=8 * 1024 * 1024)
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return validate_env(value)
+
+    @field_validator("command")
+    @classmethod
+    def _non_empty(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and (not value or not value[0]):
+            raise ValueError("command must be a non-empty argv list or a shell string")
+        if any("\x00" in part for part in ([value] if isinstance(value, str) else value)):
+            raise ValueError("command must not contain NUL bytes")
+        return value
+
+
+class ExecResponse(StrictModel):
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+    truncated: bool
+    duration_ms: int
+
+
+class EventView(StrictModel):
+    at: datetime
+    kind: str
+    detail: dict[str, Any]
+
+
+class EventList(StrictModel):
+    events: list[EventView]

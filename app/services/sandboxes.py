@@ -1,0 +1,367 @@
+"""Sandbox lifecycle on top of the provider contract and the state store.
+
+The state store is the service's memory; the provider is the truth about
+what runs. Every change goes store-first ("creating", "deleting") so that a
+crash mid-operation leaves a record the reconciler can finish: adopt the
+sandbox, delete it, or mark it failed. Nothing is left running unrecorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
+from pathlib import PurePosixPath
+from typing import Any
+
+from app.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    SandboxControlError,
+    SandboxNotFound,
+    SandboxNotRunning,
+    UnsupportedSpec,
+)
+from app.logging import get_logger
+from app.providers.base import ExecResult, Provider, SandboxSpec
+from app.services.models import RESERVED_LABEL_PREFIX, CreateSandboxRequest, ExecRequest
+from app.settings import Settings
+from app.storage.state import SandboxRecord, StateStore, utcnow
+from app.streams import aclose_stream
+
+ID_LABEL = RESERVED_LABEL_PREFIX + "id"
+MANAGED_LABEL = RESERVED_LABEL_PREFIX + "managed"
+DEFAULT_CWD = "/workspace"
+_FILE_PATH_MAX = 4096
+
+log = get_logger("sandboxes")
+
+
+def new_sandbox_id() -> str:
+    return "sbx_" + secrets.token_hex(8)
+
+
+def resolve_sandbox_path(path: str) -> str:
+    """Normalise a file API path: relative to /workspace, no ``..``, no NUL.
+
+    File operations run inside the sandbox as its own user, so an absolute
+    path names the sandbox's own filesystem, never the host's; ``..`` is still
+    refused so a path means what it says.
+    """
+    if not path or len(path) > _FILE_PATH_MAX or "\x00" in path:
+        raise BadRequest("path must be 1-4096 characters without NUL bytes", field="path")
+    parts = PurePosixPath(path).parts
+    if ".." in parts:
+        raise BadRequest("path must not contain '..'", field="path")
+    full = PurePosixPath(path) if path.startswith("/") else PurePosixPath(DEFAULT_CWD) / path
+    if str(full) == "/":
+        raise BadRequest("path must name a file", field="path")
+    return str(full)
+
+
+class SandboxService:
+    """Create, find, run commands in, stop, start and delete sandboxes."""
+
+    def __init__(self, settings: Settings, store: StateStore, provider: Provider) -> None:
+        self.settings = settings
+        self.store = store
+        self.provider = provider
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    # -- create ------------------------------------------------------------
+
+    def _check_spec(self, request: CreateSandboxRequest) -> None:
+        caps = self.provider.capabilities
+        name = self.provider.name
+        if request.resources.gpu and not caps.gpu:
+            raise UnsupportedSpec("resources.gpu", name, "no GPU is available")
+        if request.resources.disk_mb and caps.max_disk_mb is not None and request.resources.disk_mb > caps.max_disk_mb:
+            raise UnsupportedSpec("resources.disk_mb", name, f"at most {caps.max_disk_mb} MB")
+        if request.network and caps.networks is not None and request.network not in caps.networks:
+            raise UnsupportedSpec("network", name, f"choose one of {sorted(caps.networks)}")
+        if request.ttl_seconds and request.ttl_seconds > self.settings.max_ttl_seconds:
+            raise BadRequest(f"ttl_seconds exceeds the maximum of {self.settings.max_ttl_seconds}", field="ttl_seconds")
+
+    async def create(
+        self, request: CreateSandboxRequest, *, extra_env: Mapping[str, str] | None = None, **record_fields: Any
+    ) -> SandboxRecord:
+        """Create a sandbox and return once it runs; a failure leaves no sandbox behind."""
+        self._check_spec(request)
+        sandbox_id = request.sandbox_id or new_sandbox_id()
+        existing = await self.store.get_sandbox(sandbox_id)
+        if existing is not None:
+            raise Conflict(f"sandbox {sandbox_id!r} already exists", sandbox_id=sandbox_id)
+        now = utcnow()
+        ttl = request.ttl_seconds or self.settings.default_ttl_seconds
+        record = SandboxRecord(
+            id=sandbox_id,
+            provider=self.provider.name,
+            status="creating",
+            created_at=now,
+            updated_at=now,
+            image=request.image or self.settings.base_image,
+            labels=dict(request.labels),
+            resources=request.resources.model_dump(exclude_none=True),
+            network=request.network,
+            command=list(request.command) if request.command else None,
+            env_names=sorted({*request.env, *(extra_env or {})}),
+            ttl_seconds=ttl,
+            expires_at=now + timedelta(seconds=ttl) if ttl else None,
+            **record_fields,
+        )
+        try:
+            await self.store.insert_sandbox(record)
+        except Exception as exc:  # a concurrent create with the same id wins the primary key
+            if await self.store.get_sandbox(sandbox_id) is not None:
+                raise Conflict(f"sandbox {sandbox_id!r} already exists", sandbox_id=sandbox_id) from exc
+            raise
+        spec = SandboxSpec(
+            sandbox_id=sandbox_id,
+            image=record.image,
+            env={**request.env, **(extra_env or {})},
+            labels={**request.labels, ID_LABEL: sandbox_id, MANAGED_LABEL: "true"},
+            resources=request.resources,
+            network=request.network,
+            command=request.command,
+            ttl_seconds=ttl,
+        )
+        async with self._lock(sandbox_id):
+            try:
+                created = await self.provider.create(spec)
+            except BaseException as exc:
+                await asyncio.shield(self._abandon_create(sandbox_id, exc))
+                raise
+            updated = await self.store.update_sandbox(
+                sandbox_id,
+                provider_object_id=created.provider_object_id,
+                status=created.status,
+                resources=created.resources.model_dump(exclude_none=True) or record.resources,
+            )
+        await self.store.add_event(sandbox_id, "created", provider_object_id=created.provider_object_id)
+        log.info("sandbox.created", sandbox_id=sandbox_id, provider_object_id=created.provider_object_id)
+        return updated or record
+
+    async def _abandon_create(self, sandbox_id: str, exc: BaseException) -> None:
+        """Remove whatever the provider made for a failed create and record why."""
+        try:
+            for leftover in await self.provider.list({ID_LABEL: sandbox_id}):
+                await self.provider.delete(leftover.provider_object_id)
+        except Exception as cleanup_exc:  # the reconciler retries later
+            log.warning("sandbox.create_cleanup_failed", sandbox_id=sandbox_id, error=str(cleanup_exc))
+            await self.store.update_sandbox(sandbox_id, status="failed", error=_describe(exc))
+            return
+        await self.store.update_sandbox(sandbox_id, status="deleted", deleted_at=utcnow(), error=_describe(exc))
+        await self.store.add_event(sandbox_id, "create_failed", error=_describe(exc))
+
+    # -- lookup ------------------------------------------------------------
+
+    async def get(self, any_id: str) -> SandboxRecord:
+        record = await self.store.get_sandbox(any_id)
+        if record is None:
+            raise SandboxNotFound(f"sandbox {any_id!r} not found", sandbox_id=any_id)
+        return record
+
+    async def list(self, labels: Mapping[str, str] | None = None) -> list[SandboxRecord]:
+        return await self.store.list_sandboxes(labels)
+
+    async def _running(self, any_id: str) -> SandboxRecord:
+        record = await self.get(any_id)
+        if record.status != "running" or record.provider_object_id is None:
+            raise SandboxNotRunning(f"sandbox {record.id!r} is {record.status}", sandbox_id=record.id)
+        return record
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def delete(self, any_id: str) -> SandboxRecord:
+        record = await self.get(any_id)
+        async with self._lock(record.id):
+            if record.provider_object_id:
+                # Already gone is fine: deleting is idempotent on the provider side.
+                with contextlib.suppress(SandboxNotFound):
+                    await self.provider.delete(record.provider_object_id)
+            updated = await self.store.update_sandbox(record.id, status="deleted", deleted_at=utcnow())
+            await self.store.add_event(record.id, "deleted")
+        self._locks.pop(record.id, None)
+        log.info("sandbox.deleted", sandbox_id=record.id)
+        return updated or record
+
+    async def stop(self, any_id: str) -> SandboxRecord:
+        record = await self.get(any_id)
+        if not self.provider.capabilities.stop_start:
+            raise UnsupportedSpec("stop", self.provider.name, "sandboxes cannot be stopped and resumed")
+        async with self._lock(record.id):
+            if record.provider_object_id is None or record.status not in ("running", "stopped"):
+                raise Conflict(f"sandbox {record.id!r} is {record.status}", sandbox_id=record.id)
+            await self.provider.stop(record.provider_object_id)
+            updated = await self.store.update_sandbox(record.id, status="stopped")
+            await self.store.add_event(record.id, "stopped")
+        return updated or record
+
+    async def start(self, any_id: str) -> SandboxRecord:
+        record = await self.get(any_id)
+        if not self.provider.capabilities.stop_start:
+            raise UnsupportedSpec("start", self.provider.name, "sandboxes cannot be stopped and resumed")
+        async with self._lock(record.id):
+            if record.provider_object_id is None or record.status not in ("running", "stopped"):
+                raise Conflict(f"sandbox {record.id!r} is {record.status}", sandbox_id=record.id)
+            await self.provider.start(record.provider_object_id)
+            updated = await self.store.update_sandbox(record.id, status="running")
+            await self.store.add_event(record.id, "started")
+        return updated or record
+
+    # -- commands and files ------------------------------------------------
+
+    async def exec(self, any_id: str, request: ExecRequest) -> ExecResult:
+        record = await self._running(any_id)
+        timeout = request.timeout_seconds or self.settings.exec_default_timeout
+        if timeout > self.settings.exec_max_timeout:
+            raise BadRequest(f"timeout_seconds exceeds the maximum of {self.settings.exec_max_timeout}")
+        argv = ["/bin/sh", "-c", request.command] if isinstance(request.command, str) else list(request.command)
+        cwd = resolve_sandbox_path(request.cwd) if request.cwd else DEFAULT_CWD
+        assert record.provider_object_id is not None
+        result = await self.provider.exec(
+            record.provider_object_id,
+            argv,
+            timeout=timeout,
+            cwd=cwd,
+            env=request.env,
+            stdin=request.stdin.encode() if request.stdin is not None else None,
+            max_output_bytes=self.settings.exec_max_output_bytes,
+        )
+        if result.timed_out:
+            log.info("sandbox.exec_timeout", sandbox_id=record.id, argv0=argv[0], timeout=timeout)
+        return result
+
+    async def read_file(self, any_id: str, path: str) -> AsyncIterator[bytes]:
+        """Open a file for streaming; errors (missing file, stopped sandbox) raise before the first byte."""
+        record = await self._running(any_id)
+        assert record.provider_object_id is not None
+        target = resolve_sandbox_path(path)
+        stream = self.provider.read_file(record.provider_object_id, target)
+        try:
+            first = await anext(stream, b"")
+        except FileNotFoundError:
+            raise NotFound(f"no such file: {target}", path=target) from None
+        except IsADirectoryError:
+            raise BadRequest(f"{target} is a directory", field="path") from None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                if first:
+                    yield first
+                async for chunk in stream:
+                    yield chunk
+            finally:
+                await aclose_stream(stream)
+
+        return chunks()
+
+    async def write_file(self, any_id: str, path: str, body: AsyncIterator[bytes], *, limit: int) -> int:
+        """Write a file from a byte stream, atomically: a broken upload leaves the old file."""
+        record = await self._running(any_id)
+        ref = record.provider_object_id
+        assert ref is not None
+        target = resolve_sandbox_path(path)
+        partial = f"{target}.upload-{secrets.token_hex(4)}"
+        written = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal written
+            async for chunk in body:
+                written += len(chunk)
+                if written > limit:
+                    raise PayloadTooLarge(f"upload exceeds {limit} bytes")
+                yield chunk
+
+        try:
+            await self.provider.write_file(ref, partial, counted())
+            result = await self.provider.exec(ref, ["mv", "-f", "--", partial, target], timeout=30)
+        except BaseException:
+            await asyncio.shield(self._discard(ref, partial))
+            raise
+        if result.exit_code != 0:
+            await self._discard(ref, partial)
+            raise BadRequest(f"cannot write {target}: {result.stderr.decode(errors='replace').strip()}", field="path")
+        return written
+
+    async def _discard(self, ref: str, path: str) -> None:
+        try:
+            await self.provider.exec(ref, ["rm", "-f", "--", path], timeout=30)
+        except SandboxControlError as exc:
+            log.warning("sandbox.upload_cleanup_failed", error=str(exc))
+
+    # -- background duties -------------------------------------------------
+
+    async def reap_expired(self) -> int:
+        """Delete sandboxes past their TTL; returns how many were reaped."""
+        reaped = 0
+        for record in await self.store.expired_sandboxes(utcnow()):
+            try:
+                await self.delete(record.id)
+                await self.store.add_event(record.id, "reaped", expires_at=str(record.expires_at))
+                reaped += 1
+            except SandboxControlError as exc:
+                log.warning("sandbox.reap_failed", sandbox_id=record.id, error=str(exc))
+        return reaped
+
+    async def reconcile(self) -> dict[str, int]:
+        """Align the store with the provider after a restart or a crash.
+
+        Records still ``creating`` are adopted when the provider has the
+        sandbox, else marked failed; statuses are refreshed; sandboxes the
+        provider lost are marked deleted; managed provider sandboxes with no
+        live record (a crash between create and record) are deleted.
+        """
+        counts = {"adopted": 0, "updated": 0, "vanished": 0, "orphans_deleted": 0}
+        live = {p.labels.get(ID_LABEL, ""): p for p in await self.provider.list({MANAGED_LABEL: "true"})}
+        for record in await self.store.list_sandboxes():
+            found = live.pop(record.id, None)
+            if record.provider_object_id is None and record.status in ("creating", "failed"):
+                if record.id in self._locks:  # a create in progress in this process
+                    continue
+                if found is not None and record.status == "creating":
+                    await self.store.update_sandbox(
+                        record.id, provider_object_id=found.provider_object_id, status=found.status
+                    )
+                    await self.store.add_event(record.id, "adopted")
+                    counts["adopted"] += 1
+                elif found is not None:  # a failed create whose cleanup failed: finish it
+                    live[record.id] = found
+                elif record.status == "creating":
+                    await self.store.update_sandbox(record.id, status="failed", error="creation was interrupted")
+                continue
+            if found is None:
+                if record.status in ("running", "stopped"):
+                    await self.store.update_sandbox(record.id, status="deleted", deleted_at=utcnow())
+                    await self.store.add_event(record.id, "vanished")
+                    counts["vanished"] += 1
+                continue
+            if found.status != record.status and record.status in ("running", "stopped", "failed"):
+                await self.store.update_sandbox(record.id, status=found.status)
+                await self.store.add_event(record.id, "status_changed", old=record.status, new=found.status)
+                counts["updated"] += 1
+        for sandbox_id, orphan in live.items():
+            # Left in ``live``: no record in a live state. Skip creates in flight here.
+            if sandbox_id in self._locks:
+                continue
+            try:
+                await self.provider.delete(orphan.provider_object_id)
+                counts["orphans_deleted"] += 1
+            except SandboxNotFound:
+                pass
+        return counts
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SandboxControlError):
+        return exc.message
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return f"{type(exc).__name__}: {exc}"

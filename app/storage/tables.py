@@ -1,0 +1,72 @@
+"""SQLAlchemy table definitions of the state store.
+
+Columns added later must be nullable (or have a server default) so that
+``StateStore.open`` can add them to an existing database in place.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class SandboxRow(Base):
+    __tablename__ = "sandboxes"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    provider_object_id: Mapped[str | None] = mapped_column(String(256), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    image: Mapped[str | None] = mapped_column(String(512))
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    resources: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    network: Mapped[str | None] = mapped_column(String(128))
+    command: Mapped[list[Any] | None] = mapped_column(JSON)
+    #: Names (never values) of the env vars given at create.
+    env_names: Mapped[list[Any] | None] = mapped_column(JSON)
+    ttl_seconds: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    repo_owner: Mapped[str | None] = mapped_column(String(256))
+    repo_name: Mapped[str | None] = mapped_column(String(256))
+    session_id: Mapped[str | None] = mapped_column(String(256), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    deleted_at: Mapped[datetime | None]
+
+
+class SandboxLabelRow(Base):
+    """One row per label, so label filters are indexed lookups."""
+
+    __tablename__ = "sandbox_labels"
+    __table_args__ = (Index("ix_sandbox_labels_kv", "key", "value"),)
+
+    sandbox_id: Mapped[str] = mapped_column(ForeignKey("sandboxes.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class SandboxEventRow(Base):
+    """An audit trail of what happened to a sandbox (created, stopped, reaped, ...)."""
+
+    __tablename__ = "sandbox_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sandbox_id: Mapped[str] = mapped_column(String(128), index=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class SchemaVersionRow(Base):
+    __tablename__ = "schema_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
