@@ -4,6 +4,7 @@ import importlib.util
 
 _PLUGINS = [
     "tests.fixtures.app",
+    "tests.fixtures.postgres",
     "tests.fixtures.providers",
     "tests.fixtures.s3",
     "tests.fixtures.runtime",

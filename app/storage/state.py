@@ -144,6 +144,7 @@ class StateStore:
     async def insert_sandbox(self, record: SandboxRecord) -> None:
         async with self.sessions.begin() as session:
             session.add(SandboxRow(**dataclasses.asdict(record)))
+            await session.flush()  # the labels' foreign key needs the sandbox row first
             for key, value in record.labels.items():
                 session.add(SandboxLabelRow(sandbox_id=record.id, key=key, value=value))
 

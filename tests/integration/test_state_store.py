@@ -1,0 +1,91 @@
+"""The state store on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from app.storage.state import SandboxRecord, StateStore, utcnow
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    store = StateStore(url)
+    await store.open()
+    yield store
+    await store.aclose()
+
+
+def record(sandbox_id: str, **fields: object) -> SandboxRecord:
+    now = utcnow()
+    values: dict[str, object] = {"provider": "fake", "status": "running", "created_at": now, "updated_at": now}
+    values.update(fields)
+    return SandboxRecord(id=sandbox_id, **values)  # type: ignore[arg-type]
+
+
+async def test_round_trip_and_label_queries(store: StateStore) -> None:
+    prefix = uuid.uuid4().hex[:8]
+    a, b = f"{prefix}-a", f"{prefix}-b"
+    await store.insert_sandbox(record(a, labels={"run": prefix, "kind": "x"}, provider_object_id=f"p-{a}"))
+    await store.insert_sandbox(record(b, labels={"run": prefix, "kind": "y"}, resources={"cpu": 1.5}))
+    got = await store.get_sandbox(a)
+    assert got is not None and got.labels == {"run": prefix, "kind": "x"}
+    assert got.created_at.tzinfo is not None
+    assert (await store.get_sandbox(f"p-{a}")) == got
+    assert [r.id for r in await store.list_sandboxes({"run": prefix})] == [a, b]
+    assert [r.id for r in await store.list_sandboxes({"run": prefix, "kind": "y"})] == [b]
+    updated = await store.update_sandbox(b, status="deleted", deleted_at=utcnow())
+    assert updated is not None and updated.status == "deleted"
+    assert await store.get_sandbox(b) is None
+    assert (await store.get_sandbox(b, include_deleted=True)) is not None
+    assert [r.id for r in await store.list_sandboxes({"run": prefix})] == [a]
+    assert await store.update_sandbox("nope", status="x") is None
+
+
+async def test_events_and_expiry(store: StateStore) -> None:
+    sandbox_id = uuid.uuid4().hex
+    await store.insert_sandbox(record(sandbox_id, expires_at=utcnow() - timedelta(seconds=5)))
+    await store.add_event(sandbox_id, "created", provider_object_id="p1")
+    await store.add_event(sandbox_id, "stopped")
+    events = await store.list_events(sandbox_id)
+    assert [e["kind"] for e in events] == ["created", "stopped"]
+    assert events[0]["detail"] == {"provider_object_id": "p1"}
+    assert sandbox_id in {r.id for r in await store.expired_sandboxes(utcnow())}
+    counts = await store.count_by_status()
+    assert counts["running"] >= 1
+
+
+async def test_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A database from an older release (missing columns) opens and gains them."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE sandboxes (id VARCHAR(128) PRIMARY KEY, provider VARCHAR(32), status VARCHAR(16), "
+            "provider_object_id VARCHAR(256), created_at DATETIME, updated_at DATETIME)"
+        )
+        conn.execute(
+            "INSERT INTO sandboxes VALUES ('old-1', 'local', 'running', 'lcl-1', "
+            "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+        )
+    store = StateStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        old = await store.get_sandbox("old-1")
+        assert old is not None and old.session_id is None and old.labels in (None, {})
+        await store.update_sandbox("old-1", session_id="s-1")
+        assert (await store.get_sandbox("old-1")).session_id == "s-1"  # type: ignore[union-attr]
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(sandboxes)")}
+        assert {"labels", "session_id", "expires_at", "deleted_at"} <= columns
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
