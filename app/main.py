@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -41,6 +42,10 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level, _known_secrets(settings, api_secrets))
+        if settings.loop_debug_slow_ms:
+            loop = asyncio.get_running_loop()
+            loop.set_debug(True)
+            loop.slow_callback_duration = settings.loop_debug_slow_ms / 1000
         async with AsyncExitStack() as stack:
             store = StateStore(settings.effective_state_url)
             await store.open()

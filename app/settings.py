@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", validation_alias="SANDBOX_HOST")
     port: int = Field(default=8080, ge=1, le=65535, validation_alias="SANDBOX_PORT")
     log_level: str = Field(default="info", validation_alias="SANDBOX_LOG_LEVEL")
+    #: Turn on asyncio debug mode and log every callback slower than this (ms);
+    #: used by the benchmarks to prove the event loop never blocks.
+    loop_debug_slow_ms: int | None = Field(default=None, ge=1, validation_alias="SANDBOX_LOOP_DEBUG_SLOW_MS")
 
     # Blob store: S3 when a bucket is set, else a directory under data_dir.
     s3_endpoint: str | None = Field(default=None, validation_alias="S3_ENDPOINT")
