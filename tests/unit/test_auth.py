@@ -58,7 +58,16 @@ def test_any_rotated_secret_verifies() -> None:
 
 @pytest.mark.parametrize(
     "token",
-    ["", "abc", "123.", ".abc", "12a.{}".format("0" * 64), "123." + "G" * 64, "123." + "0" * 63, "1" * 20 + "." + "0" * 64],
+    [
+        "",
+        "abc",
+        "123.",
+        ".abc",
+        "12a.{}".format("0" * 64),
+        "123." + "G" * 64,
+        "123." + "0" * 63,
+        "1" * 20 + "." + "0" * 64,
+    ],
 )
 def test_malformed_tokens_are_refused(token: str) -> None:
     with pytest.raises(Unauthorized):
