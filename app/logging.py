@@ -105,12 +105,13 @@ def configure_logging(level: str = "info", secrets: Iterable[str] = (), stream: 
         logging.getLogger(name).propagate = True
     # Access logs duplicate our request log line (which has the request id).
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "aiosqlite"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "aiosqlite", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return redactor
 
 
 def get_logger(name: str | None = None) -> Any:
-    """A structlog logger (bound with ``logger=name`` when given)."""
-    log = structlog.get_logger()
-    return log.bind(logger=name) if name else log
+    """A structlog logger (bound with ``component=name`` when given)."""
+    # Initial values keep the proxy lazy: binding now would freeze the
+    # configuration in force at import time, before configure_logging runs.
+    return structlog.get_logger(component=name) if name else structlog.get_logger()

@@ -2,7 +2,8 @@
 
 Every answer has the envelope ``{"success": false, "error": <readable>,
 "code": <machine code>}``; unexpected exceptions become a 500 with code
-``internal`` and no stack trace (the trace goes to the log with the request id).
+``internal`` and no stack trace, in ``RequestContextMiddleware`` (the trace goes
+to the log with the request id).
 """
 
 from __future__ import annotations
@@ -62,11 +63,6 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return JSONResponse(error_body(str(exc.detail), code), status_code=exc.status_code, headers=exc.headers)
 
-    async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.error("request.crashed", error_type=type(exc).__name__, exc_info=exc)
-        return JSONResponse(error_body("internal error", "internal"), status_code=500)
-
     app.add_exception_handler(SandboxControlError, on_ours)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(Exception, on_unexpected)

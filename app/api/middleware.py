@@ -8,13 +8,14 @@ it is read whole.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from app.api.errors import error_response
+from app.api.errors import error_body, error_response
 from app.auth import SIGNATURE_HEADER, RequestVerifier
 from app.errors import PayloadTooLarge, SandboxControlError, Unauthorized
 from app.logging import get_logger, request_id_var
@@ -29,6 +30,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: Paths answered without credentials (liveness, readiness, metrics, docs).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/health", "/docs", "/openapi.json"})
 CONTENT_SHA256_HEADER = "x-content-sha256"
+INTERNAL_ERROR_BODY = json.dumps(error_body("internal error", "internal")).encode()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 log = get_logger("http")
@@ -64,16 +66,28 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
 
+        response_started = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Anything unexpected ends here, once: logged with its trace and
+            # answered as a bare 500 envelope (never a trace to the caller).
+            log.error("request.crashed", error_type=type(exc).__name__, exc_info=exc)
+            if status == 500 and not response_started:
+                await send_with_id(
+                    {"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"application/json")]}
+                )
+                await send_with_id({"type": "http.response.body", "body": INTERNAL_ERROR_BODY})
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -128,7 +142,7 @@ class AuthMiddleware:
             return _hash_checked(_limited(receive, limit), content_hash.lower())
         body = await _read_body(receive, limit)
         self.verifier.check_signature_header(signature, scope["method"], path_query, hashlib.sha256(body).hexdigest())
-        return _replay(body)
+        return _replay(body, receive)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
@@ -147,13 +161,14 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _replay(body: bytes) -> Receive:
+def _replay(body: bytes, upstream: Receive) -> Receive:
+    """Hand the buffered body to the app once, then pass through (to see a real disconnect)."""
     sent = False
 
     async def receive() -> Message:
         nonlocal sent
         if sent:
-            return {"type": "http.disconnect"}
+            return await upstream()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
