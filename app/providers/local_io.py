@@ -1,0 +1,305 @@
+"""Async subprocess plumbing: run with caps and a deadline, stream in, stream out.
+
+Generic over what is spawned (the local provider spawns bwrap, the test fake
+spawns host processes). Three shapes:
+
+* ``run_process``: feed optional stdin, capture both streams up to a cap
+  (reading on and discarding the rest so the child never blocks on a full
+  pipe), kill the whole process group at the deadline.
+* ``stream_output``: an async iterator over stdout in 64 KiB chunks.
+* ``feed_input``: copy an async byte iterator into stdin.
+
+Memory stays bounded by the chunk size and the caps whatever the data size.
+Each child gets its own session (``start_new_session``) so one ``killpg``
+ends it with everything it started; the kill-and-reap cleanup runs shielded
+from cancellation, so a caller that gives up (or a consumer that stops
+iterating) never leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+from app.providers.base import TIMEOUT_EXIT_CODE, ExecResult
+
+CHUNK_SIZE = 64 * 1024
+#: How much stderr of an internal helper (cat, tar) is kept for error messages.
+HELPER_STDERR_BYTES = 16 * 1024
+#: After the main process exits, how long stragglers may hold its pipes open.
+PIPE_DRAIN_SECONDS = 5.0
+
+#: Check of an internal helper's outcome: raise, or return to accept it.
+OutcomeCheck = Callable[[int, bytes], None]
+
+# strerror texts printed by coreutils/tar/sh, most specific first.
+_STDERR_ERRNO: tuple[tuple[str, int], ...] = (
+    ("No such file or directory", errno.ENOENT),
+    ("Permission denied", errno.EACCES),
+    ("Operation not permitted", errno.EPERM),
+    ("Read-only file system", errno.EROFS),
+    ("Not a directory", errno.ENOTDIR),
+    ("Is a directory", errno.EISDIR),
+    ("File exists", errno.EEXIST),
+    ("No space left on device", errno.ENOSPC),
+    ("Disk quota exceeded", errno.EDQUOT),
+)
+
+#: Helper scripts report a precondition failure as ``ERRNO_EXIT_BASE + errno``.
+ERRNO_EXIT_BASE = 100
+
+
+def exit_status(returncode: int) -> int:
+    """Shell convention: a child killed by signal N reports 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def errno_from_stderr(stderr: bytes) -> int | None:
+    """The errno a helper's error message names, if any."""
+    text = stderr.decode(errors="replace")
+    return next((code for needle, code in _STDERR_ERRNO if needle in text), None)
+
+
+def os_error(returncode: int, stderr: bytes, path: str) -> OSError:
+    """The most specific ``OSError`` for a failed helper (a subclass via errno)."""
+    code = returncode - ERRNO_EXIT_BASE if returncode > ERRNO_EXIT_BASE else None
+    code = code or errno_from_stderr(stderr) or errno.EIO
+    detail = stderr.decode(errors="replace").strip()[-500:]
+    # OSError(errno, ...) instantiates FileNotFoundError, IsADirectoryError, ...
+    return OSError(code, f"{os.strerror(code)}{': ' + detail if detail else ''}", path)
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group led by ``pid``; gone already is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+async def _spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    stdin: int,
+    stdout: int,
+    cwd: str | None,
+    pass_fds: Sequence[int],
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env),
+        cwd=cwd,
+        pass_fds=tuple(pass_fds),
+        start_new_session=True,
+    )
+
+
+async def _read_capped(stream: asyncio.StreamReader | None, cap: int) -> tuple[bytes, bool]:
+    """Read to EOF keeping at most ``cap`` bytes; report whether any were dropped."""
+    if stream is None:
+        return b"", False
+    kept = bytearray()
+    dropped = False
+    while chunk := await stream.read(CHUNK_SIZE):
+        room = cap - len(kept)
+        if room > 0:
+            kept += chunk[:room]
+        dropped = dropped or len(chunk) > room
+    return bytes(kept), dropped
+
+
+async def _feed_bytes(writer: asyncio.StreamWriter | None, data: bytes) -> None:
+    if writer is None:
+        return
+    # The child may exit without reading its stdin: its exit status says why.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        for start in range(0, len(data), CHUNK_SIZE):
+            writer.write(data[start : start + CHUNK_SIZE])
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+
+async def _discard(stream: asyncio.StreamReader) -> None:
+    while await stream.read(CHUNK_SIZE):
+        pass
+
+
+async def _reap(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Kill (if still running) and reap ``proc``; cancel helpers that still run."""
+    if proc.returncode is None:
+        kill_group(proc.pid)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    # Process.wait() (3.11) also waits for the pipes to close, and a pipe whose
+    # reader gave up is paused with data pending: drain what is left.
+    drains = [asyncio.ensure_future(_discard(s)) for s in (proc.stdout, proc.stderr) if s is not None]
+    waiter = asyncio.ensure_future(proc.wait())
+    try:
+        done, _ = await asyncio.wait([waiter], timeout=PIPE_DRAIN_SECONDS)
+        if not done:
+            # A process outside the group still holds a pipe: stop listening to it.
+            transport = getattr(proc, "_transport", None)
+            if transport is not None:
+                transport.close()
+            await waiter
+    finally:
+        for drain in drains:
+            drain.cancel()
+        await asyncio.gather(*drains, return_exceptions=True)
+
+
+async def _cleanup(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Run ``_reap`` to completion even if the caller is being cancelled.
+
+    On cancellation the shielded reaper keeps running on its own and the
+    ``CancelledError`` propagates to the caller as it should.
+    """
+    await asyncio.shield(_reap(proc, tasks))
+
+
+async def run_process(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    timeout: float,
+    stdin: bytes | None = None,
+    max_output_bytes: int = 1 << 20,
+    cwd: str | None = None,
+    pass_fds: Sequence[int] = (),
+    track: set[int] | None = None,
+    kill_group_on_exit: bool = False,
+) -> ExecResult:
+    """Run ``argv`` to completion or ``timeout``; never raises for a failing command.
+
+    ``track`` receives the child's pid (its process group) while it runs, so
+    a ``stop`` can kill it. ``kill_group_on_exit`` ends background children
+    left in the group once the main process exits (host processes have no
+    pid namespace to do that for them).
+    """
+    started = time.monotonic()
+    proc = await _spawn(
+        argv,
+        env=env,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        pass_fds=pass_fds,
+    )
+    if track is not None:
+        track.add(proc.pid)
+    out_task = asyncio.ensure_future(_read_capped(proc.stdout, max_output_bytes))
+    err_task = asyncio.ensure_future(_read_capped(proc.stderr, max_output_bytes))
+    feed_task = asyncio.ensure_future(_feed_bytes(proc.stdin, stdin or b""))
+    tasks: list[asyncio.Future[Any]] = [out_task, err_task, feed_task]
+    timed_out = False
+    try:
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            timed_out = True
+            kill_group(proc.pid)
+            await proc.wait()
+        if kill_group_on_exit:
+            kill_group(proc.pid)
+        # Pipes close when the last holder exits; bound the wait for stragglers.
+        done, _ = await asyncio.wait([out_task, err_task], timeout=PIPE_DRAIN_SECONDS)
+        stdout, out_cut = out_task.result() if out_task in done else (b"", False)
+        stderr, err_cut = err_task.result() if err_task in done else (b"", False)
+    finally:
+        await _cleanup(proc, tasks)
+        if track is not None:
+            track.discard(proc.pid)
+    returncode = proc.returncode if proc.returncode is not None else -signal.SIGKILL
+    return ExecResult(
+        exit_code=TIMEOUT_EXIT_CODE if timed_out else exit_status(returncode),
+        stdout=stdout,
+        stderr=stderr,
+        timed_out=timed_out,
+        truncated=out_cut or err_cut,
+        duration_ms=int((time.monotonic() - started) * 1000),
+    )
+
+
+async def stream_output(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    check: OutcomeCheck,
+    cwd: str | None = None,
+    pass_fds: Sequence[int] = (),
+    track: set[int] | None = None,
+) -> AsyncGenerator[bytes, None]:
+    """Yield the child's stdout in chunks, then ``check(exit_status, stderr)``.
+
+    A helper that fails before writing anything (missing file) therefore
+    raises on the first ``__anext__``; one that fails midway raises after the
+    bytes it produced.
+    """
+    proc = await _spawn(
+        argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, cwd=cwd, pass_fds=pass_fds
+    )
+    if track is not None:
+        track.add(proc.pid)
+    err_task = asyncio.ensure_future(_read_capped(proc.stderr, HELPER_STDERR_BYTES))
+    try:
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(CHUNK_SIZE):
+            yield chunk
+        returncode = await proc.wait()
+        stderr, _ = await err_task
+        check(exit_status(returncode), stderr)
+    finally:
+        await _cleanup(proc, [err_task])
+        if track is not None:
+            track.discard(proc.pid)
+
+
+async def feed_input(
+    argv: Sequence[str],
+    data: AsyncIterator[bytes],
+    *,
+    env: Mapping[str, str],
+    check: OutcomeCheck,
+    cwd: str | None = None,
+    pass_fds: Sequence[int] = (),
+    track: set[int] | None = None,
+) -> None:
+    """Copy ``data`` into the child's stdin, then ``check(exit_status, stderr)``.
+
+    If ``data`` raises, the child is killed and the error propagates.
+    """
+    proc = await _spawn(
+        argv, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, cwd=cwd, pass_fds=pass_fds
+    )
+    if track is not None:
+        track.add(proc.pid)
+    err_task = asyncio.ensure_future(_read_capped(proc.stderr, HELPER_STDERR_BYTES))
+    try:
+        writer = proc.stdin
+        assert writer is not None
+        # The child may stop reading early (its precondition failed): stop copying then.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            async for chunk in data:
+                if proc.returncode is not None:
+                    break
+                writer.write(chunk)
+                await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+        returncode = await proc.wait()
+        stderr, _ = await err_task
+        check(exit_status(returncode), stderr)
+    finally:
+        await _cleanup(proc, [err_task])
+        if track is not None:
+            track.discard(proc.pid)
