@@ -123,7 +123,7 @@ async def cmd_ls(client: SandboxClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_exec(client: SandboxClient, args: argparse.Namespace) -> int:
-    command = [c for c in args.command if c != "--"] if args.command else []
+    command = list(args.command)
     if not command:
         raise CliError("usage: sandboxctl exec ID -- COMMAND [ARGS...]")
     options: dict[str, Any] = {}
@@ -210,7 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     exec_.add_argument("--timeout", type=float)
     exec_.add_argument("--cwd")
     exec_.add_argument("--stdin", action="store_true", help="send this process's stdin")
-    exec_.add_argument("command", nargs=argparse.REMAINDER)
     exec_.set_defaults(handler=cmd_exec)
 
     cp = sub.add_parser("cp", help="copy a file: cp LOCAL ID:/path  or  cp ID:/path LOCAL")
@@ -227,7 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" is the sandbox command, verbatim (options included).
+    tail: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, tail = argv[:split], argv[split + 1 :]
     args = build_parser().parse_args(argv)
+    args.command = tail
     try:
         if hasattr(args, "func"):
             return int(args.func(args))

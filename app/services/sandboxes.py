@@ -174,7 +174,7 @@ class SandboxService:
     async def _running(self, any_id: str) -> SandboxRecord:
         record = await self.get(any_id)
         if record.status != "running" or record.provider_object_id is None:
-            raise SandboxNotRunning(f"sandbox {record.id!r} is {record.status}", sandbox_id=record.id)
+            raise SandboxNotRunning(f"sandbox {record.id!r} is not running ({record.status})", sandbox_id=record.id)
         return record
 
     # -- lifecycle ---------------------------------------------------------
