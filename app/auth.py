@@ -41,16 +41,29 @@ def make_token(secret: bytes, at_ms: int | None = None) -> str:
     return f"{stamp}.{_hmac_hex(secret, stamp.encode())}"
 
 
-def signing_string(stamp: str, method: str, path_query: str, body_sha256: str) -> bytes:
-    return f"{stamp}\n{method.upper()}\n{path_query}\n{body_sha256}".encode()
+def signing_string(stamp: str, method: str, path_query: str, body_sha256: str, nonce: str = "") -> bytes:
+    """The signed text; an optional nonce (our extension) is appended on a fifth line."""
+    base = f"{stamp}\n{method.upper()}\n{path_query}\n{body_sha256}"
+    return (f"{base}\n{nonce}" if nonce else base).encode()
 
 
 def sign_request(
-    secret: bytes, method: str, path_query: str, body_sha256: str = EMPTY_BODY_SHA256, at_ms: int | None = None
+    secret: bytes,
+    method: str,
+    path_query: str,
+    body_sha256: str = EMPTY_BODY_SHA256,
+    at_ms: int | None = None,
+    nonce: str = "",
 ) -> str:
-    """The ``X-Sandbox-Signature`` header value for one request."""
+    """The ``X-Sandbox-Signature`` header value for one request.
+
+    Two identical requests in the same millisecond would carry the same
+    signature and the second would look like a replay; a random ``nonce``
+    (``n=``) makes each signature unique. Verifiers accept both forms.
+    """
     stamp = str(now_ms() if at_ms is None else at_ms)
-    return f"t={stamp},v1={_hmac_hex(secret, signing_string(stamp, method, path_query, body_sha256))}"
+    signature = _hmac_hex(secret, signing_string(stamp, method, path_query, body_sha256, nonce))
+    return f"t={stamp},n={nonce},v1={signature}" if nonce else f"t={stamp},v1={signature}"
 
 
 def _check_stamp(stamp: str, skew_seconds: int, at_ms: int) -> int:
@@ -84,6 +97,7 @@ def verify_token(token: str, secrets: Sequence[bytes], skew_seconds: int, at_ms:
 class ParsedSignature:
     stamp: str
     signature: str
+    nonce: str = ""
 
 
 def parse_signature_header(value: str) -> ParsedSignature:
@@ -94,10 +108,12 @@ def parse_signature_header(value: str) -> ParsedSignature:
         if not eq or key in parts:
             raise Unauthorized("malformed signature header")
         parts[key] = val
-    stamp, signature = parts.get("t", ""), parts.get("v1", "")
+    stamp, signature, nonce = parts.get("t", ""), parts.get("v1", ""), parts.get("n", "")
     if not stamp.isdigit() or len(signature) != 64 or any(c not in "0123456789abcdef" for c in signature):
         raise Unauthorized("malformed signature header")
-    return ParsedSignature(stamp, signature)
+    if len(nonce) > 64 or not all(c.isalnum() or c in "-_" for c in nonce):
+        raise Unauthorized("malformed signature header")
+    return ParsedSignature(stamp, signature, nonce)
 
 
 class ReplayCache:
@@ -142,7 +158,7 @@ class RequestVerifier:
         parsed = parse_signature_header(header)
         at = now_ms()
         _check_stamp(parsed.stamp, self.skew_seconds, at)
-        message = signing_string(parsed.stamp, method, path_query, body_sha256)
+        message = signing_string(parsed.stamp, method, path_query, body_sha256, parsed.nonce)
         if not _matches_any(self.secrets, message, parsed.signature):
             raise Unauthorized("invalid request signature")
         if not self.replays.add(parsed.signature, at):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,9 @@ class SandboxClient:
         path_query = url.raw_path.decode("ascii")
         return {
             "Authorization": f"Bearer {make_token(self._secret, stamp)}",
-            "X-Sandbox-Signature": sign_request(self._secret, method, path_query, body_sha256, stamp),
+            "X-Sandbox-Signature": sign_request(
+                self._secret, method, path_query, body_sha256, stamp, nonce=secrets.token_hex(8)
+            ),
         }
 
     async def request(self, method: str, path: str, *, json: Any = None, params: Any = None) -> Any:

@@ -188,11 +188,9 @@ class LocalProvider(Provider):
     async def _launch(self, meta: SandboxMeta) -> None:
         limits = await asyncio.to_thread(self._limiter.apply, meta.ref, meta.resources)
         try:
-            # A throwaway command first: proves the binds and flags work with the
-            # real settings before we report "running".
-            probe = await self._run(meta, limits, ["true"], timeout=INIT_WAIT_SECONDS)
-            if probe.exit_code != 0:
-                raise ProviderError(f"sandbox {meta.ref} cannot run commands: {probe.stderr.decode(errors='replace')}")
+            # No separate probe: bwrap reports its child's pid on the status fd
+            # only once every bind and namespace is set up, which is the proof
+            # the launch waits for.
             tools = await self._opened()
             with options_fd(self._options(meta, cwd=WORKSPACE, env=None, status_fd=KEEPER_STATUS_FD)) as fd:
                 await self._init.launch(tools, meta, limits, fd)

@@ -38,6 +38,11 @@ INIT_WAIT_SECONDS = 10.0
 _POLL_SECONDS = 0.02
 
 
+def _backoff(attempt: int) -> float:
+    """Poll fast while a launch is likely to finish (a few ms), then settle at 20 ms."""
+    return min(0.001 * 2**attempt, _POLL_SECONDS)
+
+
 class InitSupervisor:
     """Starts and stops the keeper-run init of each sandbox; reads its status."""
 
@@ -84,24 +89,35 @@ class InitSupervisor:
         # Running once bwrap reports its child (or, for an entry command that
         # ends at once, once the keeper is gone again: status() tells how).
         deadline = time.monotonic() + INIT_WAIT_SECONDS
+        attempt = 0
         while time.monotonic() < deadline and procs.is_alive(stamp):
             with contextlib.suppress(OSError):
                 if "child-pid" in await asyncio.to_thread(paths.init_status.read_text):
                     return
-            await asyncio.sleep(_POLL_SECONDS)
+            await asyncio.sleep(_backoff(attempt))
+            attempt += 1
         if procs.is_alive(stamp):
             raise ProviderUnavailable(f"sandbox {meta.ref}: init did not start within {INIT_WAIT_SECONDS:.0f}s")
+        status_text = ""
+        with contextlib.suppress(OSError):
+            status_text = await asyncio.to_thread(paths.init_status.read_text)
+        if "child-pid" not in status_text:
+            # bwrap exited before its child ran: a bind or namespace failed.
+            tail = await asyncio.to_thread(_tail, paths.init_log)
+            raise ProviderError(f"sandbox {meta.ref}: sandbox setup failed: {tail}")
 
     async def _wait_for_keeper(self, meta: SandboxMeta) -> procs.ProcessStamp:
         paths = self._store.paths(meta.ref)
         deadline = time.monotonic() + INIT_WAIT_SECONDS
+        attempt = 0
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError, ValueError):
                 text = await asyncio.to_thread(paths.init_pid.read_text)
                 if text.endswith("\n"):  # written whole by the keeper's echo
                     pid = int(text)
                     return procs.stamp(pid) or procs.ProcessStamp(pid, start_time=-1, boot_id=procs.boot_id())
-            await asyncio.sleep(_POLL_SECONDS)
+            await asyncio.sleep(_backoff(attempt))
+            attempt += 1
         tail = await asyncio.to_thread(_tail, paths.init_log)
         raise ProviderError(f"sandbox {meta.ref}: init failed to start: {tail}")
 
@@ -146,7 +162,7 @@ class InitSupervisor:
                     break
                 for pid in pids:
                     procs.signal_pid(pid, signal.SIGKILL)
-                time.sleep(_POLL_SECONDS)
+                time.sleep(0.002)  # in a worker thread: SIGKILL lands within a few ms
         self._limiter.release([*(record.cgroups if record else ()), *self._limiter.existing(meta.ref)])
         self._store.clear_init(meta.ref)
 
@@ -161,10 +177,12 @@ def _sandboxed_processes(keeper_pid: int) -> list[int]:
 
 async def _wait_dead(stamp: procs.ProcessStamp, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
+    attempt = 0
     while procs.is_alive(stamp):
         if time.monotonic() >= deadline:
             return False
-        await asyncio.sleep(_POLL_SECONDS)
+        await asyncio.sleep(_backoff(attempt))
+        attempt += 1
     return True
 
 

@@ -127,3 +127,18 @@ def test_bearer_header_forms() -> None:
     for header in [None, "", "Basic abc", "Bearer", f"Token {make_token(SECRET)}"]:
         with pytest.raises(Unauthorized):
             verifier.check_bearer(header)
+
+
+def test_nonce_makes_identical_concurrent_requests_distinct() -> None:
+    verifier = RequestVerifier([SECRET], 300, "signed")
+    at = now_ms()
+    first = sign_request(SECRET, "POST", "/v1/sandboxes", at_ms=at, nonce="aaaa")
+    second = sign_request(SECRET, "POST", "/v1/sandboxes", at_ms=at, nonce="bbbb")
+    for header in (first, second):
+        verifier.check_signature_header(header, "POST", "/v1/sandboxes", hashlib.sha256(b"").hexdigest())
+    with pytest.raises(Unauthorized, match="replayed"):
+        verifier.check_signature_header(first, "POST", "/v1/sandboxes", hashlib.sha256(b"").hexdigest())
+    # The nonce is signed: changing it breaks the signature.
+    forged = first.replace("n=aaaa", "n=cccc")
+    with pytest.raises(Unauthorized, match="invalid"):
+        verifier.check_signature_header(forged, "POST", "/v1/sandboxes", hashlib.sha256(b"").hexdigest())
