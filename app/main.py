@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from app.api import health
 from app.api.errors import install_error_handlers
 from app.api.middleware import AuthMiddleware, RequestContextMiddleware
-from app.api.v1 import sandboxes
+from app.api.v1 import sandboxes, snapshots
 from app.auth import RequestVerifier
 from app.logging import configure_logging, get_logger
 from app.metrics import Metrics
@@ -20,7 +20,9 @@ from app.providers.registry import create_provider
 from app.services.background import Periodic
 from app.services.container import Services
 from app.services.sandboxes import SandboxService
+from app.services.snapshots import SnapshotService
 from app.settings import Settings
+from app.storage.blobs import create_blob_store
 from app.storage.state import StateStore
 
 log = get_logger("app")
@@ -53,9 +55,18 @@ def create_app(settings: Settings) -> FastAPI:
             provider = InstrumentedProvider(create_provider(settings.provider, settings), metrics)
             await provider.aopen()
             stack.push_async_callback(provider.aclose)
+            blobs = create_blob_store(settings)
+            await blobs.open()
+            stack.push_async_callback(blobs.aclose)
             sandbox_service = SandboxService(settings, store, provider)
             app.state.services = Services(
-                settings=settings, metrics=metrics, store=store, provider=provider, sandboxes=sandbox_service
+                settings=settings,
+                metrics=metrics,
+                store=store,
+                provider=provider,
+                sandboxes=sandbox_service,
+                blobs=blobs,
+                snapshots=SnapshotService(settings, store, blobs, provider, sandbox_service),
             )
             counts = await sandbox_service.reconcile()
             log.info("service.started", provider=settings.provider, reconciled=counts)
@@ -72,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(sandboxes.router)
+    app.include_router(snapshots.router)
     verifier = RequestVerifier(api_secrets, settings.auth_skew_seconds, settings.auth_mode)
     # Added last = outermost: context wraps auth so rejected requests are logged and counted.
     app.add_middleware(

@@ -64,6 +64,18 @@ class Settings(BaseSettings):
     s3_path_style: bool = Field(default=True, validation_alias="S3_PATH_STYLE")
     s3_create_bucket: bool = Field(default=True, validation_alias="S3_CREATE_BUCKET")
 
+    # Snapshots.
+    #: Directories captured by a snapshot. The runtime keeps the env server's
+    #: state under /workspace/.sandbox-runtime, so the default covers both.
+    snapshot_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/workspace"], validation_alias="SANDBOX_SNAPSHOT_PATHS"
+    )
+    #: Snapshots and restores running at once on this instance (protects the host).
+    snapshot_concurrency: int = Field(default=4, ge=1, le=64, validation_alias="SANDBOX_SNAPSHOT_CONCURRENCY")
+    #: Keep symlinks pointing outside the snapshot paths (e.g. a venv's python -> /usr/bin).
+    #: They are stored as links only; nothing is ever written through them on restore.
+    snapshot_keep_external_symlinks: bool = Field(default=True, validation_alias="SANDBOX_SNAPSHOT_EXTERNAL_SYMLINKS")
+
     base_image: str | None = Field(default=None, validation_alias="SANDBOX_BASE_IMAGE")
     allowed_control_plane_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias="ALLOWED_CONTROL_PLANE_HOSTS"
@@ -93,7 +105,7 @@ class Settings(BaseSettings):
     docker_network: str | None = Field(default=None, validation_alias="SANDBOX_DOCKER_NETWORK")
     docker_pull: Literal["never", "missing", "always"] = Field(default="never", validation_alias="SANDBOX_DOCKER_PULL")
 
-    @field_validator("api_secrets", "allowed_control_plane_hosts", mode="before")
+    @field_validator("api_secrets", "allowed_control_plane_hosts", "snapshot_paths", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

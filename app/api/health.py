@@ -43,10 +43,7 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> JSONResponse:
     """Readiness: the state store, the blob store and the provider answer."""
-    probes = [("state", services.store.ping), ("provider", services.provider.ping)]
-    blobs = getattr(services, "blobs", None)
-    if blobs is not None:
-        probes.append(("blobs", blobs.ping))
+    probes = [("state", services.store.ping), ("provider", services.provider.ping), ("blobs", services.blobs.ping)]
     checks = dict(await asyncio.gather(*(_check(name, probe) for name, probe in probes)))
     ready = all(v == "ok" for v in checks.values())
     body = {"status": "ready" if ready else "not_ready", "checks": checks}

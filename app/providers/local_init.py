@@ -40,7 +40,7 @@ _POLL_SECONDS = 0.02
 
 def _backoff(attempt: int) -> float:
     """Poll fast while a launch is likely to finish (a few ms), then settle at 20 ms."""
-    return min(0.001 * 2**attempt, _POLL_SECONDS)
+    return min(0.001 * 2.0**attempt, _POLL_SECONDS)
 
 
 class InitSupervisor:

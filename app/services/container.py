@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from app.metrics import Metrics
 from app.providers.base import Provider
 from app.services.sandboxes import SandboxService
+from app.services.snapshots import SnapshotService
 from app.settings import Settings
+from app.storage.blobs import BlobStore
 from app.storage.state import StateStore
 
 
@@ -18,3 +20,5 @@ class Services:
     store: StateStore
     provider: Provider
     sandboxes: SandboxService
+    blobs: BlobStore
+    snapshots: SnapshotService

@@ -144,3 +144,36 @@ class EventView(StrictModel):
 
 class EventList(StrictModel):
     events: list[EventView]
+
+
+class CreateSnapshotRequest(StrictModel):
+    """``POST /v1/sandboxes/{id}/snapshots``."""
+
+    reason: str = Field(default="manual", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    session_id: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class SnapshotView(StrictModel):
+    id: str
+    sandbox_id: str
+    session_id: str | None
+    provider: str
+    status: str
+    reason: str | None
+    paths: list[str] | None
+    size_bytes: int | None
+    raw_size: int | None
+    file_count: int | None
+    sha256: str | None
+    git_head: str | None
+    repo: str | None
+    error: str | None
+    created_at: datetime
+
+
+class SnapshotList(StrictModel):
+    snapshots: list[SnapshotView]
+
+
+class RestoreRequest(CreateSandboxRequest):
+    """``POST /v1/snapshots/{id}/restore``: any create field (labels, env, resources, command, ...)."""

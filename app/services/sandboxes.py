@@ -30,7 +30,8 @@ from app.logging import get_logger
 from app.providers.base import ExecResult, Provider, SandboxSpec
 from app.services.models import RESERVED_LABEL_PREFIX, CreateSandboxRequest, ExecRequest
 from app.settings import Settings
-from app.storage.state import SandboxRecord, StateStore, utcnow
+from app.storage.state import SandboxRecord, StateStore
+from app.storage.times import utcnow
 from app.streams import aclose_stream
 
 ID_LABEL = RESERVED_LABEL_PREFIX + "id"
@@ -155,10 +156,10 @@ class SandboxService:
                 await self.provider.delete(leftover.provider_object_id)
         except Exception as cleanup_exc:  # the reconciler retries later
             log.warning("sandbox.create_cleanup_failed", sandbox_id=sandbox_id, error=str(cleanup_exc))
-            await self.store.update_sandbox(sandbox_id, status="failed", error=_describe(exc))
+            await self.store.update_sandbox(sandbox_id, status="failed", error=describe_error(exc))
             return
-        await self.store.update_sandbox(sandbox_id, status="deleted", deleted_at=utcnow(), error=_describe(exc))
-        await self.store.add_event(sandbox_id, "create_failed", error=_describe(exc))
+        await self.store.update_sandbox(sandbox_id, status="deleted", deleted_at=utcnow(), error=describe_error(exc))
+        await self.store.add_event(sandbox_id, "create_failed", error=describe_error(exc))
 
     # -- lookup ------------------------------------------------------------
 
@@ -359,7 +360,8 @@ class SandboxService:
         return counts
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """A short, secret-free description of why an operation failed, for records and logs."""
     if isinstance(exc, SandboxControlError):
         return exc.message
     if isinstance(exc, asyncio.CancelledError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +17,11 @@ from sqlalchemy import Connection, delete, event, exists, func, insert, inspect,
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.errors import StorageUnavailable
+from app.storage.state_snapshots import SnapshotQueries
 from app.storage.tables import Base, SandboxEventRow, SandboxLabelRow, SandboxRow, SchemaVersionRow
+from app.storage.times import aware, utcnow
 
 SCHEMA_VERSION = 1
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes even for timezone-aware columns.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 @dataclasses.dataclass
@@ -61,7 +52,7 @@ class SandboxRecord:
     def from_row(cls, row: SandboxRow) -> SandboxRecord:
         values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
         for name in ("created_at", "updated_at", "expires_at", "deleted_at"):
-            values[name] = _aware(values[name])
+            values[name] = aware(values[name])
         return cls(**values)
 
 
@@ -100,7 +91,7 @@ def _upgrade(connection: Connection) -> None:
         connection.execute(update(SchemaVersionRow).where(SchemaVersionRow.id == 1).values(version=SCHEMA_VERSION))
 
 
-class StateStore:
+class StateStore(SnapshotQueries):
     """Async access to persisted state; every method is one short transaction."""
 
     def __init__(self, url: str) -> None:
@@ -221,4 +212,4 @@ class StateStore:
         query = select(SandboxEventRow).where(SandboxEventRow.sandbox_id == sandbox_id).order_by(SandboxEventRow.id)
         async with self.sessions() as session:
             rows = (await session.execute(query)).scalars()
-            return [{"at": _aware(r.at), "kind": r.kind, "detail": r.detail} for r in rows]
+            return [{"at": aware(r.at), "kind": r.kind, "detail": r.detail} for r in rows]

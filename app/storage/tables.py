@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -70,3 +70,27 @@ class SchemaVersionRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
+
+
+class SnapshotRow(Base):
+    """A snapshot; ``ready`` only once its manifest (the commit point) is written."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    sandbox_id: Mapped[str] = mapped_column(String(128), index=True)
+    session_id: Mapped[str | None] = mapped_column(String(256), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(String(64))
+    paths: Mapped[list[Any] | None] = mapped_column(JSON)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    raw_size: Mapped[int | None] = mapped_column(BigInteger)
+    file_count: Mapped[int | None] = mapped_column(Integer)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    git_head: Mapped[str | None] = mapped_column(String(64))
+    repo_owner: Mapped[str | None] = mapped_column(String(256))
+    repo_name: Mapped[str | None] = mapped_column(String(256))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -267,7 +267,7 @@ async def test_ttl_reaper_deletes_expired(service: Service) -> None:
     services = app.state.services
     from datetime import timedelta
 
-    from app.storage.state import utcnow
+    from app.storage.times import utcnow
 
     await services.store.update_sandbox(sandbox["id"], expires_at=utcnow() - timedelta(seconds=1))
     assert await services.sandboxes.reap_expired() == 1

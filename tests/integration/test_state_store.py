@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app.storage.state import SandboxRecord, StateStore, utcnow
+from app.storage.state import SandboxRecord, StateStore
+from app.storage.times import utcnow
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

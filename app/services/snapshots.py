@@ -1,0 +1,280 @@
+"""Snapshots of a sandbox to the blob store, and restores into a new sandbox.
+
+The archive format lives in ``app.snapshots``; this service decides what is
+captured, keeps the records, and guarantees the invariants around it:
+
+* one snapshot of a sandbox at a time (per-sandbox lock) and a global limit
+  on concurrent snapshots and restores (protects the host);
+* a snapshot is ``ready`` only when its manifest exists; a failure leaves a
+  ``failed`` record and no manifest;
+* credentials never enter an archive: known secret values from the
+  sandbox's environment are handed to the writer, which scrubs git
+  credentials and refuses a snapshot in which a secret still appears;
+* a restore that fails verification deletes the half-restored sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from app.errors import BadRequest, SandboxControlError, SandboxNotRunning, SnapshotCorrupt, SnapshotNotFound
+from app.logging import get_logger
+from app.providers.base import Provider
+from app.services.models import CreateSandboxRequest
+from app.services.sandboxes import SandboxService, describe_error
+from app.settings import Settings
+from app.snapshots.manifest import SnapshotManifest, validate_snapshot_id
+from app.snapshots.reader import delete_snapshot, load_manifest, restore_snapshot
+from app.snapshots.writer import write_snapshot
+from app.storage.blobs import BlobStore
+from app.storage.state import SandboxRecord, StateStore
+from app.storage.state_snapshots import SnapshotRecord
+from app.storage.times import utcnow
+from sandbox_runtime.contract import BOOT_MODE, RESTORED_FROM_SNAPSHOT, BootMode
+
+log = get_logger("snapshots")
+
+#: Env var names whose values count as secrets (in addition to the contract's).
+_SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
+_MIN_SECRET_LEN = 8
+#: Written by the service when a restore is complete; the gated entry command waits for it.
+RESTORE_GATE = "/tmp/.sandbox-control-restored"
+_GATE_SCRIPT = 'i=0; while [ ! -e "$0" ]; do i=$((i+1)); [ "$i" -gt 36000 ] && exit 75; sleep 0.05; done; exec "$@"'
+
+
+def new_snapshot_id() -> str:
+    return "snap_" + secrets.token_hex(8)
+
+
+def gated_command(command: list[str], marker: str = RESTORE_GATE) -> list[str]:
+    """Wrap an entry command so it starts only once ``marker`` exists (files restored first)."""
+    return ["/bin/sh", "-c", _GATE_SCRIPT, marker, *command]
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class SnapshotService:
+    """Take, list, delete and restore snapshots."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        blobs: BlobStore,
+        provider: Provider,
+        sandboxes: SandboxService,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.blobs = blobs
+        self.provider = provider
+        self.sandboxes = sandboxes
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._slots = asyncio.Semaphore(settings.snapshot_concurrency)
+
+    # -- taking ------------------------------------------------------------
+
+    async def snapshot(
+        self, sandbox_any_id: str, *, reason: str = "manual", session_id: str | None = None
+    ) -> SnapshotRecord:
+        """Snapshot a running sandbox; returns the ready record or raises (leaving a failed one)."""
+        sandbox = await self.sandboxes.get(sandbox_any_id)
+        if sandbox.status != "running" or sandbox.provider_object_id is None:
+            raise SandboxNotRunning(f"sandbox {sandbox.id!r} is not running ({sandbox.status})", sandbox_id=sandbox.id)
+        ref = sandbox.provider_object_id
+        now = utcnow()
+        record = SnapshotRecord(
+            id=new_snapshot_id(),
+            sandbox_id=sandbox.id,
+            provider=sandbox.provider,
+            status="creating",
+            created_at=now,
+            updated_at=now,
+            session_id=session_id or sandbox.session_id,
+            reason=reason,
+            repo_owner=sandbox.repo_owner,
+            repo_name=sandbox.repo_name,
+        )
+        async with self._locks.setdefault(sandbox.id, asyncio.Lock()), self._slots:
+            await self.store.insert_snapshot(record)
+            try:
+                manifest = await self._write(record, ref, sandbox)
+            except BaseException as exc:
+                await asyncio.shield(self.store.update_snapshot(record.id, status="failed", error=describe_error(exc)))
+                log.warning("snapshot.failed", snapshot_id=record.id, sandbox_id=sandbox.id, error=describe_error(exc))
+                raise
+        updated = await self.store.update_snapshot(
+            record.id,
+            status="ready",
+            paths=list(manifest.paths),
+            size_bytes=manifest.compressed_size,
+            raw_size=manifest.raw_size,
+            file_count=manifest.file_count,
+            sha256=manifest.sha256,
+            git_head=manifest.git_head,
+        )
+        await self.store.add_event(sandbox.id, "snapshotted", snapshot_id=record.id, size=manifest.compressed_size)
+        log.info("snapshot.ready", snapshot_id=record.id, sandbox_id=sandbox.id, bytes=manifest.compressed_size)
+        assert updated is not None
+        return updated
+
+    async def _write(self, record: SnapshotRecord, ref: str, sandbox: SandboxRecord) -> SnapshotManifest:
+        paths = await self._existing_paths(ref)
+        if not paths:
+            raise BadRequest(f"none of {self.settings.snapshot_paths} exists in the sandbox")
+        repo = f"{sandbox.repo_owner}/{sandbox.repo_name}" if sandbox.repo_owner and sandbox.repo_name else None
+        return await write_snapshot(
+            self.blobs,
+            snapshot_id=record.id,
+            sandbox_id=sandbox.id,
+            provider=sandbox.provider,
+            paths=paths,
+            export=lambda path: self.provider.export_tar(ref, path),
+            session_id=record.session_id,
+            repo=repo,
+            git_head=await self._git_head(ref, sandbox),
+            reason=record.reason or "manual",
+            secret_values=await self._secret_values(ref),
+            allow_external_symlinks=self.settings.snapshot_keep_external_symlinks,
+        )
+
+    async def _existing_paths(self, ref: str) -> list[str]:
+        wanted = self.settings.snapshot_paths
+        result = await self.provider.exec(
+            ref, ["sh", "-c", 'for p; do [ -d "$p" ] && echo "$p"; done; true', "sh", *wanted], timeout=30
+        )
+        present = set(result.stdout.decode(errors="replace").splitlines())
+        return [p for p in wanted if p in present]
+
+    async def _secret_values(self, ref: str) -> list[str]:
+        """Values of secret-looking variables in the sandbox's environment (e.g. the clone token)."""
+        result = await self.provider.exec(ref, ["env", "-0"], timeout=30)
+        values = []
+        for entry in result.stdout.split(b"\0"):
+            name, eq, value = entry.decode(errors="replace").partition("=")
+            if eq and _SECRET_NAME.search(name) and len(value) >= _MIN_SECRET_LEN:
+                values.append(value)
+        return values
+
+    async def _git_head(self, ref: str, sandbox: SandboxRecord) -> str | None:
+        repo_dir = f"/workspace/{sandbox.repo_name}" if sandbox.repo_name else None
+        script = (
+            'if [ -n "$0" ]; then git -C "$0" rev-parse HEAD; exit; fi; '
+            'for d in /workspace/*/.git; do [ -e "$d" ] && git -C "${d%/.git}" rev-parse HEAD && exit; done; true'
+        )
+        try:
+            result = await self.provider.exec(ref, ["sh", "-c", script, repo_dir or ""], timeout=30)
+        except SandboxControlError:
+            return None
+        head = result.stdout.decode(errors="replace").strip().splitlines()
+        return head[0] if result.exit_code == 0 and head and re.fullmatch(r"[0-9a-f]{40,64}", head[0]) else None
+
+    # -- reading -----------------------------------------------------------
+
+    async def get(self, snapshot_id: str) -> SnapshotRecord:
+        """A snapshot by id; one this service never recorded is adopted from its manifest.
+
+        Snapshots outlive any one service instance: another replica, a rebuilt
+        state store or another machine sharing the bucket can restore them.
+        """
+        try:
+            validate_snapshot_id(snapshot_id)
+        except ValueError as exc:
+            raise BadRequest(str(exc), field="snapshot_id") from None
+        record = await self.store.get_snapshot(snapshot_id)
+        if record is None:
+            record = await self._adopt(snapshot_id)
+        if record.status == "deleted":
+            raise SnapshotNotFound(f"snapshot {snapshot_id!r} not found", snapshot_id=snapshot_id)
+        return record
+
+    async def _adopt(self, snapshot_id: str) -> SnapshotRecord:
+        manifest = await load_manifest(self.blobs, snapshot_id)  # SnapshotNotFound without a manifest
+        owner, _, name = (manifest.repo or "").partition("/")
+        record = SnapshotRecord(
+            id=manifest.snapshot_id,
+            sandbox_id=manifest.sandbox_id,
+            provider=manifest.provider,
+            status="ready",
+            created_at=manifest.created_at,
+            updated_at=utcnow(),
+            session_id=manifest.session_id,
+            reason=manifest.reason,
+            paths=list(manifest.paths),
+            size_bytes=manifest.compressed_size,
+            raw_size=manifest.raw_size,
+            file_count=manifest.file_count,
+            sha256=manifest.sha256,
+            git_head=manifest.git_head,
+            repo_owner=owner or None,
+            repo_name=name or None,
+        )
+        existing = await self.store.get_snapshot(snapshot_id)
+        if existing is not None:  # adopted concurrently
+            return existing
+        await self.store.insert_snapshot(record)
+        log.info("snapshot.adopted", snapshot_id=snapshot_id, sandbox_id=manifest.sandbox_id)
+        return record
+
+    async def list(self, *, sandbox_id: str | None = None, session_id: str | None = None) -> list[SnapshotRecord]:
+        if sandbox_id is not None:  # accept the provider object id too
+            known = await self.store.get_sandbox(sandbox_id, include_deleted=True)
+            sandbox_id = known.id if known is not None else sandbox_id
+        records = await self.store.list_snapshots(sandbox_id=sandbox_id, session_id=session_id)
+        return [r for r in records if r.status != "deleted"]
+
+    async def delete(self, snapshot_id: str) -> SnapshotRecord:
+        record = await self.get(snapshot_id)
+        await delete_snapshot(self.blobs, record.id)
+        updated = await self.store.update_snapshot(record.id, status="deleted")
+        return updated or record
+
+    # -- restoring ---------------------------------------------------------
+
+    async def restore(
+        self, snapshot_id: str, request: CreateSandboxRequest, *, extra_env: dict[str, str] | None = None, **fields: Any
+    ) -> SandboxRecord:
+        """A new sandbox holding the snapshot's files; its entry command starts after the files are in."""
+        record = await self.get(snapshot_id)
+        if record.status != "ready":
+            raise SnapshotNotFound(f"snapshot {snapshot_id!r} is {record.status}, not ready", snapshot_id=snapshot_id)
+        manifest = await load_manifest(self.blobs, record.id)
+        if manifest.sha256 != record.sha256 or manifest.compressed_size != record.size_bytes:
+            raise SnapshotCorrupt(f"snapshot {record.id}: manifest does not match the recorded snapshot")
+        gated = gated_command(list(request.command)) if request.command else None
+        env = {BOOT_MODE: BootMode.SNAPSHOT_RESTORE.value, RESTORED_FROM_SNAPSHOT: "true", **(extra_env or {})}
+        fields.setdefault("session_id", record.session_id)
+        fields.setdefault("repo_owner", record.repo_owner)
+        fields.setdefault("repo_name", record.repo_name)
+        async with self._slots:
+            gated_request = request.model_copy(update={"command": gated})
+            sandbox = await self.sandboxes.create(gated_request, extra_env=env, **fields)
+            ref = sandbox.provider_object_id
+            assert ref is not None
+            try:
+                await restore_snapshot(
+                    self.blobs,
+                    manifest,
+                    lambda path, stream: self.provider.import_tar(ref, path, stream),
+                    allow_external_symlinks=self.settings.snapshot_keep_external_symlinks,
+                )
+                if gated:
+                    await self.provider.write_file(ref, RESTORE_GATE, _one_chunk(b""))
+            except BaseException as exc:
+                log.warning("snapshot.restore_failed", snapshot_id=record.id, error=describe_error(exc))
+                await asyncio.shield(self._discard(sandbox.id))
+                raise
+        await self.store.add_event(sandbox.id, "restored", snapshot_id=record.id)
+        return await self.sandboxes.get(sandbox.id)
+
+    async def _discard(self, sandbox_id: str) -> None:
+        try:
+            await self.sandboxes.delete(sandbox_id)
+        except SandboxControlError as exc:  # the reconciler finishes it
+            log.warning("snapshot.discard_failed", sandbox_id=sandbox_id, error=str(exc))
