@@ -10,7 +10,8 @@ built-in exception they mean, so callers can catch ``LookupError`` or
     SandboxControlError                      500 internal
     ├── BadRequest (ValueError)              400 bad_request
     │   ├── HostNotAllowed                   400 host_not_allowed
-    │   └── UnsupportedSpec                  422 unsupported_spec
+    │   ├── UnsupportedSpec                  422 unsupported_spec
+    │   └── ReservedEnvNames                 422 reserved_env_name
     ├── Unauthorized (PermissionError)       401 unauthorized
     ├── NotFound (LookupError)               404 not_found
     │   ├── SandboxNotFound                  404 sandbox_not_found
@@ -138,3 +139,14 @@ class SnapshotCorrupt(SandboxControlError, ValueError):
 
     status_code = 422
     code = "snapshot_corrupt"
+
+
+class ReservedEnvNames(BadRequest):
+    """User env vars try to set names the in-sandbox runtime reserves."""
+
+    status_code = 422
+    code = "reserved_env_name"
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"reserved environment variable names may not be set: {', '.join(names)}", names=names)
+        self.names = names

@@ -7,6 +7,7 @@ message that names the variable.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
@@ -34,7 +35,8 @@ def _split_csv(value: object) -> object:
 class Settings(BaseSettings):
     """Every knob of the service; environment names in ``validation_alias``."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # An empty ``NAME=`` line in an .env file means "unset", not "invalid".
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, env_ignore_empty=True)
 
     provider: str = Field(default="local", validation_alias="SANDBOX_PROVIDER")
     #: Shared HMAC secrets, comma separated; the first signs, all verify.
@@ -76,6 +78,9 @@ class Settings(BaseSettings):
     #: They are stored as links only; nothing is ever written through them on restore.
     snapshot_keep_external_symlinks: bool = Field(default=True, validation_alias="SANDBOX_SNAPSHOT_EXTERNAL_SYMLINKS")
 
+    instance_scope_override: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", validation_alias="SANDBOX_INSTANCE_SCOPE"
+    )
     base_image: str | None = Field(default=None, validation_alias="SANDBOX_BASE_IMAGE")
     allowed_control_plane_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias="ALLOWED_CONTROL_PLANE_HOSTS"
@@ -127,6 +132,17 @@ class Settings(BaseSettings):
             )
             raise ConfigError(f"invalid configuration: {problems}") from None
         return settings
+
+    @property
+    def instance_scope(self) -> str:
+        """A stable id of this service's state (``SANDBOX_INSTANCE_SCOPE``, else derived from the state URL).
+
+        Providers that share a backend between services (one Docker engine) tag
+        sandboxes with it and list only their own.
+        """
+        if self.instance_scope_override:
+            return self.instance_scope_override
+        return hashlib.sha256(self.effective_state_url.encode()).hexdigest()[:12]
 
     @property
     def secret_file(self) -> Path:

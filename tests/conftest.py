@@ -1,13 +1,10 @@
-"""Test plugins: each fixture module registers the real components it starts."""
+"""Test plugins: each fixture module starts the real components its tests need."""
 
-import importlib.util
-
-_PLUGINS = [
+pytest_plugins = [
+    "tests.fixtures.docker",
+    "tests.fixtures.providers",
     "tests.fixtures.app",
     "tests.fixtures.postgres",
-    "tests.fixtures.providers",
     "tests.fixtures.s3",
     "tests.fixtures.runtime",
-    "tests.fixtures.docker",
 ]
-pytest_plugins = [name for name in _PLUGINS if importlib.util.find_spec(name) is not None]

@@ -60,7 +60,10 @@ class DockerProvider(Provider):
         containers labelled with it, so several services (or test runs) can share
         one engine without seeing, or deleting, each other's sandboxes."""
         self._settings = settings
-        self._scope = scope
+        # Default: one scope per state store, so services sharing an engine never
+        # reconcile away each other's sandboxes, while replicas sharing one
+        # state store (and so one set of records) share one scope.
+        self._scope = scope if scope is not None else settings.instance_scope
         self._engine = EngineClient()
         self._info: dict[str, Any] | None = None
         self._owners: dict[str, tuple[int, int]] = {}
@@ -161,7 +164,10 @@ class DockerProvider(Provider):
         params = {"fromImage": repo, "tag": tag}
         log.info("docker provider: pulling %s", image)
         try:
-            async with self._engine.request("POST", "images/create", params=params) as response:
+            async with (
+                asyncio.timeout(PULL_TIMEOUT),
+                self._engine.request("POST", "images/create", params=params) as response,
+            ):
                 # Progress is a JSON line stream; a failure arrives as {"error": ...} with status 200.
                 async for line in response.content:
                     if not line.strip():
@@ -176,6 +182,8 @@ class DockerProvider(Provider):
             raise ProviderError(f"pulling image {image!r} failed: {exc}", image=image) from exc
         except ProviderUnavailable as exc:
             raise ProviderError(f"pulling image {image!r} failed: {exc.message}", image=image) from exc
+        except TimeoutError as exc:
+            raise ProviderError(f"pulling image {image!r} took over {PULL_TIMEOUT:.0f} s", image=image) from exc
 
     async def _inspect(self, ref: str) -> dict[str, Any]:
         info: dict[str, Any] = await self._engine.call("GET", f"containers/{ref}/json", ref=ref)

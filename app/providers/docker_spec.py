@@ -12,6 +12,7 @@ back (the logical id, ttl, requested resources).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,8 @@ SCOPE_LABEL = LABEL_PREFIX + "scope"
 TTL_LABEL = LABEL_PREFIX + "ttl-seconds"
 EXPIRES_LABEL = LABEL_PREFIX + "expires-at"
 RESOURCES_LABEL = LABEL_PREFIX + "resources"
+#: The keys of the spec's labels: a container also inherits its image's labels.
+KEYS_LABEL = LABEL_PREFIX + "label-keys"
 NAME_PREFIX = "sandbox-control-"
 
 #: The working directory of sandboxes, and of their commands by default.
@@ -66,6 +69,7 @@ def container_config(
     for key in labels:
         if key.startswith(LABEL_PREFIX):
             raise BadRequest(f"label {key!r} uses the reserved prefix {LABEL_PREFIX!r}", field="labels")
+    labels[KEYS_LABEL] = json.dumps(sorted(labels), separators=(",", ":"))
     labels[MANAGED_LABEL] = "true"
     labels[SANDBOX_ID_LABEL] = spec.sandbox_id
     if scope:
@@ -184,7 +188,13 @@ def status_of_container(info: Mapping[str, Any]) -> ProviderStatus:
 
 
 def _user_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
-    return {k: v for k, v in (labels or {}).items() if not k.startswith(LABEL_PREFIX)}
+    """The spec's labels back: not ours, and not those inherited from the image."""
+    labels = labels or {}
+    try:
+        keys = json.loads(labels[KEYS_LABEL])
+    except (KeyError, ValueError):
+        return {k: v for k, v in labels.items() if not k.startswith(LABEL_PREFIX)}
+    return {k: labels[k] for k in keys if isinstance(k, str) and k in labels}
 
 
 def _resources(labels: Mapping[str, str] | None) -> Resources:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from app.metrics import Metrics
-from app.providers.base import ExecResult, Provider, ProviderSandbox, ProviderStatus, SandboxSpec
+from app.providers.base import Capabilities, ExecResult, Provider, ProviderSandbox, ProviderStatus, SandboxSpec
 from app.streams import aclose_stream
 
 
@@ -17,8 +17,12 @@ class InstrumentedProvider(Provider):
     def __init__(self, inner: Provider, metrics: Metrics) -> None:
         self.inner = inner
         self.name = inner.name
-        self.capabilities = inner.capabilities
         self._metrics = metrics
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        # Read through: a provider may learn its capabilities in aopen (e.g. GPUs).
+        return self.inner.capabilities
 
     @contextmanager
     def _timed(self, operation: str) -> Iterator[None]:

@@ -1,0 +1,102 @@
+"""docker-compose.yml: validated by the compose tool itself, and its wiring checked."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import missing_component
+
+ROOT = Path(__file__).resolve().parents[2]
+FILLED = {
+    "SANDBOX_API_SECRET": "a" * 64,
+    "INTERNAL_CALLBACK_SECRET": "b" * 64,
+    "S3_ACCESS_KEY": "sandbox-control",
+    "S3_SECRET_KEY": "c" * 40,
+    "DOCKER_GID": "999",
+}
+
+
+def compose_command() -> list[str]:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    if legacy:
+        return [legacy]
+    missing_component("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
+    raise AssertionError("unreachable")
+
+
+def env_file(values: dict[str, str]) -> str:
+    lines = []
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        key, sep, _ = line.partition("=")
+        lines.append(f"{key}={values[key]}" if sep and key in values else line)
+    return "\n".join(lines) + "\n"
+
+
+def run_config(tmp_path: Path, env_text: str) -> subprocess.CompletedProcess[str]:
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
+    (tmp_path / ".env").write_text(env_text)
+    return subprocess.run(
+        [
+            *compose_command(),
+            "--project-directory",
+            str(tmp_path),
+            "-f",
+            str(tmp_path / "docker-compose.yml"),
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+
+def test_compose_file_validates(tmp_path: Path) -> None:
+    result = run_config(tmp_path, env_file(FILLED))
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    services = config["services"]
+    assert {"api", "minio", "bucket-init"} <= set(services)
+    api = services["api"]
+    assert api["environment"]["SANDBOX_PROVIDER"] == "docker"
+    assert api["environment"]["S3_ENDPOINT"] == "http://minio:9000"
+    assert api["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert api["depends_on"]["bucket-init"]["condition"] == "service_completed_successfully"
+    assert any("/var/run/docker.sock" in str(volume) for volume in api["volumes"])
+    assert "healthcheck" in api and "healthcheck" in services["minio"]
+    assert any("minio-data" in str(volume) for volume in services["minio"]["volumes"])
+    assert services["bucket-init"]["restart"] == "no"
+
+
+def test_compose_refuses_missing_storage_secrets(tmp_path: Path) -> None:
+    result = run_config(tmp_path, env_file({**FILLED, "S3_ACCESS_KEY": ""}))
+    assert result.returncode != 0
+    assert "S3_ACCESS_KEY" in result.stderr
+
+
+def test_env_example_documents_every_setting() -> None:
+    from app.settings import Settings
+
+    documented = (ROOT / ".env.example").read_text()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        names = [alias] if isinstance(alias, str) else list(getattr(alias, "choices", []) or [name])
+        assert any(f"{n}=" in documented for n in names), f"{names} missing from .env.example"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.sandbox"])
+def test_dockerfiles_start_from_the_local_base_and_never_pull(dockerfile: str) -> None:
+    text = (ROOT / dockerfile).read_text()
+    froms = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
+    assert froms == ["debian:bookworm-slim"]
+    assert "--no-install-recommends" in text
+    assert "rm -rf /var/lib/apt/lists/*" in text
