@@ -110,6 +110,20 @@ class Settings(BaseSettings):
     docker_network: str | None = Field(default=None, validation_alias="SANDBOX_DOCKER_NETWORK")
     docker_pull: Literal["never", "missing", "always"] = Field(default="never", validation_alias="SANDBOX_DOCKER_PULL")
 
+    # Daytona provider (extra [daytona]).
+    daytona_api_url: str | None = Field(default=None, validation_alias="DAYTONA_API_URL")
+    daytona_api_key: SecretStr | None = Field(default=None, validation_alias="DAYTONA_API_KEY")
+    daytona_target: str | None = Field(default=None, validation_alias="DAYTONA_TARGET")
+
+    # Modal provider (extra [modal]).
+    modal_token_id: SecretStr | None = Field(default=None, validation_alias="MODAL_TOKEN_ID")
+    modal_token_secret: SecretStr | None = Field(default=None, validation_alias="MODAL_TOKEN_SECRET")
+    modal_app_name: str = Field(default="sandbox-control", validation_alias="MODAL_APP_NAME")
+    modal_environment: str | None = Field(default=None, validation_alias="MODAL_ENVIRONMENT")
+
+    # Build callbacks (outbox delivery).
+    callback_deadline_seconds: int = Field(default=24 * 3600, ge=60, validation_alias="SANDBOX_CALLBACK_DEADLINE")
+
     @field_validator("api_secrets", "allowed_control_plane_hosts", "snapshot_paths", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
