@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import health
+from app.api import compat, health
 from app.api.errors import install_error_handlers
 from app.api.middleware import AuthMiddleware, RequestContextMiddleware
 from app.api.v1 import sandboxes, snapshots
@@ -20,6 +20,7 @@ from app.providers.registry import create_provider
 from app.services.background import Periodic
 from app.services.container import Services
 from app.services.sandboxes import SandboxService
+from app.services.sessions import SessionService, github_tokens_from
 from app.services.snapshots import SnapshotService
 from app.settings import Settings
 from app.storage.blobs import create_blob_store
@@ -30,7 +31,15 @@ log = get_logger("app")
 
 def _known_secrets(settings: Settings, api_secrets: list[bytes]) -> list[str]:
     values = [s.decode() for s in api_secrets]
-    for secret in (settings.s3_secret_key, settings.s3_access_key, settings.internal_callback_secret):
+    for secret in (
+        settings.s3_secret_key,
+        settings.s3_access_key,
+        settings.internal_callback_secret,
+        settings.github_app_private_key,
+        settings.vcs_clone_token,
+        settings.daytona_api_key,
+        settings.modal_token_secret,
+    ):
         if secret is not None:
             values.append(secret.get_secret_value())
     return values
@@ -59,6 +68,10 @@ def create_app(settings: Settings) -> FastAPI:
             await blobs.open()
             stack.push_async_callback(blobs.aclose)
             sandbox_service = SandboxService(settings, store, provider)
+            snapshot_service = SnapshotService(settings, store, blobs, provider, sandbox_service)
+            tokens = github_tokens_from(settings)
+            if tokens is not None:
+                stack.push_async_callback(tokens.aclose)
             app.state.services = Services(
                 settings=settings,
                 metrics=metrics,
@@ -66,7 +79,8 @@ def create_app(settings: Settings) -> FastAPI:
                 provider=provider,
                 sandboxes=sandbox_service,
                 blobs=blobs,
-                snapshots=SnapshotService(settings, store, blobs, provider, sandbox_service),
+                snapshots=snapshot_service,
+                sessions=SessionService(settings, sandbox_service, snapshot_service, provider, tokens),
             )
             counts = await sandbox_service.reconcile()
             log.info("service.started", provider=settings.provider, reconciled=counts)
@@ -84,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(sandboxes.router)
     app.include_router(snapshots.router)
+    app.include_router(compat.router)
     verifier = RequestVerifier(api_secrets, settings.auth_skew_seconds, settings.auth_mode)
     # Added last = outermost: context wraps auth so rejected requests are logged and counted.
     app.add_middleware(

@@ -106,9 +106,31 @@ class Settings(BaseSettings):
     local_uid_base: int = Field(default=200_000, ge=1000, validation_alias="SANDBOX_LOCAL_UID_BASE")
     local_uid_count: int = Field(default=10_000, ge=1, validation_alias="SANDBOX_LOCAL_UID_COUNT")
 
+    #: Bind the in-sandbox runtime (and OpenCode, when installed) read-only into local sandboxes.
+    local_runtime: bool = Field(default=True, validation_alias="SANDBOX_LOCAL_RUNTIME")
+    #: A node_modules directory holding the opencode-ai package (default: where
+    #: scripts/install-opencode.sh installs it).
+    local_opencode_dir: Path | None = Field(default=None, validation_alias="SANDBOX_LOCAL_OPENCODE_DIR")
+
     # Docker provider.
     docker_network: str | None = Field(default=None, validation_alias="SANDBOX_DOCKER_NETWORK")
     docker_pull: Literal["never", "missing", "always"] = Field(default="never", validation_alias="SANDBOX_DOCKER_PULL")
+
+    # Session sandboxes (the in-sandbox runtime).
+    vcs_host: str | None = Field(default=None, validation_alias="VCS_HOST")
+    #: Clone URL template, e.g. ``https://{host}/{owner}/{name}.git`` (tests serve a local repo).
+    vcs_clone_url_template: str | None = Field(default=None, validation_alias="VCS_CLONE_URL_TEMPLATE")
+    #: The env server command inside sandboxes (default: OpenCode on port 4096).
+    env_server_cmd: str | None = Field(default=None, validation_alias="SANDBOX_ENV_SERVER_CMD")
+    #: A static clone/push token (e.g. a personal access token) used when no GitHub App is configured.
+    vcs_clone_token: SecretStr | None = Field(default=None, validation_alias="SANDBOX_VCS_CLONE_TOKEN")
+    github_app_id: str | None = Field(default=None, validation_alias="GITHUB_APP_ID")
+    github_app_private_key: SecretStr | None = Field(default=None, validation_alias="GITHUB_APP_PRIVATE_KEY")
+    github_app_private_key_file: Path | None = Field(default=None, validation_alias="GITHUB_APP_PRIVATE_KEY_FILE")
+    github_app_installation_id: str | None = Field(default=None, validation_alias="GITHUB_APP_INSTALLATION_ID")
+    github_hostname: str | None = Field(default=None, validation_alias="GITHUB_HOSTNAME")
+    #: Override of the GitHub API base URL (GitHub Enterprise proxies, tests).
+    github_api_base: str | None = Field(default=None, validation_alias="GITHUB_API_BASE")
 
     # Daytona provider (extra [daytona]).
     daytona_api_url: str | None = Field(default=None, validation_alias="DAYTONA_API_URL")

@@ -36,7 +36,12 @@ def child_env(env: Mapping[str, str]) -> dict[str, str]:
     The agent runs inside the env server and has no business with the sandbox token or
     the VCS token; pushing goes through the bridge.
     """
-    return {k: v for k, v in env.items() if k not in c.SECRET_ENV_NAMES}
+    child = {k: v for k, v in env.items() if k not in c.SECRET_ENV_NAMES}
+    # The runtime's own import path (set by the provider) is not the agent's business.
+    runtime_path = child.pop(c.RUNTIME_PYTHONPATH, None)
+    if runtime_path is not None and child.get("PYTHONPATH") == runtime_path:
+        del child["PYTHONPATH"]
+    return child
 
 
 def make_git(config: RuntimeConfig, env: Mapping[str, str]) -> Git:

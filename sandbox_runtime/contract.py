@@ -167,6 +167,10 @@ EXIT_FATAL = 1
 EXIT_CONFIG = 2
 """The environment is invalid (missing or malformed names)."""
 
+RUNTIME_PYTHONPATH = "SANDBOX_RUNTIME_PYTHONPATH"
+"""The import path a provider added for the runtime itself (e.g. the local provider's
+bind mounts); when ``PYTHONPATH`` equals it, children of the runtime do not inherit it."""
+
 SECRET_ENV_NAMES = frozenset({SANDBOX_AUTH_TOKEN, VCS_CLONE_TOKEN})
 """Names whose values are redacted from logs and withheld from the env server and hooks."""
 
@@ -179,7 +183,7 @@ RESERVED_ENV_NAMES = frozenset(
         BOOT_MODE, RESTORED_FROM_SNAPSHOT, FROM_REPO_IMAGE, REPO_IMAGE_SHA, IMAGE_BUILD_MODE,
         ENV_SERVER_CMD, ENV_SERVER_PORT, ENV_SERVER_HEALTH_PATH, ENV_SERVER_HEALTH_TIMEOUT,
         ENV_SERVER_LIVENESS_INTERVAL,
-        WORKSPACE_DIR, RUNTIME_STATE_DIR, RUNTIME_RUN_DIR,
+        WORKSPACE_DIR, RUNTIME_STATE_DIR, RUNTIME_RUN_DIR, RUNTIME_PYTHONPATH,
         GIT_TIMEOUT, SETUP_TIMEOUT, START_TIMEOUT, STOP_GRACE_SECONDS,
         RESTART_BACKOFF_BASE, RESTART_BACKOFF_MAX, RESTART_JITTER, RESTART_MAX, RESTART_WINDOW,
         RESTART_STABLE_AFTER,

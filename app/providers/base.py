@@ -113,6 +113,15 @@ class Provider(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients and connections. Sandboxes keep running."""
 
+    def runtime_command(self) -> list[str]:
+        """The command that starts the in-sandbox supervisor on this provider's sandboxes.
+
+        Images built from ``Dockerfile.sandbox`` (and cloud images derived from
+        it) have the runtime on the default ``python3``; a provider whose
+        sandboxes get it another way overrides this.
+        """
+        return ["python3", "-m", "sandbox_runtime"]
+
     async def ping(self) -> None:
         """Readiness check: raise ``ProviderUnavailable`` when the backend cannot serve."""
         await self.list({"sandbox-control.ping": "1"})

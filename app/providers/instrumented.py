@@ -40,6 +40,9 @@ class InstrumentedProvider(Provider):
     async def aclose(self) -> None:
         await self.inner.aclose()
 
+    def runtime_command(self) -> list[str]:
+        return self.inner.runtime_command()
+
     async def ping(self) -> None:
         with self._timed("ping"):
             await self.inner.ping()

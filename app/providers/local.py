@@ -59,6 +59,7 @@ from app.providers.local_files import FileOps
 from app.providers.local_init import INIT_WAIT_SECONDS, InitSupervisor
 from app.providers.local_io import run_process
 from app.providers.local_limits import AppliedLimits, ResourceLimiter
+from app.providers.local_runtime import RuntimeBundle, runtime_bundle
 from app.providers.local_store import InitRecord, LocalStore, SandboxMeta, new_ref
 from app.settings import Settings
 
@@ -80,12 +81,17 @@ class LocalProvider(Provider):
         self._limiter = ResourceLimiter(privileged=self._privileged)
         self._tools: HostTools | None = None
         self._system: list[str] = []
+        self._runtime = RuntimeBundle()
         self._open_lock = asyncio.Lock()
         self._locks: dict[str, asyncio.Lock] = {}
         #: ref -> pids (= process groups) of execs in flight, killed by ``stop``.
         self._execs: dict[str, set[int]] = {}
         self._files = FileOps(self)
         self._init = InitSupervisor(self._store, self._limiter)
+
+    def runtime_command(self) -> list[str]:
+        """``python3 -m sandbox_runtime`` with the bound runtime on its import path only."""
+        return self._runtime.command
 
     # -- lifecycle of the provider -------------------------------------------
 
@@ -116,6 +122,9 @@ class LocalProvider(Provider):
         if rootfs is not None and not rootfs.is_dir():
             raise ProviderUnavailable(f"local provider: SANDBOX_LOCAL_ROOTFS {str(rootfs)!r} is not a directory")
         self._system = system_mounts(rootfs.absolute() if rootfs is not None else None)
+        if self._settings.local_runtime:
+            self._runtime = runtime_bundle(self._settings.local_opencode_dir)
+            self._system += self._runtime.mounts
         self._store.prepare()
         if self._privileged:
             self._store.check_searchable()
@@ -286,7 +295,7 @@ class LocalProvider(Provider):
             paths=self._store.paths(meta.ref),
             hostname=meta.ref,
             isolate_network=meta.network == "none",
-            env=sandbox_env(meta.env, env, meta.ref),
+            env=sandbox_env(meta.env, env, meta.ref, self._runtime.path_prefix),
             cwd=cwd,
             host_root=self._settings.local_rootfs is None,
             status_fd=status_fd,

@@ -184,10 +184,12 @@ def account_file(base: str, line: str, *, uid_field: int) -> str:
     return "\n".join([*kept, line]) + "\n"
 
 
-def sandbox_env(spec_env: Mapping[str, str], exec_env: Mapping[str, str] | None, hostname: str) -> dict[str, str]:
+def sandbox_env(
+    spec_env: Mapping[str, str], exec_env: Mapping[str, str] | None, hostname: str, path_prefix: str = ""
+) -> dict[str, str]:
     """The complete environment of a sandboxed process: defaults, spec, then exec."""
     env = {
-        "PATH": SANDBOX_PATH,
+        "PATH": f"{path_prefix}:{SANDBOX_PATH}" if path_prefix else SANDBOX_PATH,
         "HOME": SANDBOX_HOME,
         "USER": SANDBOX_USER,
         "LOGNAME": SANDBOX_USER,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from app.metrics import Metrics
 from app.providers.base import Provider
 from app.services.sandboxes import SandboxService
+from app.services.sessions import SessionService
 from app.services.snapshots import SnapshotService
 from app.settings import Settings
 from app.storage.blobs import BlobStore
@@ -22,3 +23,4 @@ class Services:
     sandboxes: SandboxService
     blobs: BlobStore
     snapshots: SnapshotService
+    sessions: SessionService

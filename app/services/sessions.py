@@ -1,0 +1,143 @@
+"""Session sandboxes: a repository, the env server and the bridge, per control-plane session.
+
+This is where the service meets the in-sandbox runtime. The environment is
+built by ``sandbox_runtime.contract.build_sandbox_env`` (the single source
+both sides import), the clone token is minted here (GitHub App) and handed
+over only through the environment, and the sandbox's entry command is the
+provider's way of starting ``python -m sandbox_runtime``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.errors import BadRequest, ReservedEnvNames
+from app.logging import get_logger
+from app.providers.base import Provider, Resources
+from app.services.github_tokens import GitHubAppTokenProvider, api_base_for, load_private_key
+from app.services.hosts import check_url_allowed
+from app.services.models import CreateSandboxRequest, validate_env
+from app.services.sandboxes import SandboxService, new_sandbox_id
+from app.services.snapshots import SnapshotService
+from app.settings import Settings
+from app.storage.state import SandboxRecord
+from sandbox_runtime.contract import (
+    BootMode,
+    ReservedEnvNameError,
+    SessionConfig,
+    build_sandbox_env,
+    find_reserved_env_names,
+)
+
+log = get_logger("sessions")
+
+
+@dataclass
+class SessionLaunch:
+    """Everything one session sandbox needs, whichever API asked for it."""
+
+    session: SessionConfig
+    control_plane_url: str
+    sandbox_auth_token: str
+    sandbox_id: str | None = None
+    user_env: dict[str, str] = field(default_factory=dict)
+    snapshot_id: str | None = None
+    ttl_seconds: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+    image: str | None = None
+
+
+def github_tokens_from(settings: Settings) -> GitHubAppTokenProvider | None:
+    """The GitHub App token minter when an app is configured, else None (public repos)."""
+    if not (settings.github_app_id and settings.github_app_installation_id):
+        return None
+    pem = settings.github_app_private_key.get_secret_value() if settings.github_app_private_key else None
+    key = load_private_key(pem, settings.github_app_private_key_file)
+    api_base = settings.github_api_base or api_base_for(settings.github_hostname)
+    return GitHubAppTokenProvider(
+        app_id=settings.github_app_id,
+        private_key=key,
+        installation_id=settings.github_app_installation_id,
+        api_base=api_base,
+    )
+
+
+class SessionService:
+    """Launch session sandboxes: check, build the env contract, create or restore."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sandboxes: SandboxService,
+        snapshots: SnapshotService,
+        provider: Provider,
+        tokens: GitHubAppTokenProvider | None,
+    ) -> None:
+        self.settings = settings
+        self.sandboxes = sandboxes
+        self.snapshots = snapshots
+        self.provider = provider
+        self.tokens = tokens
+
+    def check(self, launch: SessionLaunch) -> None:
+        """Everything that can be refused is refused here, before anything exists."""
+        check_url_allowed(
+            launch.control_plane_url, self.settings.allowed_control_plane_hosts, field="control_plane_url"
+        )
+        reserved = find_reserved_env_names(launch.user_env)
+        if reserved:
+            raise ReservedEnvNames(reserved)
+        try:
+            validate_env(launch.user_env)
+        except ValueError as exc:
+            raise BadRequest(str(exc), field="user_env_vars") from None
+
+    async def _clone_token(self) -> str | None:
+        """A GitHub App installation token, else the configured static token, else None (public repos)."""
+        if self.tokens is not None:
+            return (await self.tokens.get_token()).token
+        static = self.settings.vcs_clone_token
+        return static.get_secret_value() if static is not None else None
+
+    async def launch(self, launch: SessionLaunch) -> SandboxRecord:
+        """Create (or restore) the sandbox with the runtime as its entry command."""
+        self.check(launch)
+        sandbox_id = launch.sandbox_id or new_sandbox_id()
+        session = launch.session
+        clone_token = await self._clone_token()
+        try:
+            env = build_sandbox_env(
+                sandbox_id=sandbox_id,
+                repo_owner=session.repo_owner,
+                repo_name=session.repo_name,
+                boot_mode=BootMode.SNAPSHOT_RESTORE if launch.snapshot_id else BootMode.FRESH,
+                control_plane_url=launch.control_plane_url,
+                sandbox_auth_token=launch.sandbox_auth_token,
+                session=session,
+                branch=session.branch,
+                vcs_host=self.settings.vcs_host or self.settings.github_hostname or "github.com",
+                vcs_clone_token=clone_token,
+                vcs_clone_url_template=self.settings.vcs_clone_url_template,
+                env_server_cmd=self.settings.env_server_cmd,
+                user_env=launch.user_env,
+            )
+        except ReservedEnvNameError as exc:
+            raise ReservedEnvNames(exc.names) from None
+        request = CreateSandboxRequest(
+            sandbox_id=sandbox_id,
+            image=launch.image,
+            labels=launch.labels,
+            resources=launch.resources,
+            ttl_seconds=launch.ttl_seconds,
+            command=self.provider.runtime_command(),
+        )
+        fields = {"session_id": session.session_id, "repo_owner": session.repo_owner, "repo_name": session.repo_name}
+        if launch.snapshot_id:
+            record = await self.snapshots.restore(launch.snapshot_id, request, extra_env=env, **fields)
+        else:
+            record = await self.sandboxes.create(request, extra_env=env, **fields)
+        log.info(
+            "session.launched", sandbox_id=record.id, session_id=session.session_id, restored=bool(launch.snapshot_id)
+        )
+        return record
