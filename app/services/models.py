@@ -55,8 +55,35 @@ class StrictModel(BaseModel):
 SandboxId = Annotated[str, Field(pattern=_SANDBOX_ID.pattern, description="letters, digits, ._- (max 128)")]
 
 
+_REPO_PART = r"^[A-Za-z0-9_.-]{1,100}$"
+
+
+class RepoRef(StrictModel):
+    """The repository a session sandbox clones."""
+
+    owner: str = Field(pattern=_REPO_PART)
+    name: str = Field(pattern=_REPO_PART)
+    branch: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class SessionRef(StrictModel):
+    """The control-plane session a sandbox serves (its bridge connects there)."""
+
+    session_id: str = Field(min_length=1, max_length=256)
+    control_plane_url: str = Field(min_length=1, max_length=2048)
+    sandbox_auth_token: str = Field(min_length=1, max_length=4096)
+    provider: str = Field(default="anthropic", max_length=64)
+    model: str = Field(default="claude-sonnet-4-6", max_length=128)
+    opencode_session_id: str | None = Field(default=None, max_length=256)
+
+
 class CreateSandboxRequest(StrictModel):
-    """``POST /v1/sandboxes``."""
+    """``POST /v1/sandboxes``.
+
+    With ``repo`` and ``session`` the sandbox runs the in-sandbox runtime
+    (clone, env server, bridge) and ``command`` must be absent;
+    ``from_snapshot`` starts it from a snapshot's files.
+    """
 
     sandbox_id: SandboxId | None = Field(default=None, description="logical id; generated when absent")
     image: str | None = Field(default=None, max_length=512)
@@ -68,6 +95,10 @@ class CreateSandboxRequest(StrictModel):
     command: list[Annotated[str, Field(max_length=8192)]] | None = Field(
         default=None, min_length=1, max_length=256, description="long-running entry command"
     )
+    repo: RepoRef | None = None
+    session: SessionRef | None = None
+    from_snapshot: str | None = Field(default=None, min_length=1, max_length=128)
+    from_pool: str | None = Field(default=None, min_length=1, max_length=128)
 
     @field_validator("labels")
     @classmethod

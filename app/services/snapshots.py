@@ -253,7 +253,7 @@ class SnapshotService:
         fields.setdefault("repo_owner", record.repo_owner)
         fields.setdefault("repo_name", record.repo_name)
         async with self._slots:
-            gated_request = request.model_copy(update={"command": gated})
+            gated_request = request.model_copy(update={"command": gated, "from_snapshot": None})
             sandbox = await self.sandboxes.create(gated_request, extra_env=env, **fields)
             ref = sandbox.provider_object_id
             assert ref is not None

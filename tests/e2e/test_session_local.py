@@ -161,7 +161,7 @@ async def test_refusals_happen_before_anything_is_created(session_service: Any, 
             create_body(control_plane, user_env_vars={"VCS_CLONE_TOKEN": "x", "SANDBOX_ID": "y"}),
             422,
             "reserved_env_name",
-        ),  # noqa: E501
+        ),
         (create_body(control_plane, repo_image_id="img-1"), 422, "unsupported_spec"),
         (create_body(control_plane, unexpected=True), 422, "validation_error"),
     ]
@@ -172,3 +172,26 @@ async def test_refusals_happen_before_anything_is_created(session_service: Any, 
     assert "SANDBOX_ID" in reserved.json()["error"] and "VCS_CLONE_TOKEN" in reserved.json()["error"]
     assert await app.state.services.provider.list({}) == []
     await asyncio.sleep(0)
+
+
+async def test_v1_session_sandbox_and_its_refusals(
+    session_service: Any, control_plane: ControlPlane, git_server: GitHttpServer
+) -> None:
+    _, raw, auth = session_service
+    git_server.create_repo("acme", "lib", {"README.md": "lib\n"})
+    session = {"session_id": "sess-v1", "control_plane_url": control_plane.url, "sandbox_auth_token": SANDBOX_TOKEN}
+    body = {"repo": {"owner": "acme", "name": "lib"}, "session": session, "env": OPENCODE_OFFLINE, "labels": {"v": "1"}}
+    response = await raw.post("/v1/sandboxes", json=body, headers=auth())
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert (created["session_id"], created["repo"]) == ("sess-v1", "acme/lib")
+    ready = await control_plane.wait_for("ready", timeout=90, sandboxId=created["id"])
+    assert ready["opencodeSessionId"]
+    for bad, status in [
+        ({"repo": {"owner": "acme", "name": "lib"}}, 400),
+        ({**body, "command": ["sleep", "1"]}, 400),
+        ({"from_pool": "default"}, 422),
+        ({**body, "env": {"BOOT_MODE": "build"}}, 422),
+    ]:
+        refused = await raw.post("/v1/sandboxes", json=bad, headers=auth())
+        assert refused.status_code == status, refused.text

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import SandboxesDep
-from app.errors import BadRequest
+from app.api.deps import SandboxesDep, ServicesDep
+from app.errors import BadRequest, UnsupportedSpec
 from app.services.models import (
     CreateSandboxRequest,
     EventList,
@@ -19,7 +19,9 @@ from app.services.models import (
     SandboxView,
     validate_labels,
 )
+from app.services.sessions import SessionLaunch
 from app.storage.state import SandboxRecord
+from sandbox_runtime.contract import SessionConfig
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
@@ -60,9 +62,49 @@ def parse_label_filters(values: list[str]) -> dict[str, str]:
 
 
 @router.post("", status_code=201)
-async def create_sandbox(body: CreateSandboxRequest, sandboxes: SandboxesDep) -> SandboxView:
-    """Create a sandbox; answers once it can run commands."""
-    return to_view(await sandboxes.create(body))
+async def create_sandbox(body: CreateSandboxRequest, services: ServicesDep) -> SandboxView:
+    """Create a sandbox; answers once it can run commands.
+
+    ``repo`` + ``session``: a session sandbox (the runtime clones, starts the env
+    server and the bridge). ``from_snapshot``: restored from a snapshot.
+    """
+    if body.from_pool:
+        raise UnsupportedSpec("from_pool", services.provider.name, "warm pools are not available in this release")
+    if body.repo is not None or body.session is not None:
+        return to_view(await services.sessions.launch(session_launch(body)))
+    if body.from_snapshot:
+        return to_view(await services.snapshots.restore(body.from_snapshot, body))
+    return to_view(await services.sandboxes.create(body))
+
+
+def session_launch(body: CreateSandboxRequest) -> SessionLaunch:
+    if body.repo is None or body.session is None:
+        raise BadRequest(
+            "a session sandbox needs both repo and session", field="repo" if body.repo is None else "session"
+        )
+    if body.command is not None:
+        raise BadRequest("a session sandbox runs the runtime; command must be absent", field="command")
+    session = SessionConfig(
+        session_id=body.session.session_id,
+        repo_owner=body.repo.owner,
+        repo_name=body.repo.name,
+        branch=body.repo.branch,
+        provider=body.session.provider,
+        model=body.session.model,
+        opencode_session_id=body.session.opencode_session_id,
+    )
+    return SessionLaunch(
+        session=session,
+        control_plane_url=body.session.control_plane_url,
+        sandbox_auth_token=body.session.sandbox_auth_token,
+        sandbox_id=body.sandbox_id,
+        user_env=dict(body.env),
+        snapshot_id=body.from_snapshot,
+        ttl_seconds=body.ttl_seconds,
+        labels=dict(body.labels),
+        resources=body.resources,
+        image=body.image,
+    )
 
 
 @router.get("")
