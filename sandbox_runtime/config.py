@@ -172,7 +172,8 @@ def _from_env(env: Mapping[str, str]) -> RuntimeConfig:
     template = env.get(c.VCS_CLONE_URL_TEMPLATE) or c.DEFAULT_CLONE_URL_TEMPLATE
     if "@" in template.split("://", 1)[-1].split("/", 1)[0]:
         raise ConfigError(f"{c.VCS_CLONE_URL_TEMPLATE} must not embed credentials")
-    cmd = env.get(c.ENV_SERVER_CMD) or c.DEFAULT_ENV_SERVER_CMD
+    port = _int(env, c.ENV_SERVER_PORT, c.DEFAULT_ENV_SERVER_PORT, 1)
+    cmd = env.get(c.ENV_SERVER_CMD) or c.default_env_server_cmd(port)
     try:
         argv = shlex.split(cmd)
     except ValueError as exc:
@@ -204,7 +205,7 @@ def _from_env(env: Mapping[str, str]) -> RuntimeConfig:
         boot_mode=boot_mode,
         repo_image_sha=env.get(c.REPO_IMAGE_SHA) or None,
         env_server_argv=argv,
-        env_server_port=_int(env, c.ENV_SERVER_PORT, c.DEFAULT_ENV_SERVER_PORT, 1),
+        env_server_port=port,
         health_path=env.get(c.ENV_SERVER_HEALTH_PATH) or c.DEFAULT_HEALTH_PATH,
         health_timeout=_float(env, c.ENV_SERVER_HEALTH_TIMEOUT, 120.0, 0.1),
         liveness_interval=_float(env, c.ENV_SERVER_LIVENESS_INTERVAL, 15.0),

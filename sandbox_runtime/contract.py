@@ -139,6 +139,11 @@ BRIDGE_PROMPT_INACTIVITY_TIMEOUT = "BRIDGE_PROMPT_INACTIVITY_TIMEOUT"
 
 DEFAULT_ENV_SERVER_PORT = 4096
 DEFAULT_ENV_SERVER_CMD = f"opencode serve --port {DEFAULT_ENV_SERVER_PORT} --hostname 127.0.0.1"
+
+
+def default_env_server_cmd(port: int = DEFAULT_ENV_SERVER_PORT) -> str:
+    """OpenCode on ``port`` of the sandbox's loopback (the default when ``ENV_SERVER_CMD`` is unset)."""
+    return f"opencode serve --port {port} --hostname 127.0.0.1"
 DEFAULT_HEALTH_PATH = "/global/health"
 DEFAULT_VCS_HOST = "github.com"
 DEFAULT_VCS_CLONE_USERNAME = "x-access-token"

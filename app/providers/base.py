@@ -94,6 +94,9 @@ class Capabilities:
     max_disk_mb: int | None = None
     #: Network modes accepted in ``SandboxSpec.network``; ``None`` = any name.
     networks: frozenset[str] | None = frozenset({"host", "none"})
+    #: Sandboxes share one loopback (e.g. local sandboxes on the host network):
+    #: services listening inside them need a port of their own.
+    shared_loopback: bool = False
 
 
 class Provider(abc.ABC):

@@ -72,7 +72,9 @@ class LocalProvider(Provider):
     """Sandboxes as bubblewrap jails on this host (see the module docstring)."""
 
     name = "local"
-    capabilities = Capabilities(gpu=False, stop_start=True, max_disk_mb=None, networks=frozenset({"host", "none"}))
+    capabilities = Capabilities(
+        gpu=False, stop_start=True, max_disk_mb=None, networks=frozenset({"host", "none"}), shared_loopback=True
+    )
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

@@ -9,6 +9,7 @@ provider's way of starting ``python -m sandbox_runtime``.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
 from app.errors import BadRequest, ReservedEnvNames
@@ -100,6 +101,18 @@ class SessionService:
         static = self.settings.vcs_clone_token
         return static.get_secret_value() if static is not None else None
 
+    def _env_server_port(self) -> int | None:
+        """A port of its own when sandboxes share the host's loopback (local, host network).
+
+        Otherwise two sandboxes' env servers would collide on the default port,
+        and one sandbox's bridge could end up talking to another's env server.
+        """
+        if not self.provider.capabilities.shared_loopback or self.settings.env_server_cmd:
+            return None
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+
     async def launch(self, launch: SessionLaunch) -> SandboxRecord:
         """Create (or restore) the sandbox with the runtime as its entry command."""
         self.check(launch)
@@ -120,6 +133,7 @@ class SessionService:
                 vcs_clone_token=clone_token,
                 vcs_clone_url_template=self.settings.vcs_clone_url_template,
                 env_server_cmd=self.settings.env_server_cmd,
+                env_server_port=self._env_server_port(),
                 user_env=launch.user_env,
             )
         except ReservedEnvNameError as exc:
