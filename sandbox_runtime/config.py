@@ -219,7 +219,7 @@ def _from_env(env: Mapping[str, str]) -> RuntimeConfig:
         restart=RestartSettings(
             backoff_base=_float(env, c.RESTART_BACKOFF_BASE, 1.0),
             backoff_max=_float(env, c.RESTART_BACKOFF_MAX, 60.0),
-            jitter=_float(env, c.RESTART_JITTER, 1.0),
+            jitter=_float(env, c.RESTART_JITTER, 0.25),
             max_restarts=_int(env, c.RESTART_MAX, 5),
             window=_float(env, c.RESTART_WINDOW, 600.0, 1.0),
             stable_after=_float(env, c.RESTART_STABLE_AFTER, 60.0),

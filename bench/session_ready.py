@@ -1,0 +1,175 @@
+"""``POST /api/create-sandbox`` → ``ready`` on the control plane's WebSocket, vs OpenCode alone.
+
+In one run, on a real ``sandboxctl serve`` (local provider) with a git server
+(smart HTTP, basic auth) and a WebSocket control plane on 127.0.0.1:
+
+* OpenCode alone: ``opencode serve`` on the host until ``/global/health`` is 200;
+* ours: create-sandbox → clone → env server healthy → bridge → ``ready``;
+* env-server crash → healthy again: SIGKILL OpenCode inside a session sandbox and
+  time until its port answers ``/global/health`` again (first restart).
+
+Usage: ``python bench/session_ready.py [--runs 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.client import SandboxClient  # noqa: E402
+from tests.fixtures.app import LiveServer, free_port  # noqa: E402
+from tests.fixtures.runtime import GIT_TOKEN, SANDBOX_TOKEN, ControlPlane, GitHttpServer, find_opencode  # noqa: E402
+
+OFFLINE = {
+    "OPENCODE_DISABLE_AUTOUPDATE": "1",
+    "OPENCODE_DISABLE_MODELS_FETCH": "1",
+    "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
+    "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
+    "OPENCODE_DISABLE_SHARE": "1",
+}
+
+
+async def wait_healthy(url: str, deadline_s: float = 60) -> float:
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=0.5, trust_env=False) as http:
+        while time.perf_counter() - started < deadline_s:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(url)).status_code == 200:
+                    return time.perf_counter() - started
+            await asyncio.sleep(0.02)
+    raise TimeoutError(url)
+
+
+async def opencode_alone(binary: Path, home: Path) -> float:
+    port = free_port()
+    env = {
+        **os.environ,
+        **OFFLINE,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "c"),
+        "XDG_DATA_HOME": str(home / "d"),
+    }
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        str(binary), "serve", "--port", str(port), "--hostname", "127.0.0.1",
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}/global/health")
+        return time.perf_counter() - started
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+
+
+def sandbox_opencode_pid(data_dir: Path, ref: str) -> tuple[int, int]:
+    """(pid, port) of the OpenCode server running inside local sandbox ``ref``."""
+    import json
+
+    uid = json.loads((data_dir / "local" / "sandboxes" / ref / "meta.json").read_text())["uid"]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if entry.stat().st_uid != uid:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if any(a.endswith(b"opencode") for a in argv[:2]) and b"serve" in argv:
+                return int(entry.name), int(argv[argv.index(b"--port") + 1])
+    raise LookupError("no opencode process in the sandbox")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    binary = find_opencode()
+    if binary is None:
+        raise SystemExit("OpenCode is not installed: run scripts/install-opencode.sh")
+    workdir = Path(tempfile.mkdtemp(prefix="sandbox-bench-session-"))
+    workdir.chmod(0o711)
+    git = GitHttpServer(workdir / "git").start()
+    git.create_repo("acme", "app", {"README.md": "bench\n", ".openinspect/setup.sh": "#!/bin/sh\ntrue\n"})
+    plane = await ControlPlane().start()
+    secret = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SANDBOX_", "S3_"))}
+    env.update(
+        SANDBOX_API_SECRET=secret,
+        SANDBOX_PROVIDER="local",
+        SANDBOX_DATA_DIR=str(workdir / "data"),
+        SANDBOX_LOG_LEVEL="warning",
+        ALLOWED_CONTROL_PLANE_HOSTS="127.0.0.1",
+        VCS_CLONE_URL_TEMPLATE=git.url_template,
+        SANDBOX_VCS_CLONE_TOKEN=GIT_TOKEN,
+        SANDBOX_LOCAL_OPENCODE_DIR=str(binary.parent.parent),
+    )
+    server = LiveServer(env, free_port(), workdir / "server.log")
+    server.start()
+    alone: list[float] = []
+    ours: list[float] = []
+    restart: list[float] = []
+    try:
+        async with SandboxClient(server.url, secret.encode()) as client:
+            for run in range(args.runs):
+                alone.append(await opencode_alone(binary, workdir / f"home-{run}"))
+                before = len(plane.received)
+                body = {
+                    "session_id": f"bench-{run}",
+                    "repo_owner": "acme",
+                    "repo_name": "app",
+                    "control_plane_url": plane.url,
+                    "sandbox_auth_token": SANDBOX_TOKEN,
+                    "user_env_vars": OFFLINE,
+                }
+                started = time.perf_counter()
+                created = (await client.request("POST", "/api/create-sandbox", json=body))["data"]
+                await plane.wait_for("ready", timeout=120, after=before, sandboxId=created["sandbox_id"])
+                ours.append(time.perf_counter() - started)
+                if run < max(3, args.runs // 2):
+                    pid, port = sandbox_opencode_pid(workdir / "data", created["provider_object_id"])
+                    os.kill(pid, signal.SIGKILL)
+                    started = time.perf_counter()
+                    for _ in range(200):  # until the old process is gone (bounded)
+                        if not Path(f"/proc/{pid}").exists():
+                            break
+                        await asyncio.sleep(0.01)
+                    await wait_healthy(f"http://127.0.0.1:{port}/global/health")
+                    restart.append(time.perf_counter() - started)
+                await client.delete(created["sandbox_id"])
+    finally:
+        server.stop()
+        await plane.stop()
+        git.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def row(name: str, values: list[float]) -> str:
+        return f"| {name:<44} | {statistics.median(values):6.2f} | {min(values):6.2f} | {max(values):6.2f} |"
+
+    print("| measure (s)                                  |    p50 |    min |    max |")
+    print("|----------------------------------------------|--------|--------|--------|")
+    print(row("OpenCode alone → healthy", alone))
+    print(row("ours: POST /api/create-sandbox → ready (WS)", ours))
+    print(row("env server SIGKILL → healthy again", restart))
+    overhead = statistics.median(ours) - statistics.median(alone)
+    print(f"\noverhead over OpenCode alone (p50): {overhead:+.2f} s (target ≤ 1 s), runs={args.runs}")
+    print(f"first restart p50: {statistics.median(restart):.2f} s (target ≤ 3 s), runs={len(restart)}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
