@@ -25,7 +25,11 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 bench: setup
+	@./scripts/test-deps.sh
 	$(PY) bench/create_exec.py
+	$(PY) bench/snapshot.py
+	$(PY) bench/session_ready.py
+	$(PY) bench/docker_create.py
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache
