@@ -71,13 +71,19 @@ async def test_sandbox_cannot_reach_the_service_data_dir(local_provider: Provide
         "libx32",
         "opt",
         "proc",
+        "run",
         "sbin",
         "tmp",
         "usr",
         "var",
         "workspace",
     }
-    assert not top & {"root", "work", "srv", "run", "mnt"}
+    assert not top & {"root", "work", "srv", "mnt"}
+    # /run holds only the read-only runtime bundle, none of the host's sockets.
+    run = await sh(local_provider, ref, "ls -A /run; ls /run/sandbox-runtime")
+    assert run.stdout.decode().split() == ["sandbox-runtime", "node_modules", "python", "site-packages"] or (
+        run.stdout.decode().split() == ["sandbox-runtime", "python", "site-packages"]
+    )
 
 
 async def test_sandbox_cannot_read_another_sandbox(local_provider: Provider, provider_workdir: Path) -> None:
