@@ -145,6 +145,13 @@ class Settings(BaseSettings):
 
     # Build callbacks (outbox delivery).
     callback_deadline_seconds: int = Field(default=24 * 3600, ge=60, validation_alias="SANDBOX_CALLBACK_DEADLINE")
+    callback_retry_base_seconds: float = Field(default=2.0, gt=0, validation_alias="SANDBOX_CALLBACK_RETRY_BASE")
+    callback_retry_cap_seconds: float = Field(default=300.0, gt=0, validation_alias="SANDBOX_CALLBACK_RETRY_CAP")
+    callback_poll_interval_seconds: float = Field(default=5.0, gt=0, validation_alias="SANDBOX_CALLBACK_POLL_INTERVAL")
+    callback_lease_seconds: float = Field(default=60.0, gt=0, validation_alias="SANDBOX_CALLBACK_LEASE")
+    callback_request_timeout_seconds: float = Field(
+        default=10.0, gt=0, validation_alias="SANDBOX_CALLBACK_REQUEST_TIMEOUT"
+    )
 
     @field_validator("api_secrets", "allowed_control_plane_hosts", "snapshot_paths", mode="before")
     @classmethod

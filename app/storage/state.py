@@ -17,6 +17,7 @@ from sqlalchemy import Connection, delete, event, exists, func, insert, inspect,
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.errors import StorageUnavailable
+from app.storage.state_callbacks import CallbackQueries
 from app.storage.state_snapshots import SnapshotQueries
 from app.storage.tables import Base, SandboxEventRow, SandboxLabelRow, SandboxRow, SchemaVersionRow
 from app.storage.times import aware, utcnow
@@ -91,7 +92,7 @@ def _upgrade(connection: Connection) -> None:
         connection.execute(update(SchemaVersionRow).where(SchemaVersionRow.id == 1).values(version=SCHEMA_VERSION))
 
 
-class StateStore(SnapshotQueries):
+class StateStore(SnapshotQueries, CallbackQueries):
     """Async access to persisted state; every method is one short transaction."""
 
     def __init__(self, url: str) -> None:

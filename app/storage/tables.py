@@ -94,3 +94,35 @@ class SnapshotRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class CallbackRow(Base):
+    """One outbound callback of the durable outbox (``app.services.callbacks``).
+
+    A worker owns a row while ``lease_until`` is in the future and
+    ``lease_owner`` holds its claim token; the lease is what keeps two
+    replicas sharing the database from sending the same callback at once.
+    """
+
+    __tablename__ = "callbacks"
+    __table_args__ = (Index("ix_callbacks_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    #: The exact JSON text sent (and signed) on every attempt.
+    body: Mapped[str] = mapped_column(Text)
+    idempotency_key: Mapped[str] = mapped_column(String(256), unique=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    #: pending | delivered | gave_up
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    #: Why the last attempt failed; scrubbed of secrets and tokens before it is stored.
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+    deadline_at: Mapped[datetime]
