@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     max_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, validation_alias="SANDBOX_MAX_TTL_SECONDS")
     reaper_interval_seconds: float = Field(default=15.0, gt=0, validation_alias="SANDBOX_REAPER_INTERVAL")
     reconcile_interval_seconds: float = Field(default=60.0, gt=0, validation_alias="SANDBOX_RECONCILE_INTERVAL")
+    #: Warm pools: seconds between maintenance passes (a PUT or a claim also wakes it at once).
+    pool_interval_seconds: float = Field(default=10.0, gt=0, validation_alias="SANDBOX_POOL_INTERVAL")
+    #: Pool members created at once, across all pools (bounds the load a refill puts on the provider).
+    pool_create_concurrency: int = Field(default=4, ge=1, le=64, validation_alias="SANDBOX_POOL_CREATE_CONCURRENCY")
+    #: Seconds a new member may take to clone and run setup.sh before it is replaced.
+    pool_boot_timeout_seconds: float = Field(default=900.0, gt=0, validation_alias="SANDBOX_POOL_BOOT_TIMEOUT")
+    #: max_age_seconds of the implicit pools made by POST /api/warm-sandbox.
+    pool_default_max_age_seconds: int = Field(default=3600, ge=1, validation_alias="SANDBOX_POOL_DEFAULT_MAX_AGE")
 
     # Local (bubblewrap) provider.
     local_bwrap: str = Field(default="bwrap", validation_alias="SANDBOX_LOCAL_BWRAP")
@@ -142,6 +150,12 @@ class Settings(BaseSettings):
     modal_token_secret: SecretStr | None = Field(default=None, validation_alias="MODAL_TOKEN_SECRET")
     modal_app_name: str = Field(default="sandbox-control", validation_alias="MODAL_APP_NAME")
     modal_environment: str | None = Field(default=None, validation_alias="MODAL_ENVIRONMENT")
+    #: Idle timeout of Modal sandboxes (seconds); unset = none.
+    modal_idle_timeout_seconds: int | None = Field(default=None, ge=1, validation_alias="MODAL_IDLE_TIMEOUT")
+    #: Ports of Modal sandboxes exposed through tunnels (e.g. the env server's).
+    modal_tunnel_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, validation_alias="MODAL_TUNNEL_PORTS"
+    )
 
     # Build callbacks (outbox delivery).
     callback_deadline_seconds: int = Field(default=24 * 3600, ge=60, validation_alias="SANDBOX_CALLBACK_DEADLINE")
@@ -153,7 +167,9 @@ class Settings(BaseSettings):
         default=10.0, gt=0, validation_alias="SANDBOX_CALLBACK_REQUEST_TIMEOUT"
     )
 
-    @field_validator("api_secrets", "allowed_control_plane_hosts", "snapshot_paths", mode="before")
+    @field_validator(
+        "api_secrets", "allowed_control_plane_hosts", "snapshot_paths", "modal_tunnel_ports", mode="before"
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -27,6 +27,22 @@ KNOWN_DIFFERENCES: dict[str, dict[str, str]] = {
     "fake": {
         "test_network_none_is_isolated": "the fake runs commands as host processes; 'none' is recorded, not enforced",
     },
+    "daytona": {
+        "test_effective_resources_never_exceed_the_request": "Daytona allocates whole vCPUs and whole GiB (at "
+        "least 1): 512 MB becomes 1 GiB, and the effective value says so",
+        "test_network_host_reaches_loopback": "a Daytona sandbox runs on Daytona's machines: 'host' is its default "
+        "egress network, never this machine's loopback (the local-backed stub would pass it vacuously)",
+    },
+    "modal": {
+        # Modal has no stop/resume (capabilities.stop_start=False): stop/start answer 422 UnsupportedSpec.
+        "test_stop_keeps_files_and_start_resumes": "Modal sandboxes cannot be stopped and resumed",
+        "test_exec_on_stopped_sandbox_is_not_running": "Modal sandboxes cannot be stopped",
+        "test_stop_and_start_are_idempotent": "Modal sandboxes cannot be stopped and resumed",
+        "test_delete_a_stopped_sandbox": "Modal sandboxes cannot be stopped",
+        "test_entry_command_runs_until_stop": "Modal sandboxes cannot be stopped (the entry command ends on delete)",
+        "test_network_host_reaches_loopback": "a Modal sandbox runs in Modal's cloud: 'host' means open egress, "
+        "never this machine's loopback",
+    },
 }
 
 UNKNOWN_REF = "lcl-000000000000"
