@@ -14,18 +14,14 @@ import contextlib
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from aiodocker.stream import Stream
 
 from app.errors import BadRequest, ProviderUnavailable, SandboxNotRunning
 from app.providers.base import TIMEOUT_EXIT_CODE, ExecResult
 from app.providers.docker_engine import EngineClient, half_close, mapped_errors
+from app.providers.exec_wrapper import EXEC_MARKER, CappedBuffer, killer_argv, wrapped_argv
 
-#: Environment variable carrying an exec's token into every process it starts.
-EXEC_MARKER = "SANDBOX_CONTROL_EXEC"
-#: Where the wrapper records an exec's process group id (+ the exec's token).
-PGID_FILE_PREFIX = "/tmp/.sandbox-control-exec-"
 #: Seconds to wait for output to end after the group was killed.
 KILL_DRAIN_SECONDS = 5.0
 #: Seconds the kill exec itself may take.
@@ -34,49 +30,29 @@ KILL_TIMEOUT_SECONDS = 15.0
 EXIT_CODE_WAIT_SECONDS = 5.0
 _STDIN_CHUNK = 64 * 1024
 
-# $1: working directory or "", then argv. The inner sh writes its pid (= the
-# group and session id after setsid) to the exec's pgid file and execs the
-# command, so the group leader is the command itself.
-_WRAPPER = r"""f=/tmp/.sandbox-control-exec-$SANDBOX_CONTROL_EXEC
-if [ -n "$1" ]; then cd "$1" || exit 126; fi; shift
-inner='echo $$ >"/tmp/.sandbox-control-exec-$SANDBOX_CONTROL_EXEC" 2>/dev/null; exec "$@"'
-if command -v setsid >/dev/null 2>&1; then setsid -w sh -c "$inner" sh "$@"; else sh -c "$inner" sh "$@"; fi
-rc=$?; rm -f "$f"; exit $rc"""
 
-# $1: pgid file, $2: marker token. Bounded wait for the file (the command may
-# not have started yet), kill the group, then sweep processes by marker.
-_KILLER = r"""f=$1; t=$2; i=0
-while [ ! -s "$f" ] && [ "$i" -lt 20 ]; do sleep 0.1; i=$((i+1)); done
-p=$(cat "$f" 2>/dev/null)
-if [ -n "$p" ]; then kill -KILL -"$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; fi
-for d in /proc/[0-9]*; do
-  if tr '\0' '\n' <"$d/environ" 2>/dev/null | grep -qx "SANDBOX_CONTROL_EXEC=$t"; then
-    kill -KILL "${d#/proc/}" 2>/dev/null
-  fi
-done
-rm -f "$f"; exit 0"""
-
-
-@dataclass
 class _Output:
-    """Per-stream output with a cap; bytes past it are read and dropped."""
+    """stdout and stderr of one exec, each capped (demultiplexed from the Engine's stream)."""
 
-    limit: int
-    stdout: bytearray = field(default_factory=bytearray)
-    stderr: bytearray = field(default_factory=bytearray)
-    truncated: bool = False
+    def __init__(self, limit: int) -> None:
+        self.out = CappedBuffer(limit)
+        self.err = CappedBuffer(limit)
 
-    def add(self, stream_no: int, data: bytes) -> None:
-        target = self.stderr if stream_no == 2 else self.stdout
-        room = self.limit - len(target)
-        if len(data) > room:
-            self.truncated = True
-            data = data[: max(room, 0)]
-        target += data
+    @property
+    def stdout(self) -> bytearray:
+        return self.out.data
+
+    @property
+    def stderr(self) -> bytearray:
+        return self.err.data
+
+    @property
+    def truncated(self) -> bool:
+        return self.out.truncated or self.err.truncated
 
     async def drain(self, stream: Stream) -> None:
         while (message := await stream.read_out()) is not None:
-            self.add(message.stream, message.data)
+            (self.err if message.stream == 2 else self.out).add(message.data)
 
 
 def _env_list(env: Mapping[str, str] | None, token: str) -> list[str]:
@@ -116,7 +92,6 @@ async def run_exec(
     if timeout <= 0:
         raise BadRequest("timeout must be positive", field="timeout")
     token = secrets.token_hex(8)
-    pgid_file = f"{PGID_FILE_PREFIX}{token}"
     created = await engine.call(
         "POST",
         f"containers/{container}/exec",
@@ -125,7 +100,7 @@ async def run_exec(
             "AttachStdout": True,
             "AttachStderr": True,
             "Tty": False,
-            "Cmd": ["sh", "-c", _WRAPPER, "sh", cwd or "", *argv],
+            "Cmd": wrapped_argv(cwd, argv),
             "Env": _env_list(env, token),
             "User": user,
         },
@@ -144,14 +119,14 @@ async def run_exec(
         done, _ = await asyncio.wait({reader}, timeout=timeout)
         if not done:
             timed_out = True
-            await _kill_group(engine, container, pgid_file, token, user)
+            await _kill_group(engine, container, token, user)
             done, _ = await asyncio.wait({reader}, timeout=KILL_DRAIN_SECONDS)
         if reader in done:
             with mapped_errors(container, what="exec output"):
                 reader.result()
     except asyncio.CancelledError:
         # Nobody will read the result: do not leave the command running.
-        await asyncio.shield(_kill_quietly(engine, container, pgid_file, token, user))
+        await asyncio.shield(_kill_quietly(engine, container, token, user))
         raise
     finally:
         for task in (reader, feeder):
@@ -172,7 +147,7 @@ async def run_exec(
     )
 
 
-async def _kill_group(engine: EngineClient, container: str, pgid_file: str, token: str, user: str = "") -> None:
+async def _kill_group(engine: EngineClient, container: str, token: str, user: str = "") -> None:
     """Kill the exec's process group (and marked strays) with a second exec as the same user."""
     created = await engine.call(
         "POST",
@@ -180,7 +155,7 @@ async def _kill_group(engine: EngineClient, container: str, pgid_file: str, toke
         body={
             "AttachStdout": True,
             "AttachStderr": True,
-            "Cmd": ["sh", "-c", _KILLER, "sh", pgid_file, token],
+            "Cmd": killer_argv(token),
             # As the command's own user: with a non-root container user the Engine
             # gives even a root exec no capabilities, so root could not signal it.
             "User": user,
@@ -198,10 +173,10 @@ async def _kill_group(engine: EngineClient, container: str, pgid_file: str, toke
         await stream.close()
 
 
-async def _kill_quietly(engine: EngineClient, container: str, pgid_file: str, token: str, user: str) -> None:
+async def _kill_quietly(engine: EngineClient, container: str, token: str, user: str) -> None:
     # Best effort on cancellation: the container may be gone already.
     with contextlib.suppress(Exception):
-        await _kill_group(engine, container, pgid_file, token, user)
+        await _kill_group(engine, container, token, user)
 
 
 async def _exit_code(engine: EngineClient, exec_id: str, container: str) -> int:

@@ -20,18 +20,16 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import BadRequest, SandboxControlError
 from app.providers.base import TIMEOUT_EXIT_CODE, ExecResult
+from app.providers.exec_wrapper import EXEC_MARKER, CappedBuffer, killer_argv, wrapped_argv
 from app.providers.modal_errors import SdkCaller
 from app.providers.modal_spec import WORKSPACE, check_env, exec_timeout_seconds
 
 log = logging.getLogger(__name__)
 
-#: Environment variable carrying an exec's token into every process it starts.
-EXEC_MARKER = "SANDBOX_CONTROL_EXEC"
 #: Seconds to wait for a killed command's exec to report its end.
 KILL_DRAIN_SECONDS = 5.0
 #: Seconds the kill exec itself may take.
@@ -40,42 +38,9 @@ KILL_TIMEOUT_SECONDS = 15
 MAX_CHUNK = 1 << 20
 STDIN_CHUNK = 256 * 1024
 
-# $1: working directory, then argv. The inner sh writes its pid (the group and
-# session id after setsid) to the exec's pgid file, then becomes the command.
-_WRAPPER = r"""f=/tmp/.sandbox-control-exec-$SANDBOX_CONTROL_EXEC
-cd "$1" || exit 126; shift
-inner='echo $$ >"$0" 2>/dev/null; exec "$@"'
-if command -v setsid >/dev/null 2>&1; then setsid -w sh -c "$inner" "$f" "$@"; else sh -c "$inner" "$f" "$@"; fi
-rc=$?; rm -f "$f"; exit $rc"""
 
-# $1: marker token. Short bounded wait for the pgid file (the command may not
-# have started yet), kill the group, then sweep stragglers by marker.
-_KILLER = r"""t=$1; f=/tmp/.sandbox-control-exec-$t; i=0
-while [ ! -s "$f" ] && [ "$i" -lt 5 ]; do sleep 0.1; i=$((i+1)); done
-p=$(cat "$f" 2>/dev/null)
-if [ -n "$p" ]; then kill -KILL -"$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; fi
-for d in /proc/[0-9]*; do
-  if tr '\0' '\n' <"$d/environ" 2>/dev/null | grep -qx "SANDBOX_CONTROL_EXEC=$t"; then
-    kill -KILL "${d#/proc/}" 2>/dev/null
-  fi
-done
-rm -f "$f"; exit 0"""
-
-
-@dataclass
-class CappedBuffer:
-    """One stream's output up to ``limit`` bytes; the rest is counted as truncated."""
-
-    limit: int
-    data: bytearray = field(default_factory=bytearray)
-    truncated: bool = False
-
-    def add(self, chunk: bytes) -> None:
-        room = self.limit - len(self.data)
-        if len(chunk) > room:
-            self.truncated = True
-            chunk = chunk[: max(room, 0)]
-        self.data += chunk
+class StreamBuffer(CappedBuffer):
+    """A ``CappedBuffer`` fed from an SDK output stream."""
 
     async def drain(self, stream: Any) -> None:
         async for chunk in stream:
@@ -138,13 +103,13 @@ async def run_exec(
     process = await caller.call(
         "exec",
         lambda: sandbox.exec.aio(
-            "sh", "-c", _WRAPPER, "sh", workdir, *argv,
+            *wrapped_argv(workdir, argv),
             env=exec_env, timeout=exec_timeout_seconds(timeout), text=False,
         ),
         ref=ref,
         retry=False,
     )  # fmt: skip
-    out, err = CappedBuffer(max_output_bytes), CappedBuffer(max_output_bytes)
+    out, err = StreamBuffer(max_output_bytes), StreamBuffer(max_output_bytes)
     tasks = [
         asyncio.ensure_future(feed_stdin(process, stdin)),
         asyncio.ensure_future(out.drain(process.stdout)),
@@ -190,7 +155,7 @@ async def _kill(caller: SdkCaller, sandbox: Any, ref: str, token: str) -> None:
         async with asyncio.timeout(KILL_TIMEOUT_SECONDS + 5):
             killer = await caller.call(
                 "exec (kill)",
-                lambda: sandbox.exec.aio("sh", "-c", _KILLER, "sh", token, timeout=KILL_TIMEOUT_SECONDS, text=False),
+                lambda: sandbox.exec.aio(*killer_argv(token), timeout=KILL_TIMEOUT_SECONDS, text=False),
                 ref=ref,
                 retry=False,
             )

@@ -19,7 +19,7 @@ from typing import Any
 
 from app.errors import SandboxControlError
 from app.providers.modal_errors import SdkCaller
-from app.providers.modal_exec import MAX_CHUNK, CappedBuffer, as_bytes, feed_stdin
+from app.providers.modal_exec import MAX_CHUNK, StreamBuffer, as_bytes, feed_stdin
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ async def stream_out(caller: SdkCaller, sandbox: Any, ref: str, what: str, path:
     # GNU tar exits 1 when a file changed while it was read: the archive is
     # still whole, so a live workspace's snapshot is not refused for it.
     if code != 0 and not (marked and what == "export_tar" and code == 1):
-        errors = CappedBuffer(4096)
+        errors = StreamBuffer(4096)
         await errors.drain(process.stderr)
         raise _error(code if not marked else -1, path, bytes(errors.data))
 
@@ -98,7 +98,7 @@ async def stream_in(
         await feed_stdin(process, data)
         code = await process.wait.aio()
         if code != 0:
-            errors = CappedBuffer(4096)
+            errors = StreamBuffer(4096)
             await errors.drain(process.stderr)
             raise _error(code, path, bytes(errors.data))
     except (SandboxControlError, OSError):
