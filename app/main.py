@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from app.api import compat, health
 from app.api.errors import install_error_handlers
 from app.api.middleware import AuthMiddleware, RequestContextMiddleware
-from app.api.v1 import sandboxes, snapshots
+from app.api.v1 import pools, sandboxes, snapshots
 from app.auth import RequestVerifier
 from app.logging import configure_logging, get_logger
 from app.metrics import Metrics
@@ -19,6 +19,7 @@ from app.providers.instrumented import InstrumentedProvider
 from app.providers.registry import create_provider
 from app.services.background import Periodic
 from app.services.container import Services
+from app.services.pools import PoolService
 from app.services.sandboxes import SandboxService
 from app.services.sessions import SessionService, github_tokens_from
 from app.services.snapshots import SnapshotService
@@ -72,6 +73,8 @@ def create_app(settings: Settings) -> FastAPI:
             tokens = github_tokens_from(settings)
             if tokens is not None:
                 stack.push_async_callback(tokens.aclose)
+            session_service = SessionService(settings, sandbox_service, snapshot_service, provider, tokens)
+            pool_service = PoolService(settings, store, sandbox_service, session_service, provider)
             app.state.services = Services(
                 settings=settings,
                 metrics=metrics,
@@ -80,10 +83,14 @@ def create_app(settings: Settings) -> FastAPI:
                 sandboxes=sandbox_service,
                 blobs=blobs,
                 snapshots=snapshot_service,
-                sessions=SessionService(settings, sandbox_service, snapshot_service, provider, tokens),
+                sessions=session_service,
+                pools=pool_service,
             )
             counts = await sandbox_service.reconcile()
             log.info("service.started", provider=settings.provider, reconciled=counts)
+            # After the reconciler, so the first pass sees the provider's truth about members.
+            pool_service.maintainer.start()
+            stack.push_async_callback(pool_service.maintainer.aclose)
             for job in (
                 Periodic("reap", settings.reaper_interval_seconds, sandbox_service.reap_expired),
                 Periodic("reconcile", settings.reconcile_interval_seconds, sandbox_service.reconcile),
@@ -98,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(sandboxes.router)
     app.include_router(snapshots.router)
+    app.include_router(pools.router)
     app.include_router(compat.router)
     verifier = RequestVerifier(api_secrets, settings.auth_skew_seconds, settings.auth_mode)
     # Added last = outermost: context wraps auth so rejected requests are logged and counted.

@@ -158,6 +158,18 @@ class Boot:
             BootError: no valid claim arrived within ``timeout``.
         """
         self._log.info("session.waiting", path=str(path), timeout=timeout)
+        # Tells the service (which polls for it) that boot is done and a claim is awaited.
+        marker = self.config.run_dir / c.CLAIM_WAITING_FILE
+        with contextlib.suppress(OSError):
+            self.config.run_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"{os.getpid()}\n")
+        try:
+            return await self._poll_claim(path, timeout)
+        finally:
+            with contextlib.suppress(OSError):
+                marker.unlink()
+
+    async def _poll_claim(self, path: Path, timeout: float) -> c.SessionClaim:
         deadline = time.monotonic() + timeout
         delay = 0.05
         while time.monotonic() < deadline:

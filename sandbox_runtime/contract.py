@@ -144,6 +144,8 @@ DEFAULT_ENV_SERVER_CMD = f"opencode serve --port {DEFAULT_ENV_SERVER_PORT} --hos
 def default_env_server_cmd(port: int = DEFAULT_ENV_SERVER_PORT) -> str:
     """OpenCode on ``port`` of the sandbox's loopback (the default when ``ENV_SERVER_CMD`` is unset)."""
     return f"opencode serve --port {port} --hostname 127.0.0.1"
+
+
 DEFAULT_HEALTH_PATH = "/global/health"
 DEFAULT_VCS_HOST = "github.com"
 DEFAULT_VCS_CLONE_USERNAME = "x-access-token"
@@ -160,6 +162,11 @@ SESSION_ID_FILE = "opencode-session-id"
 OUTBOX_FILE = "outbox.jsonl"
 """File name (in RUNTIME_STATE_DIR) of the bridge's durable event buffer."""
 ENV_SERVER_STATE_SUBDIR = "env-server"
+CLAIM_WAITING_FILE = "claim-waiting"
+"""File name (in RUNTIME_RUN_DIR) present while a warm sandbox has booted (clone, setup.sh) and
+waits for its claim; the service polls it to count the sandbox as ready."""
+DEFAULT_CLAIM_FILE = f"{DEFAULT_RUN_DIR}/claim.json"
+"""Where the service asks warm sandboxes (``SESSION_CONFIG_FILE``) to expect their claim."""
 """Sub-directory of RUNTIME_STATE_DIR holding the env server's XDG data and state dirs."""
 
 BUILD_COMPLETE_MARKER = "SANDBOX_BUILD_COMPLETE"

@@ -11,7 +11,12 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.api.compat_models import CompatCreateSandbox, CompatRestoreSandbox, CompatSnapshotSandbox
+from app.api.compat_models import (
+    CompatCreateSandbox,
+    CompatRestoreSandbox,
+    CompatSnapshotSandbox,
+    CompatWarmSandbox,
+)
 from app.api.deps import ServicesDep
 from app.errors import UnsupportedSpec
 from app.services.sessions import SessionLaunch
@@ -50,7 +55,8 @@ async def create_sandbox(body: CompatCreateSandbox, services: ServicesDep) -> di
         model=body.model,
         opencode_session_id=body.opencode_session_id,
     )
-    record = await services.sessions.launch(
+    # Warm first: a ready pool member of the repository is claimed, else a cold create.
+    record = await services.pools.launch(
         SessionLaunch(
             session=session,
             control_plane_url=body.control_plane_url,
@@ -62,6 +68,16 @@ async def create_sandbox(body: CompatCreateSandbox, services: ServicesDep) -> di
         )
     )
     return ok(_sandbox_data(record))
+
+
+@router.post("/warm-sandbox")
+async def warm_sandbox(body: CompatWarmSandbox, services: ServicesDep) -> dict[str, Any]:
+    """Warm one sandbox of the repository (through its pool) for a session that is about to come.
+
+    ``status`` is ``warm`` when a booted member is waiting, ``warming`` while one boots.
+    """
+    record = await services.pools.warm_repo(body.repo_owner, body.repo_name, body.control_plane_url)
+    return ok({"sandbox_id": record.id, "status": "warm" if record.status == "warm" else "warming"})
 
 
 @router.post("/snapshot-sandbox")

@@ -61,3 +61,11 @@ class CompatRestoreSandbox(StrictModel):
     sandbox_auth_token: str = Field(min_length=1, max_length=4096)
     user_env_vars: dict[str, str] | None = None
     timeout_seconds: int | None = Field(default=None, ge=1)
+
+
+class CompatWarmSandbox(StrictModel):
+    """``POST /api/warm-sandbox``: keep a sandbox of the repository booted for the next session."""
+
+    repo_owner: str = Field(pattern=_NAME)
+    repo_name: str = Field(pattern=_NAME)
+    control_plane_url: str | None = Field(default=None, min_length=1, max_length=2048)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from app.metrics import Metrics
 from app.providers.base import Provider
+from app.services.pools import PoolService
 from app.services.sandboxes import SandboxService
 from app.services.sessions import SessionService
 from app.services.snapshots import SnapshotService
@@ -24,3 +25,4 @@ class Services:
     blobs: BlobStore
     snapshots: SnapshotService
     sessions: SessionService
+    pools: PoolService

@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.providers.base import Resources
 
@@ -110,6 +110,15 @@ class CreateSandboxRequest(StrictModel):
     def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
         return validate_env(value)
 
+    @model_validator(mode="after")
+    def _pool_needs_session(self) -> CreateSandboxRequest:
+        # A warm member is handed to a session; without one there is nothing to hand it to.
+        if self.from_pool is not None and self.session is None:
+            raise ValueError("from_pool needs session (the warm sandbox is handed to that session)")
+        if self.from_pool is not None and self.from_snapshot is not None:
+            raise ValueError("from_pool and from_snapshot exclude each other")
+        return self
+
 
 class SandboxView(StrictModel):
     """A sandbox as the API shows it."""
@@ -208,3 +217,49 @@ class SnapshotList(StrictModel):
 
 class RestoreRequest(CreateSandboxRequest):
     """``POST /v1/snapshots/{id}/restore``: any create field (labels, env, resources, command, ...)."""
+
+
+MAX_POOL_TARGET = 50
+
+
+class PutPoolRequest(StrictModel):
+    """``PUT /v1/pools/{name}``: keep ``target`` booted sandboxes of ``repo`` ready to claim."""
+
+    repo: RepoRef
+    image: str | None = Field(default=None, max_length=512, description="default: the service's base image")
+    target: int = Field(ge=0, le=MAX_POOL_TARGET, description="ready members to keep (0 drains the pool)")
+    max_age_seconds: int = Field(
+        default=3600, ge=1, le=7 * 24 * 3600, description="unclaimed members older than this are replaced"
+    )
+
+
+class PoolView(StrictModel):
+    """A pool's configuration and its members by state.
+
+    ``ready``: booted (cloned, setup.sh done) and waiting for a claim;
+    ``creating``: being created or still booting; ``claimed``: handed to a
+    session and still alive.
+    """
+
+    name: str
+    repo: RepoRef
+    image: str | None
+    target: int
+    max_age_seconds: int
+    implicit: bool
+    ready: int
+    creating: int
+    claimed: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class PoolList(StrictModel):
+    pools: list[PoolView]
+
+
+class PoolDrained(StrictModel):
+    """``DELETE /v1/pools/{name}``: the pool is gone; its unclaimed members were deleted."""
+
+    name: str
+    deleted_members: int

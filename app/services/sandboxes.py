@@ -91,10 +91,20 @@ class SandboxService:
             raise BadRequest(f"ttl_seconds exceeds the maximum of {self.settings.max_ttl_seconds}", field="ttl_seconds")
 
     async def create(
-        self, request: CreateSandboxRequest, *, extra_env: Mapping[str, str] | None = None, **record_fields: Any
+        self,
+        request: CreateSandboxRequest,
+        *,
+        extra_env: Mapping[str, str] | None = None,
+        service_labels: Mapping[str, str] | None = None,
+        **record_fields: Any,
     ) -> SandboxRecord:
-        """Create a sandbox and return once it runs; a failure leaves no sandbox behind."""
+        """Create a sandbox and return once it runs; a failure leaves no sandbox behind.
+
+        ``service_labels`` may use the reserved prefix (the service's own labels,
+        e.g. a warm pool's); callers' labels in ``request`` may not.
+        """
         self._check_spec(request)
+        labels = {**request.labels, **(service_labels or {})}
         sandbox_id = request.sandbox_id or new_sandbox_id()
         existing = await self.store.get_sandbox(sandbox_id)
         if existing is not None:
@@ -108,7 +118,7 @@ class SandboxService:
             created_at=now,
             updated_at=now,
             image=request.image or self.settings.base_image,
-            labels=dict(request.labels),
+            labels=labels,
             resources=request.resources.model_dump(exclude_none=True),
             network=request.network,
             command=list(request.command) if request.command else None,
@@ -127,7 +137,7 @@ class SandboxService:
             sandbox_id=sandbox_id,
             image=record.image,
             env={**request.env, **(extra_env or {})},
-            labels={**request.labels, ID_LABEL: sandbox_id, MANAGED_LABEL: "true"},
+            labels={**labels, ID_LABEL: sandbox_id, MANAGED_LABEL: "true"},
             resources=request.resources,
             network=request.network,
             command=request.command,
@@ -316,7 +326,8 @@ class SandboxService:
         """Align the store with the provider after a restart or a crash.
 
         Records still ``creating`` are adopted when the provider has the
-        sandbox, else marked failed; statuses are refreshed; sandboxes the
+        sandbox, else marked failed; statuses are refreshed (a ``warm`` pool
+        member the provider reports running stays ``warm``); sandboxes the
         provider lost are marked deleted; managed provider sandboxes with no
         live record (a crash between create and record) are deleted.
         """
@@ -339,10 +350,18 @@ class SandboxService:
                     await self.store.update_sandbox(record.id, status="failed", error="creation was interrupted")
                 continue
             if found is None:
-                if record.status in ("running", "stopped"):
+                if record.status in ("running", "stopped", "warm", "deleting"):
                     await self.store.update_sandbox(record.id, status="deleted", deleted_at=utcnow())
                     await self.store.add_event(record.id, "vanished")
                     counts["vanished"] += 1
+                continue
+            if record.status == "warm":
+                # A warm pool member runs its runtime, waiting for a claim: the provider
+                # says "running" and that is no change. Anything else means it can no longer
+                # be claimed; conditional, so a claim that just won keeps its sandbox.
+                if found.status != "running" and await self.store.transition_member(record.id, ["warm"], found.status):
+                    await self.store.add_event(record.id, "status_changed", old=record.status, new=found.status)
+                    counts["updated"] += 1
                 continue
             if found.status != record.status and record.status in ("running", "stopped", "failed"):
                 await self.store.update_sandbox(record.id, status=found.status)

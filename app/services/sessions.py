@@ -10,7 +10,9 @@ provider's way of starting ``python -m sandbox_runtime``.
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.errors import BadRequest, ReservedEnvNames
 from app.logging import get_logger
@@ -94,7 +96,7 @@ class SessionService:
         except ValueError as exc:
             raise BadRequest(str(exc), field="user_env_vars") from None
 
-    async def _clone_token(self) -> str | None:
+    async def clone_token(self) -> str | None:
         """A GitHub App installation token, else the configured static token, else None (public repos)."""
         if self.tokens is not None:
             return (await self.tokens.get_token()).token
@@ -113,31 +115,64 @@ class SessionService:
             probe.bind(("127.0.0.1", 0))
             return int(probe.getsockname()[1])
 
+    async def runtime_env(
+        self,
+        *,
+        sandbox_id: str,
+        repo_owner: str,
+        repo_name: str,
+        boot_mode: BootMode = BootMode.FRESH,
+        session: SessionConfig | None = None,
+        branch: str | None = None,
+        control_plane_url: str | None = None,
+        sandbox_auth_token: str | None = None,
+        user_env: Mapping[str, str] | None = None,
+        session_config_file: str | None = None,
+        runtime_overrides: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
+        """The env contract of one runtime sandbox, with a freshly minted clone token.
+
+        Shared by session launches and warm-pool members (which boot without a
+        session and wait for ``session_config_file``).
+        """
+        try:
+            return build_sandbox_env(
+                sandbox_id=sandbox_id,
+                repo_owner=repo_owner,
+                repo_name=repo_name,
+                boot_mode=boot_mode,
+                control_plane_url=control_plane_url,
+                sandbox_auth_token=sandbox_auth_token,
+                session=session,
+                branch=branch,
+                vcs_host=self.settings.vcs_host or self.settings.github_hostname or "github.com",
+                vcs_clone_token=await self.clone_token(),
+                vcs_clone_url_template=self.settings.vcs_clone_url_template,
+                env_server_cmd=self.settings.env_server_cmd,
+                env_server_port=self._env_server_port(),
+                session_config_file=session_config_file,
+                runtime_overrides=runtime_overrides,
+                user_env=user_env,
+            )
+        except ReservedEnvNameError as exc:
+            raise ReservedEnvNames(exc.names) from None
+
     async def launch(self, launch: SessionLaunch) -> SandboxRecord:
         """Create (or restore) the sandbox with the runtime as its entry command."""
         self.check(launch)
         sandbox_id = launch.sandbox_id or new_sandbox_id()
         session = launch.session
-        clone_token = await self._clone_token()
-        try:
-            env = build_sandbox_env(
-                sandbox_id=sandbox_id,
-                repo_owner=session.repo_owner,
-                repo_name=session.repo_name,
-                boot_mode=BootMode.SNAPSHOT_RESTORE if launch.snapshot_id else BootMode.FRESH,
-                control_plane_url=launch.control_plane_url,
-                sandbox_auth_token=launch.sandbox_auth_token,
-                session=session,
-                branch=session.branch,
-                vcs_host=self.settings.vcs_host or self.settings.github_hostname or "github.com",
-                vcs_clone_token=clone_token,
-                vcs_clone_url_template=self.settings.vcs_clone_url_template,
-                env_server_cmd=self.settings.env_server_cmd,
-                env_server_port=self._env_server_port(),
-                user_env=launch.user_env,
-            )
-        except ReservedEnvNameError as exc:
-            raise ReservedEnvNames(exc.names) from None
+        env = await self.runtime_env(
+            sandbox_id=sandbox_id,
+            repo_owner=session.repo_owner,
+            repo_name=session.repo_name,
+            boot_mode=BootMode.SNAPSHOT_RESTORE if launch.snapshot_id else BootMode.FRESH,
+            control_plane_url=launch.control_plane_url,
+            sandbox_auth_token=launch.sandbox_auth_token,
+            session=session,
+            branch=session.branch,
+            user_env=launch.user_env,
+        )
         request = CreateSandboxRequest(
             sandbox_id=sandbox_id,
             image=launch.image,
@@ -146,7 +181,11 @@ class SessionService:
             ttl_seconds=launch.ttl_seconds,
             command=self.provider.runtime_command(),
         )
-        fields = {"session_id": session.session_id, "repo_owner": session.repo_owner, "repo_name": session.repo_name}
+        fields: dict[str, Any] = {
+            "session_id": session.session_id,
+            "repo_owner": session.repo_owner,
+            "repo_name": session.repo_name,
+        }
         if launch.snapshot_id:
             record = await self.snapshots.restore(launch.snapshot_id, request, extra_env=env, **fields)
         else:

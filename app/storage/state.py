@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, delete, event, exists, func, insert, inspect, select, text, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from app.errors import StorageUnavailable
+from app.storage.sessions import SessionFactory
 from app.storage.state_callbacks import CallbackQueries
+from app.storage.state_pools import PoolQueries
 from app.storage.state_snapshots import SnapshotQueries
 from app.storage.tables import Base, SandboxEventRow, SandboxLabelRow, SandboxRow, SchemaVersionRow
 from app.storage.times import aware, utcnow
@@ -92,13 +94,13 @@ def _upgrade(connection: Connection) -> None:
         connection.execute(update(SchemaVersionRow).where(SchemaVersionRow.id == 1).values(version=SCHEMA_VERSION))
 
 
-class StateStore(SnapshotQueries, CallbackQueries):
+class StateStore(SnapshotQueries, CallbackQueries, PoolQueries):
     """Async access to persisted state; every method is one short transaction."""
 
     def __init__(self, url: str) -> None:
         self.url = normalise_url(url)
         self._engine: AsyncEngine | None = None
-        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._sessions: SessionFactory | None = None
 
     async def open(self) -> None:
         """Connect, and create or upgrade the schema."""
@@ -114,7 +116,8 @@ class StateStore(SnapshotQueries, CallbackQueries):
                 await conn.run_sync(_upgrade)
         except OSError as exc:
             raise StorageUnavailable(f"state store unreachable: {exc}") from exc
-        self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+        maker = async_sessionmaker(self._engine, expire_on_commit=False)
+        self._sessions = SessionFactory(maker, serialize=self.url.startswith("sqlite"))
 
     async def aclose(self) -> None:
         if self._engine is not None:
@@ -122,7 +125,7 @@ class StateStore(SnapshotQueries, CallbackQueries):
             self._engine = None
 
     @property
-    def sessions(self) -> async_sessionmaker[AsyncSession]:
+    def sessions(self) -> SessionFactory:
         if self._sessions is None:
             raise RuntimeError("StateStore.open() was not called")
         return self._sessions

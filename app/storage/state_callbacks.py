@@ -23,8 +23,8 @@ from typing import Any
 
 from sqlalchemy import CursorResult, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.storage.sessions import SessionFactory
 from app.storage.tables import CallbackRow
 from app.storage.times import aware, utcnow
 
@@ -80,7 +80,7 @@ class CallbackQueries(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def sessions(self) -> async_sessionmaker[AsyncSession]:
+    def sessions(self) -> SessionFactory:
         """The store's session factory."""
 
     async def insert_callback(self, record: CallbackRecord) -> tuple[CallbackRecord, bool]:

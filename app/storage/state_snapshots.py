@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.storage.sessions import SessionFactory
 from app.storage.tables import SnapshotRow
 from app.storage.times import aware, utcnow
 
@@ -49,7 +49,7 @@ class SnapshotQueries(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def sessions(self) -> async_sessionmaker[AsyncSession]:
+    def sessions(self) -> SessionFactory:
         """The store's session factory."""
 
     async def insert_snapshot(self, record: SnapshotRecord) -> None:

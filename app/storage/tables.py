@@ -126,3 +126,27 @@ class CallbackRow(Base):
     updated_at: Mapped[datetime]
     delivered_at: Mapped[datetime | None]
     deadline_at: Mapped[datetime]
+
+
+class PoolRow(Base):
+    """A warm pool: how many ready sandboxes to keep for one (repo, image).
+
+    Members are ordinary ``sandboxes`` rows carrying the label
+    ``sandbox-control.pool=<name>``; only the pool's configuration lives here.
+    """
+
+    __tablename__ = "pools"
+    __table_args__ = (Index("ix_pools_repo", "repo_owner", "repo_name"),)
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    repo_owner: Mapped[str] = mapped_column(String(256))
+    repo_name: Mapped[str] = mapped_column(String(256))
+    branch: Mapped[str | None] = mapped_column(String(255))
+    #: None means the service's base image at the time each member is created.
+    image: Mapped[str | None] = mapped_column(String(512))
+    target: Mapped[int] = mapped_column(Integer)
+    max_age_seconds: Mapped[int] = mapped_column(Integer)
+    #: True for pools made by ``POST /api/warm-sandbox`` rather than ``PUT /v1/pools``.
+    implicit: Mapped[bool | None] = mapped_column(default=False)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -275,3 +275,14 @@ async def test_ttl_reaper_deletes_expired(service: Service) -> None:
         await client.get(sandbox["id"])
     events = [e["kind"] for e in await services.store.list_events(sandbox["id"])]
     assert events[-2:] == ["deleted", "reaped"]
+
+
+async def test_fifty_concurrent_creates_and_deletes(service: Service) -> None:
+    """SQLite under concurrent writers: every request succeeds (no "database is locked")."""
+    import asyncio
+
+    _, _, client = service
+    created = await asyncio.gather(*(client.create(labels={"burst": str(i)}) for i in range(50)))
+    assert len({c["id"] for c in created}) == 50
+    await asyncio.gather(*(client.delete(c["id"]) for c in created))
+    assert await client.list_sandboxes() == []

@@ -30,8 +30,7 @@ from tests.fixtures.runtime import (
 SETUP_SH = 'echo "setup ran in $PWD"\nenv > ../setup.env\necho ok > ../setup.marker\n'
 # start.sh leaves a daemon behind in its own session: the supervisor must still stop it.
 START_SH = (
-    "echo ok > ../start.marker\n"
-    "setsid sh -c 'sleep 300 & echo $! > ../daemon.pid; wait' </dev/null >/dev/null 2>&1 &\n"
+    "echo ok > ../start.marker\nsetsid sh -c 'sleep 300 & echo $! > ../daemon.pid; wait' </dev/null >/dev/null 2>&1 &\n"
 )
 
 

@@ -90,3 +90,19 @@ async def test_schema_is_upgraded_in_place(tmp_path: Path) -> None:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(sandboxes)")}
         assert {"labels", "session_id", "expires_at", "deleted_at"} <= columns
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_concurrent_read_then_write_transactions(store: StateStore) -> None:
+    """Many writers at once (read, then write, each): none fails with "database is locked"."""
+    import asyncio
+
+    prefix = uuid.uuid4().hex[:8]
+    ids = [f"{prefix}-{i}" for i in range(40)]
+    await asyncio.gather(*(store.insert_sandbox(record(i, labels={"run": prefix})) for i in ids))
+    for _ in range(3):
+        await asyncio.gather(
+            *(store.update_sandbox(i, status="stopped") for i in ids),
+            *(store.add_event(i, "poked") for i in ids),
+            *(store.get_sandbox(i) for i in ids),
+        )
+    assert {r.status for r in await store.list_sandboxes({"run": prefix}, include_deleted=True)} == {"stopped"}

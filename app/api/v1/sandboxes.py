@@ -8,13 +8,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import SandboxesDep, ServicesDep
-from app.errors import BadRequest, UnsupportedSpec
+from app.errors import BadRequest
 from app.services.models import (
     CreateSandboxRequest,
     EventList,
     EventView,
     ExecRequest,
     ExecResponse,
+    RepoRef,
     SandboxList,
     SandboxView,
     validate_labels,
@@ -66,12 +67,18 @@ async def create_sandbox(body: CreateSandboxRequest, services: ServicesDep) -> S
     """Create a sandbox; answers once it can run commands.
 
     ``repo`` + ``session``: a session sandbox (the runtime clones, starts the env
-    server and the bridge). ``from_snapshot``: restored from a snapshot.
+    server and the bridge); a ready warm-pool member of the repository is claimed
+    when there is one, else the sandbox is created cold. ``from_pool`` (needs
+    ``session``; ``repo`` defaults to the pool's): claim from that pool, cold
+    when it has no ready member. ``from_snapshot``: restored from a snapshot.
     """
     if body.from_pool:
-        raise UnsupportedSpec("from_pool", services.provider.name, "warm pools are not available in this release")
+        if body.repo is None:  # the pool knows its repository
+            pool = await services.pools.get(body.from_pool)
+            body = body.model_copy(update={"repo": RepoRef(owner=pool.repo_owner, name=pool.repo_name)})
+        return to_view(await services.pools.launch(session_launch(body), pool_name=body.from_pool))
     if body.repo is not None or body.session is not None:
-        return to_view(await services.sessions.launch(session_launch(body)))
+        return to_view(await services.pools.launch(session_launch(body)))
     if body.from_snapshot:
         return to_view(await services.snapshots.restore(body.from_snapshot, body))
     return to_view(await services.sandboxes.create(body))

@@ -1,0 +1,252 @@
+"""Warm pool members: created, watched until booted, kept at target, evicted when old.
+
+A member is an ordinary sandbox made through :class:`SandboxService` with the
+label ``sandbox-control.pool=<name>`` and the runtime as its entry command, in
+warm mode: ``SESSION_CONFIG_FILE`` set and no ``SESSION_CONFIG``, so it clones,
+runs setup.sh and then waits for a claim file. Its record moves:
+
+``creating`` → ``running`` (booting: the provider runs it, the runtime is still
+cloning) → ``warm`` (the runtime's claim-waiting marker exists: *ready*) →
+``running`` with a session (claimed), or ``deleting`` → ``deleted`` (evicted,
+drained, broken).
+
+Every move out of ``warm`` or booting is a conditional update
+(:meth:`StateStore.transition_member`), so eviction never deletes a sandbox a
+claim has just taken. Members are found by label in the state store, so a
+restarted service (or another replica) picks them up where they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import timedelta
+from typing import Any
+
+from app.errors import SandboxControlError, SandboxNotFound, SandboxNotRunning
+from app.logging import get_logger
+from app.providers.base import Provider
+from app.services.background import Periodic
+from app.services.models import RESERVED_LABEL_PREFIX, CreateSandboxRequest
+from app.services.sandboxes import SandboxService, describe_error, new_sandbox_id
+from app.services.sessions import SessionService
+from app.settings import Settings
+from app.storage.state import SandboxRecord, StateStore
+from app.storage.state_pools import PoolRecord
+from app.storage.times import utcnow
+from sandbox_runtime import contract as c
+
+POOL_LABEL = RESERVED_LABEL_PREFIX + "pool"
+READY_MARKER = f"{c.DEFAULT_RUN_DIR}/{c.CLAIM_WAITING_FILE}"
+_SUPERVISOR_PID = f"{c.DEFAULT_RUN_DIR}/supervisor.pid"
+#: A member whose runtime is not running after this long never will: replace it.
+_DEAD_AFTER_SECONDS = 30.0
+#: The runtime waits this much longer than the pool's max age, so eviction (not a
+#: runtime exit) is what ends an unclaimed member.
+_WAIT_MARGIN_SECONDS = 600
+_PROBE = (
+    f'if [ -e "{READY_MARKER}" ]; then echo ready; '
+    f'elif [ -e "{_SUPERVISOR_PID}" ]; then echo booting; else echo absent; fi'
+)
+
+log = get_logger("pools")
+
+
+class WakeablePeriodic(Periodic):
+    """A :class:`Periodic` that also runs as soon as :meth:`wake` is called (wake-ups coalesce)."""
+
+    def __init__(self, name: str, interval: float, job: Any) -> None:
+        super().__init__(name, interval, job)
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            self._wake.clear()
+            try:
+                result = await self.job()
+                if result:
+                    log.info("periodic.ran", job=self.name, result=result)
+            except Exception as exc:  # keep the loop alive; the next run retries
+                log.warning("periodic.failed", job=self.name, error=str(exc), error_type=type(exc).__name__)
+
+
+class PoolMaintainer:
+    """Keeps every pool at its target; one per app instance, started in the lifespan."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        sandboxes: SandboxService,
+        sessions: SessionService,
+        provider: Provider,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sandboxes = sandboxes
+        self.sessions = sessions
+        self.provider = provider
+        self._creating = asyncio.Semaphore(settings.pool_create_concurrency)
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._loop = WakeablePeriodic("pools", settings.pool_interval_seconds, self.maintain)
+        self._pass_lock = asyncio.Lock()
+
+    def start(self) -> None:
+        """Start the loop; the first pass runs at once (a restarted service refills immediately)."""
+        self._loop.start()
+        self._loop.wake()
+
+    def wake(self) -> None:
+        """Run a pass now (after a PUT, a claim, a drain)."""
+        self._loop.wake()
+
+    async def aclose(self) -> None:
+        await self._loop.aclose()
+        watchers = list(self._watchers.values())
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        self._watchers.clear()
+
+    # -- members -------------------------------------------------------------
+
+    async def members(self, pool_name: str) -> list[SandboxRecord]:
+        """The pool's live members (every status but deleted), oldest first."""
+        return await self.store.list_sandboxes({POOL_LABEL: pool_name})
+
+    async def create_member(self, pool: PoolRecord) -> SandboxRecord:
+        """Create one member and start watching it boot; returns once the provider runs it."""
+        async with self._creating:
+            sandbox_id = new_sandbox_id()
+            env = await self.sessions.runtime_env(
+                sandbox_id=sandbox_id,
+                repo_owner=pool.repo_owner,
+                repo_name=pool.repo_name,
+                branch=pool.branch,
+                session_config_file=c.DEFAULT_CLAIM_FILE,
+                runtime_overrides={c.WAIT_FOR_SESSION_TIMEOUT: str(pool.max_age_seconds + _WAIT_MARGIN_SECONDS)},
+            )
+            request = CreateSandboxRequest(
+                sandbox_id=sandbox_id, image=pool.image, command=self.provider.runtime_command()
+            )
+            record = await self.sandboxes.create(
+                request,
+                extra_env=env,
+                service_labels={POOL_LABEL: pool.name},
+                repo_owner=pool.repo_owner,
+                repo_name=pool.repo_name,
+            )
+        await self.store.add_event(record.id, "pool_member_created", pool=pool.name)
+        self.watch(record)
+        return record
+
+    def watch(self, record: SandboxRecord) -> None:
+        """Poll a booting member until its runtime waits for a claim (then it is ``warm``)."""
+        if record.id in self._watchers or record.provider_object_id is None:
+            return
+        key = record.id
+        task = asyncio.create_task(self._watch(record), name=f"pool-watch:{key}")
+        self._watchers[key] = task
+
+        def forget(_task: asyncio.Task[None]) -> None:
+            if self._watchers.get(key) is _task:
+                del self._watchers[key]
+
+        task.add_done_callback(forget)
+
+    async def _watch(self, record: SandboxRecord) -> None:
+        ref = record.provider_object_id
+        assert ref is not None
+        started = time.monotonic()
+        delay = 0.1
+        while time.monotonic() - started < self.settings.pool_boot_timeout_seconds:
+            try:
+                result = await self.provider.exec(ref, ["/bin/sh", "-c", _PROBE], timeout=30)
+            except (SandboxNotFound, SandboxNotRunning):
+                await self.retire(record.id, "member stopped while booting")
+                return
+            except SandboxControlError as exc:  # transient: the next probe retries
+                log.warning("pool.probe_failed", sandbox_id=record.id, error=str(exc))
+                result = None
+            state = result.stdout.decode(errors="replace").strip() if result and result.exit_code == 0 else ""
+            if state == "ready":
+                if await self.store.transition_member(record.id, ["running"], "warm"):
+                    seconds = round(time.monotonic() - started, 3)
+                    await self.store.add_event(record.id, "pool_member_ready", seconds=seconds)
+                    log.info("pool.member_ready", sandbox_id=record.id)
+                return
+            if state == "absent" and time.monotonic() - started > _DEAD_AFTER_SECONDS:
+                await self.retire(record.id, "the runtime is not running")
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+        await self.retire(record.id, f"not booted within {self.settings.pool_boot_timeout_seconds:.0f}s")
+
+    async def retire(
+        self, sandbox_id: str, reason: str, *, from_statuses: tuple[str, ...] = ("warm", "running")
+    ) -> bool:
+        """Delete an unclaimed member; False when a claim took it first (then it is not ours to delete)."""
+        if not await self.store.transition_member(sandbox_id, list(from_statuses), "deleting", error=reason):
+            return False
+        log.info("pool.member_retired", sandbox_id=sandbox_id, reason=reason)
+        try:
+            await asyncio.shield(self.sandboxes.delete(sandbox_id))
+        except SandboxControlError as exc:  # left "deleting": the next pass retries
+            log.warning("pool.member_delete_failed", sandbox_id=sandbox_id, error=str(exc))
+        return True
+
+    # -- the maintenance pass -------------------------------------------------
+
+    async def maintain(self) -> dict[str, int]:
+        """One pass over every pool: clean up, evict, adopt, refill. Returns what it did."""
+        async with self._pass_lock:
+            counts = {"created": 0, "evicted": 0, "cleaned": 0}
+            for pool in await self.store.list_pools():
+                try:
+                    await self._maintain_pool(pool, counts)
+                except SandboxControlError as exc:
+                    log.warning("pool.maintain_failed", pool=pool.name, error=str(exc))
+            return {k: v for k, v in counts.items() if v}
+
+    async def _maintain_pool(self, pool: PoolRecord, counts: dict[str, int]) -> None:
+        oldest_allowed = utcnow() - timedelta(seconds=pool.max_age_seconds)
+        live: list[SandboxRecord] = []
+        for member in await self.members(pool.name):
+            if member.session_id is not None:
+                continue  # claimed: a session's sandbox now, not the pool's
+            if member.status in ("failed", "stopped", "deleting"):
+                with contextlib.suppress(SandboxControlError):
+                    await self.retire(member.id, "broken member", from_statuses=("failed", "stopped", "deleting"))
+                    counts["cleaned"] += 1
+                continue
+            if member.status in ("warm", "running") and member.created_at < oldest_allowed:
+                if await self.retire(member.id, f"older than max_age_seconds={pool.max_age_seconds}"):
+                    counts["evicted"] += 1
+                continue
+            if member.status == "running":
+                self.watch(member)  # after a restart: find out whether it has booted meanwhile
+            live.append(member)
+        excess = len(live) - pool.target
+        # Shrink from the least useful end: still booting first, then the newest ready ones.
+        ranked = sorted(live, key=lambda m: (m.status == "warm", -m.created_at.timestamp()))
+        for member in ranked[: max(excess, 0)]:
+            if member.status != "creating" and await self.retire(member.id, "above the pool's target"):
+                counts["evicted"] += 1
+        deficit = pool.target - len(live)
+        if deficit > 0:
+            results = await asyncio.gather(*(self.create_member(pool) for _ in range(deficit)), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    log.warning("pool.create_failed", pool=pool.name, error=describe_error(result))
+                else:
+                    counts["created"] += 1
+            if await self.store.get_pool(pool.name) is None:  # drained while we were creating
+                for result in results:
+                    if isinstance(result, SandboxRecord):
+                        await self.retire(result.id, "pool deleted")

@@ -1,0 +1,275 @@
+"""Warm pools: configuration, state, and the claim that hands a booted sandbox to a session.
+
+A **claim** takes one ``warm`` member with a conditional update (``warm`` →
+``running`` plus the session's fields, checked by row count; see
+``app.storage.state_pools``), then writes the :class:`SessionClaim` into the
+sandbox (a temp file renamed into place, so the runtime never reads half a
+claim). The runtime merges the claim's env over its own and starts the env
+server and the bridge; clone and setup.sh were done while it was warm.
+
+Ids: the claimed sandbox keeps the id it was created with, and that is the id
+every answer reports and the bridge sends (``X-Sandbox-ID``, ``ready.sandboxId``).
+A ``sandbox_id`` the caller asked for is recorded as the label
+``sandbox-control.requested-id`` (and must not name an existing sandbox). Renaming
+the record instead would race the reconciler, which knows the sandbox by the
+id label the provider object carries.
+
+Anything that stops a claim (no pool, no ready member, a failed hand-over)
+falls back to a cold create, so a caller never sees the pool fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+from app.errors import BadRequest, Conflict, NotFound, SandboxControlError
+from app.logging import get_logger
+from app.providers.base import Provider, Resources
+from app.services.hosts import check_url_allowed
+from app.services.models import RESERVED_LABEL_PREFIX, PoolView, PutPoolRequest, RepoRef
+from app.services.pool_members import POOL_LABEL, PoolMaintainer
+from app.services.sandboxes import SandboxService, describe_error
+from app.services.sessions import SessionLaunch, SessionService
+from app.settings import Settings
+from app.storage.state import SandboxRecord, StateStore
+from app.storage.state_pools import PoolRecord
+from app.storage.times import utcnow
+from sandbox_runtime import contract as c
+
+REQUESTED_ID_LABEL = RESERVED_LABEL_PREFIX + "requested-id"
+#: How many times a claim re-reads the ready members after losing every race on them.
+_CLAIM_ROUNDS = 3
+
+log = get_logger("pools")
+
+
+def implicit_pool_name(repo_owner: str, repo_name: str) -> str:
+    """The pool ``POST /api/warm-sandbox`` makes for a repository."""
+    return f"auto-{repo_owner}-{repo_name}"[:128]
+
+
+class PoolService:
+    """Pool configuration and state, warm-ups, and warm-first session launches."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        sandboxes: SandboxService,
+        sessions: SessionService,
+        provider: Provider,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sandboxes = sandboxes
+        self.sessions = sessions
+        self.provider = provider
+        self.maintainer = PoolMaintainer(settings, store, sandboxes, sessions, provider)
+
+    # -- configuration and state ---------------------------------------------
+
+    async def put(self, name: str, request: PutPoolRequest, *, implicit: bool = False) -> PoolView:
+        """Create or reconfigure a pool; the maintainer brings it to target right away."""
+        now = utcnow()
+        record = await self.store.put_pool(
+            PoolRecord(
+                name=name,
+                repo_owner=request.repo.owner,
+                repo_name=request.repo.name,
+                branch=request.repo.branch,
+                image=request.image,
+                target=request.target,
+                max_age_seconds=request.max_age_seconds,
+                implicit=implicit,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        self.maintainer.wake()
+        return await self.view(record)
+
+    async def get(self, name: str) -> PoolRecord:
+        record = await self.store.get_pool(name)
+        if record is None:
+            raise NotFound(f"pool {name!r} not found", pool=name)
+        return record
+
+    async def view(self, pool: PoolRecord) -> PoolView:
+        members = await self.maintainer.members(pool.name)
+        unclaimed = [m for m in members if m.session_id is None]
+        return PoolView(
+            name=pool.name,
+            repo=RepoRef(owner=pool.repo_owner, name=pool.repo_name, branch=pool.branch),
+            image=pool.image,
+            target=pool.target,
+            max_age_seconds=pool.max_age_seconds,
+            implicit=pool.implicit,
+            ready=sum(m.status == "warm" for m in unclaimed),
+            creating=sum(m.status in ("creating", "running") for m in unclaimed),
+            claimed=sum(m.session_id is not None for m in members),
+            created_at=pool.created_at,
+            updated_at=pool.updated_at,
+        )
+
+    async def list(self) -> list[PoolView]:
+        return [await self.view(pool) for pool in await self.store.list_pools()]
+
+    async def delete(self, name: str) -> int:
+        """Forget the pool and delete its unclaimed members; returns how many were deleted."""
+        await self.get(name)
+        await self.store.delete_pool(name)
+        members = [m for m in await self.maintainer.members(name) if m.session_id is None]
+        retired = await asyncio.gather(
+            *(self.maintainer.retire(m.id, "pool deleted", from_statuses=("warm", "running", "failed", "stopped"))
+              for m in members)
+        )  # fmt: skip
+        # Members still being created are retired by the pass that created them.
+        return sum(retired)
+
+    # -- Open-Inspect's warm-sandbox -----------------------------------------
+
+    async def warm_repo(self, repo_owner: str, repo_name: str, control_plane_url: str | None) -> SandboxRecord:
+        """Make sure one sandbox of the repository is (being) warmed; returns it.
+
+        Uses a pool of the repository on the base image when one exists (raising
+        its target to 1 if it was 0), else creates the implicit pool.
+        """
+        if control_plane_url is not None:
+            check_url_allowed(control_plane_url, self.settings.allowed_control_plane_hosts, field="control_plane_url")
+        pools = [p for p in await self.store.list_pools(repo_owner=repo_owner, repo_name=repo_name) if p.image is None]
+        pool = max(pools, key=lambda p: p.target, default=None)
+        if pool is None or pool.target < 1:
+            request = PutPoolRequest(
+                repo=RepoRef(owner=repo_owner, name=repo_name, branch=pool.branch if pool else None),
+                target=1,
+                max_age_seconds=pool.max_age_seconds if pool else self.settings.pool_default_max_age_seconds,
+            )
+            name = pool.name if pool else implicit_pool_name(repo_owner, repo_name)
+            await self.store.put_pool(
+                PoolRecord(
+                    name=name, repo_owner=repo_owner, repo_name=repo_name, branch=request.repo.branch, image=None,
+                    target=1, max_age_seconds=request.max_age_seconds, implicit=pool.implicit if pool else True,
+                    created_at=pool.created_at if pool else utcnow(), updated_at=utcnow(),
+                )
+            )  # fmt: skip
+            pool = await self.get(name)
+        unclaimed = [m for m in await self.maintainer.members(pool.name) if m.session_id is None]
+        for wanted in ("warm", "running"):
+            for member in unclaimed:
+                if member.status == wanted:
+                    return member
+        member = await self.maintainer.create_member(pool)
+        self.maintainer.wake()
+        return member
+
+    # -- claims --------------------------------------------------------------
+
+    async def launch(self, launch: SessionLaunch, *, pool_name: str | None = None) -> SandboxRecord:
+        """A session sandbox: a claimed warm member when one is ready, else a cold create.
+
+        ``pool_name`` (``from_pool``) claims from that pool only; its repository
+        must be the session's. Without it, any pool of the session's repository
+        and image serves. Snapshot restores and custom resources or networks are
+        always cold: a warm member was made without them.
+        """
+        self.sessions.check(launch)
+        pool = await self._pool_for(launch, pool_name)
+        if pool is not None:
+            record = await self.claim(pool, launch)
+            if record is not None:
+                return record
+        return await self.sessions.launch(launch)
+
+    async def _pool_for(self, launch: SessionLaunch, pool_name: str | None) -> PoolRecord | None:
+        session = launch.session
+        if pool_name is not None:
+            pool = await self.get(pool_name)
+            if (pool.repo_owner, pool.repo_name) != (session.repo_owner, session.repo_name):
+                raise BadRequest(f"pool {pool_name!r} serves {pool.repo_owner}/{pool.repo_name}", field="from_pool")
+            if launch.image is not None and launch.image != pool.image:
+                raise BadRequest(f"pool {pool_name!r} does not use image {launch.image!r}", field="image")
+            return None if launch.snapshot_id else pool
+        if launch.snapshot_id or launch.resources != Resources():
+            return None
+        pools = await self.store.list_pools(repo_owner=session.repo_owner, repo_name=session.repo_name)
+        matching = [p for p in pools if p.image == launch.image]
+        return max(matching, key=lambda p: p.target, default=None)
+
+    async def claim(self, pool: PoolRecord, launch: SessionLaunch) -> SandboxRecord | None:
+        """Take one ready member of ``pool`` for ``launch``; None when there is none to take."""
+        if launch.sandbox_id and await self.store.get_sandbox(launch.sandbox_id) is not None:
+            raise Conflict(f"sandbox {launch.sandbox_id!r} already exists", sandbox_id=launch.sandbox_id)
+        won = await self._take(pool, launch)
+        if won is None:
+            log.info("pool.empty", pool=pool.name, session_id=launch.session.session_id)
+            return None
+        self.maintainer.wake()  # refill behind the claim
+        try:
+            await self._hand_over(won, launch)
+        except (SandboxControlError, OSError) as exc:
+            log.warning("pool.handover_failed", pool=pool.name, sandbox_id=won.id, error=describe_error(exc))
+            await self.store.add_event(won.id, "claim_failed", error=describe_error(exc))
+            try:
+                await asyncio.shield(self.sandboxes.delete(won.id))
+            except SandboxControlError as cleanup:  # the reconciler and the pass retry
+                log.warning("pool.handover_cleanup_failed", sandbox_id=won.id, error=str(cleanup))
+            return None
+        await self.store.add_event(won.id, "claimed", pool=pool.name, session_id=launch.session.session_id)
+        log.info("pool.claimed", pool=pool.name, sandbox_id=won.id, session_id=launch.session.session_id)
+        return await self.sandboxes.get(won.id)
+
+    async def _take(self, pool: PoolRecord, launch: SessionLaunch) -> SandboxRecord | None:
+        session = launch.session
+        ttl = launch.ttl_seconds or self.settings.default_ttl_seconds
+        if ttl and ttl > self.settings.max_ttl_seconds:
+            raise BadRequest(f"ttl_seconds exceeds the maximum of {self.settings.max_ttl_seconds}", field="ttl_seconds")
+        labels = dict(launch.labels)
+        if launch.sandbox_id:
+            labels[REQUESTED_ID_LABEL] = launch.sandbox_id
+        for _round in range(_CLAIM_ROUNDS):
+            ready = await self.store.list_sandboxes({POOL_LABEL: pool.name}, statuses=["warm"], limit=100)
+            if not ready:
+                return None
+            # Concurrent claimers start from different members instead of all racing for the first.
+            random.shuffle(ready)
+            for member in ready:
+                if await self.store.transition_member(
+                    member.id,
+                    ["warm"],
+                    "running",
+                    session_id=session.session_id,
+                    ttl_seconds=ttl,
+                    expires_at=utcnow() + timedelta(seconds=ttl) if ttl else None,
+                    add_labels=labels,
+                ):
+                    return member
+        return None
+
+    async def _hand_over(self, member: SandboxRecord, launch: SessionLaunch) -> None:
+        """Write the claim file atomically: a temp file, then ``mv`` onto the path the runtime polls."""
+        ref = member.provider_object_id
+        if ref is None:
+            raise SandboxControlError(f"sandbox {member.id!r} has no provider object")
+        env = {
+            **launch.user_env,
+            c.SANDBOX_ID: member.id,
+            c.CONTROL_PLANE_URL: launch.control_plane_url,
+            c.SANDBOX_AUTH_TOKEN: launch.sandbox_auth_token,
+        }
+        clone_token = await self.sessions.clone_token()  # fresh: the one from boot may have expired
+        if clone_token is not None:
+            env[c.VCS_CLONE_TOKEN] = clone_token
+        body = c.SessionClaim(session_config=launch.session, env=env).model_dump_json().encode()
+        partial = f"{c.DEFAULT_CLAIM_FILE}.{secrets.token_hex(4)}.tmp"
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield body
+
+        await self.provider.write_file(ref, partial, chunks())
+        moved = await self.provider.exec(ref, ["mv", "-f", "--", partial, c.DEFAULT_CLAIM_FILE], timeout=30)
+        if moved.exit_code != 0:
+            raise SandboxControlError(f"cannot place the claim: {moved.stderr.decode(errors='replace').strip()}")

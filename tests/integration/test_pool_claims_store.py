@@ -1,0 +1,78 @@
+"""The conditional claim of a warm member, raced on SQLite and PostgreSQL.
+
+Two ``StateStore`` instances on one database play two replicas; fifty claimers
+race for ten warm members. Exactly ten win, each a different member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from app.services.pool_members import POOL_LABEL
+from app.storage.state import SandboxRecord, StateStore
+from app.storage.times import utcnow
+
+MEMBERS = 10
+CLAIMERS = 50
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+async def _claim_one(store: StateStore, pool: str, session_id: str) -> str | None:
+    """What PoolService._take does: read the ready members, try them in random order."""
+    for _round in range(3):
+        ready = await store.list_sandboxes({POOL_LABEL: pool}, statuses=["warm"])
+        if not ready:
+            return None
+        random.shuffle(ready)
+        for member in ready:
+            if await store.transition_member(
+                member.id, ["warm"], "running", session_id=session_id, add_labels={"claimed-by": session_id}
+            ):
+                return member.id
+    return None
+
+
+async def test_fifty_claims_on_ten_members_take_each_member_once(state_url: str) -> None:
+    replicas = [StateStore(state_url), StateStore(state_url)]
+    for store in replicas:
+        await store.open()
+    try:
+        pool = f"race-{random.randrange(1 << 30)}"  # the PostgreSQL cluster is shared by the session
+        now = utcnow()
+        ids = [f"{pool}-m{i}" for i in range(MEMBERS)]
+        for sandbox_id in ids:
+            await replicas[0].insert_sandbox(
+                SandboxRecord(
+                    id=sandbox_id, provider="fake", status="warm", created_at=now, updated_at=now,
+                    provider_object_id=f"obj-{sandbox_id}", labels={POOL_LABEL: pool},
+                )
+            )  # fmt: skip
+        results = await asyncio.wait_for(
+            asyncio.gather(*(_claim_one(replicas[i % 2], pool, f"sess-{i}") for i in range(CLAIMERS))), timeout=60
+        )
+        won = [r for r in results if r is not None]
+        assert sorted(won) == sorted(ids)  # every member once, no member twice
+        assert results.count(None) == CLAIMERS - MEMBERS
+        records = {r.id: r for r in await replicas[1].list_sandboxes({POOL_LABEL: pool})}
+        sessions = {records[i].session_id for i in ids}
+        assert len(sessions) == MEMBERS and all(records[i].status == "running" for i in ids)
+        for sandbox_id in ids:  # the label went in with the claim, from the winner's session
+            assert records[sandbox_id].labels["claimed-by"] == records[sandbox_id].session_id
+        claimed = await replicas[0].list_sandboxes({"claimed-by": records[ids[0]].session_id or ""})
+        assert [r.id for r in claimed] == [ids[0]]
+        # A claimed member is no longer anyone's to evict.
+        assert not await replicas[0].transition_member(ids[0], ["warm", "running"], "deleting")
+    finally:
+        for store in replicas:
+            await store.aclose()
