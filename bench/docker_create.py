@@ -10,63 +10,89 @@
 
 Needs a running engine with the image (scripts/docker-setup.sh). What "ours"
 means lives in one class, ``Ours``: point it at the HTTP API to measure the
-whole service instead of the provider alone.
+whole service instead of the provider alone (it does: a live server on the docker provider).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import secrets
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.providers.base import SandboxSpec
-from app.providers.docker import DockerProvider
-from app.settings import Settings
+from app.client import SandboxClient
+from tests.fixtures.app import LiveServer, free_port
 
 
 class Ours:
-    """The system under test: the docker provider, called in-process."""
+    """The system under test: the whole service (``sandboxctl serve``, docker provider) over HTTP."""
 
     def __init__(self, image: str, run_id: str) -> None:
         self.run_id = run_id
         self._count = 0
-        self._provider = DockerProvider(Settings.load(SANDBOX_BASE_IMAGE=image, SANDBOX_DOCKER_PULL="never"))
+        self._workdir = Path(tempfile.mkdtemp(prefix="sandbox-bench-docker-"))
+        self._secret = secrets.token_hex(32)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SANDBOX_", "S3_"))}
+        env.update(
+            SANDBOX_API_SECRET=self._secret,
+            SANDBOX_PROVIDER="docker",
+            SANDBOX_BASE_IMAGE=image,
+            SANDBOX_DOCKER_PULL="never",
+            SANDBOX_DOCKER_NETWORK="none",
+            SANDBOX_DATA_DIR=str(self._workdir / "data"),
+            SANDBOX_LOG_LEVEL="warning",
+        )
+        self._server = LiveServer(env, free_port(), self._workdir / "server.log")
+        self._client: SandboxClient | None = None
 
     async def aopen(self) -> None:
-        await self._provider.aopen()
+        self._server.start()
+        self._client = SandboxClient(self._server.url, self._secret.encode())
 
     async def aclose(self) -> None:
-        await self._provider.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+        self._server.stop()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    @property
+    def client(self) -> SandboxClient:
+        assert self._client is not None
+        return self._client
 
     async def create_ready(self) -> str:
         """Create a sandbox and return once a command has run in it."""
         self._count += 1
-        spec = SandboxSpec(
-            sandbox_id=f"bench-{self.run_id}-{self._count}", network="none", labels={"bench": self.run_id}
-        )
-        sandbox = await self._provider.create(spec)
-        result = await self._provider.exec(sandbox.provider_object_id, ["true"], timeout=60)
-        if result.exit_code != 0:
+        sandbox = await self.client.create(labels={"bench": self.run_id})
+        result = await self.client.exec(sandbox["id"], ["true"])
+        if result["exit_code"] != 0:
             raise RuntimeError(f"exec failed: {result}")
-        return sandbox.provider_object_id
+        return str(sandbox["id"])
 
     async def exec(self, ref: str) -> None:
-        result = await self._provider.exec(ref, ["sh", "-c", "echo ok"], timeout=60)
-        if result.stdout != b"ok\n":
+        result = await self.client.exec(ref, ["sh", "-c", "echo ok"])
+        if result["stdout"] != "ok\n":
             raise RuntimeError(f"exec failed: {result}")
 
     async def delete(self, ref: str) -> None:
-        await self._provider.delete(ref)
+        await self.client.delete(ref)
 
     async def leftovers(self) -> list[str]:
-        return [s.provider_object_id for s in await self._provider.list({"bench": self.run_id})]
+        """Our containers still on the engine (not just our records): ``docker ps -a`` by label."""
+        proc = await asyncio.create_subprocess_exec(
+            "docker", "ps", "-aq", "--filter", f"label=bench={self.run_id}", stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate()
+        return out.decode().split()
 
 
 async def raw_docker_run(image: str) -> None:

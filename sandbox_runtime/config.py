@@ -217,7 +217,7 @@ def _from_env(env: Mapping[str, str]) -> RuntimeConfig:
         start_timeout=_float(env, c.START_TIMEOUT, 120.0, 1.0),
         stop_grace=_float(env, c.STOP_GRACE_SECONDS, 10.0),
         restart=RestartSettings(
-            backoff_base=_float(env, c.RESTART_BACKOFF_BASE, 1.0),
+            backoff_base=_float(env, c.RESTART_BACKOFF_BASE, 0.5),
             backoff_max=_float(env, c.RESTART_BACKOFF_MAX, 60.0),
             jitter=_float(env, c.RESTART_JITTER, 0.25),
             max_restarts=_int(env, c.RESTART_MAX, 5),
