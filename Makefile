@@ -30,6 +30,7 @@ bench: setup
 	$(PY) bench/snapshot.py
 	$(PY) bench/session_ready.py
 	$(PY) bench/docker_create.py
+	$(PY) bench/pool_claim.py
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache
