@@ -149,12 +149,16 @@ async def main() -> None:
             workspace = workdir / "data" / "local" / "sandboxes" / source["provider_object_id"] / "workspace"
             raw_size = sum(p.stat().st_size for p in workspace.rglob("*") if p.is_file())
             for run in range(args.runs):
+                # Each timed step starts from the same clean page cache writeback state:
+                # otherwise whichever side runs right after a big write pays for its flush.
+                await asyncio.to_thread(os.sync)
                 base = reset_peak(pid)
                 started = time.perf_counter()
                 snapshot = await client.request("POST", f"/v1/sandboxes/{source['id']}/snapshots", json={})
                 ours_snap.append(time.perf_counter() - started)
                 peak_snap = rss_kib(pid, "VmHWM") - base
 
+                await asyncio.to_thread(os.sync)
                 base = reset_peak(pid)
                 started = time.perf_counter()
                 restored = await client.request("POST", f"/v1/snapshots/{snapshot['id']}/restore", json={})
@@ -164,7 +168,9 @@ async def main() -> None:
                 await client.delete(restored["id"])
 
                 key = f"ref/{run}"
+                await asyncio.to_thread(os.sync)
                 ref_snap.append(await asyncio.to_thread(reference_snapshot, workspace, s3, bucket, key, workdir))
+                await asyncio.to_thread(os.sync)
                 ref_restore.append(await asyncio.to_thread(reference_restore, s3, bucket, key, workdir))
 
             # /healthz while 4 snapshots run at once.
