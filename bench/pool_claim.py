@@ -14,12 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,9 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.client import SandboxClient  # noqa: E402
-from bench.session_ready import OFFLINE  # noqa: E402
-from tests.fixtures.app import LiveServer, free_port  # noqa: E402
-from tests.fixtures.runtime import GIT_TOKEN, SANDBOX_TOKEN, ControlPlane, GitHttpServer, find_opencode  # noqa: E402
+from bench.session_stack import print_table, session_stack  # noqa: E402
+from tests.fixtures.runtime import OPENCODE_OFFLINE, SANDBOX_TOKEN, ControlPlane  # noqa: E402
 
 
 async def wait_ready_member(client: SandboxClient, pool: str, timeout: float = 180) -> None:
@@ -50,7 +45,7 @@ async def one_session(client: SandboxClient, plane: ControlPlane, session_id: st
         "repo_name": "app",
         "control_plane_url": plane.url,
         "sandbox_auth_token": SANDBOX_TOKEN,
-        "user_env_vars": OFFLINE,
+        "user_env_vars": OPENCODE_OFFLINE,
     }
     started = time.perf_counter()
     created = (await client.request("POST", "/api/create-sandbox", json=body))["data"]
@@ -63,58 +58,24 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--setup-seconds", type=float, default=3.0)
     args = parser.parse_args()
-    binary = find_opencode()
-    if binary is None:
-        raise SystemExit("OpenCode is not installed: run scripts/install-opencode.sh")
-    workdir = Path(tempfile.mkdtemp(prefix="sandbox-bench-pool-"))
-    workdir.chmod(0o711)
-    git = GitHttpServer(workdir / "git").start()
-    setup = f"#!/bin/sh\nsleep {args.setup_seconds}\n"
-    git.create_repo("acme", "app", {"README.md": "bench\n", ".openinspect/setup.sh": setup})
-    plane = await ControlPlane().start()
-    secret = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SANDBOX_", "S3_"))}
-    env.update(
-        SANDBOX_API_SECRET=secret,
-        SANDBOX_PROVIDER="local",
-        SANDBOX_DATA_DIR=str(workdir / "data"),
-        SANDBOX_LOG_LEVEL="warning",
-        ALLOWED_CONTROL_PLANE_HOSTS="127.0.0.1",
-        VCS_CLONE_URL_TEMPLATE=git.url_template,
-        SANDBOX_VCS_CLONE_TOKEN=GIT_TOKEN,
-        SANDBOX_LOCAL_OPENCODE_DIR=str(binary.parent.parent),
-        SANDBOX_POOL_INTERVAL="1",
-    )
-    server = LiveServer(env, free_port(), workdir / "server.log")
-    server.start()
     cold: list[float] = []
     warm: list[float] = []
-    try:
-        async with SandboxClient(server.url, secret.encode()) as client:
-            for run in range(args.runs):
-                seconds, sandbox_id = await one_session(client, plane, f"cold-{run}")
-                cold.append(seconds)
-                await client.delete(sandbox_id)
-            await client.request("PUT", "/v1/pools/bench", json={"repo": {"owner": "acme", "name": "app"}, "target": 1})
-            for run in range(args.runs):
-                await wait_ready_member(client, "bench")
-                seconds, sandbox_id = await one_session(client, plane, f"warm-{run}")
-                warm.append(seconds)
-                await client.delete(sandbox_id)
-            await client.request("DELETE", "/v1/pools/bench")
-    finally:
-        server.stop()
-        await plane.stop()
-        git.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    setup = f"#!/bin/sh\nsleep {args.setup_seconds}\n"
+    async with session_stack("sandbox-bench-pool-", setup, SANDBOX_POOL_INTERVAL="1") as stack:
+        client, plane = stack.client, stack.plane
+        for run in range(args.runs):
+            seconds, sandbox_id = await one_session(client, plane, f"cold-{run}")
+            cold.append(seconds)
+            await client.delete(sandbox_id)
+        await client.request("PUT", "/v1/pools/bench", json={"repo": {"owner": "acme", "name": "app"}, "target": 1})
+        for run in range(args.runs):
+            await wait_ready_member(client, "bench")
+            seconds, sandbox_id = await one_session(client, plane, f"warm-{run}")
+            warm.append(seconds)
+            await client.delete(sandbox_id)
+        await client.request("DELETE", "/v1/pools/bench")
 
-    def row(name: str, values: list[float]) -> str:
-        return f"| {name:<40} | {statistics.median(values):6.2f} | {min(values):6.2f} | {max(values):6.2f} |"
-
-    print("| measure (s)                              |    p50 |    min |    max |")
-    print("|------------------------------------------|--------|--------|--------|")
-    print(row("cold: create-sandbox → ready (WS)", cold))
-    print(row("warm: claim (create-sandbox) → ready", warm))
+    print_table({"cold: create-sandbox → ready (WS)": cold, "warm: claim (create-sandbox) → ready": warm})
     ratio = statistics.median(warm) / statistics.median(cold)
     print(f"\nclaim/cold p50 ratio: {ratio:.2f} (target ≤ 0.20), runs={args.runs}, setup.sh={args.setup_seconds}s")
 

@@ -17,12 +17,9 @@ import argparse
 import asyncio
 import contextlib
 import os
-import secrets
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,17 +28,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.client import SandboxClient  # noqa: E402
-from tests.fixtures.app import LiveServer, free_port  # noqa: E402
-from tests.fixtures.runtime import GIT_TOKEN, SANDBOX_TOKEN, ControlPlane, GitHttpServer, find_opencode  # noqa: E402
-
-OFFLINE = {
-    "OPENCODE_DISABLE_AUTOUPDATE": "1",
-    "OPENCODE_DISABLE_MODELS_FETCH": "1",
-    "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
-    "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
-    "OPENCODE_DISABLE_SHARE": "1",
-}
+from bench.session_stack import print_table, session_stack  # noqa: E402
+from tests.fixtures.app import free_port  # noqa: E402
+from tests.fixtures.runtime import OPENCODE_OFFLINE, SANDBOX_TOKEN  # noqa: E402
 
 
 async def wait_healthy(url: str, deadline_s: float = 60) -> float:
@@ -59,7 +48,7 @@ async def opencode_alone(binary: Path, home: Path) -> float:
     port = free_port()
     env = {
         **os.environ,
-        **OFFLINE,
+        **OPENCODE_OFFLINE,
         "HOME": str(home),
         "XDG_CONFIG_HOME": str(home / "c"),
         "XDG_DATA_HOME": str(home / "d"),
@@ -98,73 +87,45 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
-    binary = find_opencode()
-    if binary is None:
-        raise SystemExit("OpenCode is not installed: run scripts/install-opencode.sh")
-    workdir = Path(tempfile.mkdtemp(prefix="sandbox-bench-session-"))
-    workdir.chmod(0o711)
-    git = GitHttpServer(workdir / "git").start()
-    git.create_repo("acme", "app", {"README.md": "bench\n", ".openinspect/setup.sh": "#!/bin/sh\ntrue\n"})
-    plane = await ControlPlane().start()
-    secret = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SANDBOX_", "S3_"))}
-    env.update(
-        SANDBOX_API_SECRET=secret,
-        SANDBOX_PROVIDER="local",
-        SANDBOX_DATA_DIR=str(workdir / "data"),
-        SANDBOX_LOG_LEVEL="warning",
-        ALLOWED_CONTROL_PLANE_HOSTS="127.0.0.1",
-        VCS_CLONE_URL_TEMPLATE=git.url_template,
-        SANDBOX_VCS_CLONE_TOKEN=GIT_TOKEN,
-        SANDBOX_LOCAL_OPENCODE_DIR=str(binary.parent.parent),
-    )
-    server = LiveServer(env, free_port(), workdir / "server.log")
-    server.start()
     alone: list[float] = []
     ours: list[float] = []
     restart: list[float] = []
-    try:
-        async with SandboxClient(server.url, secret.encode()) as client:
-            for run in range(args.runs):
-                alone.append(await opencode_alone(binary, workdir / f"home-{run}"))
-                before = len(plane.received)
-                body = {
-                    "session_id": f"bench-{run}",
-                    "repo_owner": "acme",
-                    "repo_name": "app",
-                    "control_plane_url": plane.url,
-                    "sandbox_auth_token": SANDBOX_TOKEN,
-                    "user_env_vars": OFFLINE,
-                }
+    async with session_stack("sandbox-bench-session-", "#!/bin/sh\ntrue\n") as stack:
+        client, plane = stack.client, stack.plane
+        for run in range(args.runs):
+            alone.append(await opencode_alone(stack.opencode, stack.workdir / f"home-{run}"))
+            before = len(plane.received)
+            body = {
+                "session_id": f"bench-{run}",
+                "repo_owner": "acme",
+                "repo_name": "app",
+                "control_plane_url": plane.url,
+                "sandbox_auth_token": SANDBOX_TOKEN,
+                "user_env_vars": OPENCODE_OFFLINE,
+            }
+            started = time.perf_counter()
+            created = (await client.request("POST", "/api/create-sandbox", json=body))["data"]
+            await plane.wait_for("ready", timeout=120, after=before, sandboxId=created["sandbox_id"])
+            ours.append(time.perf_counter() - started)
+            if run < max(3, args.runs // 2):
+                pid, port = sandbox_opencode_pid(stack.workdir / "data", created["provider_object_id"])
+                os.kill(pid, signal.SIGKILL)
                 started = time.perf_counter()
-                created = (await client.request("POST", "/api/create-sandbox", json=body))["data"]
-                await plane.wait_for("ready", timeout=120, after=before, sandboxId=created["sandbox_id"])
-                ours.append(time.perf_counter() - started)
-                if run < max(3, args.runs // 2):
-                    pid, port = sandbox_opencode_pid(workdir / "data", created["provider_object_id"])
-                    os.kill(pid, signal.SIGKILL)
-                    started = time.perf_counter()
-                    for _ in range(200):  # until the old process is gone (bounded)
-                        if not Path(f"/proc/{pid}").exists():
-                            break
-                        await asyncio.sleep(0.01)
-                    await wait_healthy(f"http://127.0.0.1:{port}/global/health")
-                    restart.append(time.perf_counter() - started)
-                await client.delete(created["sandbox_id"])
-    finally:
-        server.stop()
-        await plane.stop()
-        git.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+                for _ in range(200):  # until the old process is gone (bounded)
+                    if not Path(f"/proc/{pid}").exists():
+                        break
+                    await asyncio.sleep(0.01)
+                await wait_healthy(f"http://127.0.0.1:{port}/global/health")
+                restart.append(time.perf_counter() - started)
+            await client.delete(created["sandbox_id"])
 
-    def row(name: str, values: list[float]) -> str:
-        return f"| {name:<44} | {statistics.median(values):6.2f} | {min(values):6.2f} | {max(values):6.2f} |"
-
-    print("| measure (s)                                  |    p50 |    min |    max |")
-    print("|----------------------------------------------|--------|--------|--------|")
-    print(row("OpenCode alone → healthy", alone))
-    print(row("ours: POST /api/create-sandbox → ready (WS)", ours))
-    print(row("env server SIGKILL → healthy again", restart))
+    print_table(
+        {
+            "OpenCode alone → healthy": alone,
+            "ours: POST /api/create-sandbox → ready (WS)": ours,
+            "env server SIGKILL → healthy again": restart,
+        }
+    )
     overhead = statistics.median(ours) - statistics.median(alone)
     print(f"\noverhead over OpenCode alone (p50): {overhead:+.2f} s (target ≤ 1 s), runs={args.runs}")
     print(f"first restart p50: {statistics.median(restart):.2f} s (target ≤ 3 s), runs={len(restart)}")

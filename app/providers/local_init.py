@@ -153,7 +153,10 @@ class InitSupervisor:
         await asyncio.to_thread(self._sweep, meta, record)
 
     def _sweep(self, meta: SandboxMeta, record: InitRecord | None) -> None:
-        """Kill anything left (by host uid, by cgroup), remove cgroups, forget the init."""
+        """Kill anything left (by host uid, by cgroup), remove cgroups, forget the init.
+
+        Blocking (short polling sleeps): only ever run through ``asyncio.to_thread``.
+        """
         if meta.uid is not None:
             # The uid is this sandbox's alone: whatever still runs as it belongs to it.
             for _ in range(50):

@@ -128,7 +128,7 @@ class ResourceLimiter:
         )
 
     def apply(self, ref: str, requested: Resources) -> AppliedLimits:
-        """Create the sandbox's cgroups (or rlimit options) for ``requested``."""
+        """Create the sandbox's cgroups (or rlimit options) for ``requested``. Blocking: run in a thread."""
         limits = self.effective(requested)
         if self.mechanism == "rlimit":
             options: list[str] = []
@@ -178,7 +178,11 @@ class ResourceLimiter:
         return [str(parent / ref) for parent in self.parents.values() if (parent / ref).is_dir()]
 
     def release(self, cgroups: Sequence[str], *, attempts: int = 50) -> None:
-        """Kill whatever is left in the sandbox's cgroups and remove them."""
+        """Kill whatever is left in the sandbox's cgroups and remove them.
+
+        Blocking (it polls the kernel until killed tasks leave the group): call it
+        from a worker thread, as ``apply`` and the provider's halt path do.
+        """
         for directory in dict.fromkeys(cgroups):
             path = Path(directory)
             for _ in range(attempts):

@@ -15,17 +15,9 @@ import pytest
 
 from app.providers.docker import DockerProvider
 from sandbox_runtime.contract import SessionConfig, build_sandbox_env
-from tests.fixtures.runtime import GIT_TOKEN, SANDBOX_TOKEN, ControlPlane, GitHttpServer
+from tests.fixtures.runtime import GIT_TOKEN, OPENCODE_OFFLINE, SANDBOX_TOKEN, ControlPlane, GitHttpServer
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-OPENCODE_OFFLINE = {
-    "OPENCODE_DISABLE_AUTOUPDATE": "1",
-    "OPENCODE_DISABLE_MODELS_FETCH": "1",
-    "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
-    "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
-    "OPENCODE_DISABLE_SHARE": "1",
-}
 
 
 async def container_log(provider: DockerProvider, ref: str) -> str:

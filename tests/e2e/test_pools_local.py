@@ -19,9 +19,8 @@ from pydantic import SecretStr
 from app.auth import make_token
 from app.services.pool_members import POOL_LABEL
 from app.settings import Settings
-from tests.e2e.test_session_local import OPENCODE_OFFLINE
 from tests.fixtures.app import serve_in_process
-from tests.fixtures.runtime import GIT_TOKEN, SANDBOX_TOKEN, ControlPlane, GitHttpServer
+from tests.fixtures.runtime import GIT_TOKEN, OPENCODE_OFFLINE, SANDBOX_TOKEN, ControlPlane, GitHttpServer
 
 SETUP = "#!/bin/sh\necho ran >> .setup-count\necho built > .from-setup\n"
 
