@@ -23,8 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.client import SandboxClient  # noqa: E402
-from bench.session_stack import print_table, session_stack  # noqa: E402
-from tests.fixtures.runtime import OPENCODE_OFFLINE, SANDBOX_TOKEN, ControlPlane  # noqa: E402
+from bench.session_stack import print_table, session_stack, session_to_ready  # noqa: E402
 
 
 async def wait_ready_member(client: SandboxClient, pool: str, timeout: float = 180) -> None:
@@ -35,22 +34,6 @@ async def wait_ready_member(client: SandboxClient, pool: str, timeout: float = 1
             return
         await asyncio.sleep(0.2)
     raise TimeoutError(f"pool {pool} has no ready member")
-
-
-async def one_session(client: SandboxClient, plane: ControlPlane, session_id: str) -> tuple[float, str]:
-    before = len(plane.received)
-    body = {
-        "session_id": session_id,
-        "repo_owner": "acme",
-        "repo_name": "app",
-        "control_plane_url": plane.url,
-        "sandbox_auth_token": SANDBOX_TOKEN,
-        "user_env_vars": OPENCODE_OFFLINE,
-    }
-    started = time.perf_counter()
-    created = (await client.request("POST", "/api/create-sandbox", json=body))["data"]
-    await plane.wait_for("ready", timeout=180, after=before, sandboxId=created["sandbox_id"])
-    return time.perf_counter() - started, str(created["sandbox_id"])
 
 
 async def main() -> None:
@@ -64,15 +47,15 @@ async def main() -> None:
     async with session_stack("sandbox-bench-pool-", setup, SANDBOX_POOL_INTERVAL="1") as stack:
         client, plane = stack.client, stack.plane
         for run in range(args.runs):
-            seconds, sandbox_id = await one_session(client, plane, f"cold-{run}")
+            seconds, created = await session_to_ready(client, plane, f"cold-{run}")
             cold.append(seconds)
-            await client.delete(sandbox_id)
+            await client.delete(created["sandbox_id"])
         await client.request("PUT", "/v1/pools/bench", json={"repo": {"owner": "acme", "name": "app"}, "target": 1})
         for run in range(args.runs):
             await wait_ready_member(client, "bench")
-            seconds, sandbox_id = await one_session(client, plane, f"warm-{run}")
+            seconds, created = await session_to_ready(client, plane, f"warm-{run}")
             warm.append(seconds)
-            await client.delete(sandbox_id)
+            await client.delete(created["sandbox_id"])
         await client.request("DELETE", "/v1/pools/bench")
 
     print_table({"cold: create-sandbox → ready (WS)": cold, "warm: claim (create-sandbox) → ready": warm})

@@ -28,9 +28,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.session_stack import print_table, session_stack  # noqa: E402
+from bench.session_stack import print_table, session_stack, session_to_ready  # noqa: E402
 from tests.fixtures.app import free_port  # noqa: E402
-from tests.fixtures.runtime import OPENCODE_OFFLINE, SANDBOX_TOKEN  # noqa: E402
+from tests.fixtures.runtime import OPENCODE_OFFLINE  # noqa: E402
 
 
 async def wait_healthy(url: str, deadline_s: float = 60) -> float:
@@ -94,19 +94,8 @@ async def main() -> None:
         client, plane = stack.client, stack.plane
         for run in range(args.runs):
             alone.append(await opencode_alone(stack.opencode, stack.workdir / f"home-{run}"))
-            before = len(plane.received)
-            body = {
-                "session_id": f"bench-{run}",
-                "repo_owner": "acme",
-                "repo_name": "app",
-                "control_plane_url": plane.url,
-                "sandbox_auth_token": SANDBOX_TOKEN,
-                "user_env_vars": OPENCODE_OFFLINE,
-            }
-            started = time.perf_counter()
-            created = (await client.request("POST", "/api/create-sandbox", json=body))["data"]
-            await plane.wait_for("ready", timeout=120, after=before, sandboxId=created["sandbox_id"])
-            ours.append(time.perf_counter() - started)
+            seconds, created = await session_to_ready(client, plane, f"bench-{run}")
+            ours.append(seconds)
             if run < max(3, args.runs // 2):
                 pid, port = sandbox_opencode_pid(stack.workdir / "data", created["provider_object_id"])
                 os.kill(pid, signal.SIGKILL)

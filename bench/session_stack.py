@@ -9,17 +9,26 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.client import SandboxClient  # noqa: E402
 from tests.fixtures.app import LiveServer, free_port  # noqa: E402
-from tests.fixtures.runtime import GIT_TOKEN, ControlPlane, GitHttpServer, find_opencode  # noqa: E402
+from tests.fixtures.runtime import (  # noqa: E402
+    GIT_TOKEN,
+    OPENCODE_OFFLINE,
+    SANDBOX_TOKEN,
+    ControlPlane,
+    GitHttpServer,
+    find_opencode,
+)
 
 
 @dataclass
@@ -64,6 +73,23 @@ async def session_stack(prefix: str, setup_script: str, **env: str) -> AsyncIter
         await plane.stop()
         git.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def session_to_ready(client: SandboxClient, plane: ControlPlane, session_id: str) -> tuple[float, dict[str, Any]]:
+    """``POST /api/create-sandbox`` for ``acme/app``; seconds until ``ready`` arrives, and the answer's data."""
+    before = len(plane.received)
+    body = {
+        "session_id": session_id,
+        "repo_owner": "acme",
+        "repo_name": "app",
+        "control_plane_url": plane.url,
+        "sandbox_auth_token": SANDBOX_TOKEN,
+        "user_env_vars": OPENCODE_OFFLINE,
+    }
+    started = time.perf_counter()
+    created: dict[str, Any] = (await client.request("POST", "/api/create-sandbox", json=body))["data"]
+    await plane.wait_for("ready", timeout=180, after=before, sandboxId=created["sandbox_id"])
+    return time.perf_counter() - started, created
 
 
 def print_table(rows: Mapping[str, list[float]]) -> None:
