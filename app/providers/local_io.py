@@ -156,6 +156,11 @@ async def _reap(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future
         for drain in drains:
             drain.cancel()
         await asyncio.gather(*drains, return_exceptions=True)
+        # Close the transport now, on its own loop: left to the garbage collector it
+        # would close itself after that loop may have ended ("Event loop is closed").
+        transport = getattr(proc, "_transport", None)
+        if transport is not None:
+            transport.close()
 
 
 async def _cleanup(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future[Any]]) -> None:
