@@ -47,7 +47,7 @@ from app.providers.base import (
     Resources,
     SandboxSpec,
 )
-from app.providers.local_io import feed_input, os_error, run_process, stream_output
+from app.providers.local_io import close_transport, feed_input, os_error, run_process, stream_output
 from app.settings import Settings
 
 #: sandbox root -> directory name inside the box
@@ -188,6 +188,7 @@ class FakeProvider(Provider):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(entry.pid, signal.SIGKILL)
             await entry.wait()
+            close_transport(entry)
         for pid in list(box.execs):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)

@@ -11,6 +11,8 @@ import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from app.providers.local_io import close_transport
+
 
 def tree_entries(root: Path, *, mtimes: bool = True) -> dict[str, tuple[object, ...]]:
     """One tuple per entry below ``root`` (the root itself excluded), keyed by relative path.
@@ -110,6 +112,7 @@ async def tar_stream(root: Path, *, tool: str = "gnu", chunk: int = 64 * 1024) -
         while data := await proc.stdout.read(chunk):
             yield data
         assert await proc.wait() == 0
+        close_transport(proc)
         return
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -139,6 +142,7 @@ async def tar_extract(stream: AsyncIterator[bytes], dest: Path) -> tuple[int, by
         proc.stdin.close()
         stderr = await proc.stderr.read()
         code = await proc.wait()
+        close_transport(proc)
     return code, stderr
 
 

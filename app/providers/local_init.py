@@ -26,6 +26,7 @@ from app.errors import ProviderError, ProviderUnavailable
 from app.providers import local_procs as procs
 from app.providers.base import ProviderStatus
 from app.providers.local_bwrap import HOST_ENV, KEEPER_SCRIPT, HostTools, host_argv
+from app.providers.local_io import close_transport
 from app.providers.local_limits import AppliedLimits, ResourceLimiter
 from app.providers.local_store import InitRecord, LocalStore, SandboxMeta
 
@@ -74,7 +75,10 @@ class InitSupervisor:
                 env=dict(HOST_ENV),
                 pass_fds=(options_fd,),
             )
-            await launcher.wait()
+            try:
+                await launcher.wait()
+            finally:
+                close_transport(launcher)
         finally:
             log_file.close()
         stamp = await self._wait_for_keeper(meta)

@@ -75,6 +75,17 @@ def os_error(returncode: int, stderr: bytes, path: str) -> OSError:
     return OSError(code, f"{os.strerror(code)}{': ' + detail if detail else ''}", path)
 
 
+def close_transport(proc: asyncio.subprocess.Process) -> None:
+    """Close ``proc``'s transport now, on its own loop.
+
+    ``Process.wait()`` does not close it; left to the garbage collector it
+    warns "unclosed transport" and may close itself after its loop has ended.
+    """
+    transport = getattr(proc, "_transport", None)
+    if transport is not None:
+        transport.close()
+
+
 def kill_group(pid: int) -> None:
     """SIGKILL the process group led by ``pid``; gone already is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -148,19 +159,13 @@ async def _reap(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future
         done, _ = await asyncio.wait([waiter], timeout=PIPE_DRAIN_SECONDS)
         if not done:
             # A process outside the group still holds a pipe: stop listening to it.
-            transport = getattr(proc, "_transport", None)
-            if transport is not None:
-                transport.close()
+            close_transport(proc)
             await waiter
     finally:
         for drain in drains:
             drain.cancel()
         await asyncio.gather(*drains, return_exceptions=True)
-        # Close the transport now, on its own loop: left to the garbage collector it
-        # would close itself after that loop may have ended ("Event loop is closed").
-        transport = getattr(proc, "_transport", None)
-        if transport is not None:
-            transport.close()
+        close_transport(proc)
 
 
 async def _cleanup(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future[Any]]) -> None:
