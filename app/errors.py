@@ -91,6 +91,14 @@ class SnapshotNotFound(NotFound):
     code = "snapshot_not_found"
 
 
+class BuildNotFound(NotFound):
+    code = "build_not_found"
+
+
+class RepoImageNotFound(NotFound):
+    code = "repo_image_not_found"
+
+
 class Conflict(SandboxControlError):
     """The resource exists but is in a state that forbids the operation."""
 
@@ -100,6 +108,19 @@ class Conflict(SandboxControlError):
 
 class SandboxNotRunning(Conflict):
     code = "sandbox_not_running"
+
+
+class BuildConflict(Conflict):
+    """The same build id was submitted again with a different request."""
+
+    code = "build_conflict"
+
+
+class NotConfigured(SandboxControlError):
+    """A feature needs configuration this service does not have (e.g. a callback secret)."""
+
+    status_code = 503
+    code = "not_configured"
 
 
 class PayloadTooLarge(SandboxControlError):

@@ -11,15 +11,18 @@ from fastapi import FastAPI
 from app.api import compat, health
 from app.api.errors import install_error_handlers
 from app.api.middleware import AuthMiddleware, RequestContextMiddleware
-from app.api.v1 import pools, sandboxes, snapshots
+from app.api.v1 import builds, pools, sandboxes, snapshots
 from app.auth import RequestVerifier
 from app.logging import configure_logging, get_logger
 from app.metrics import Metrics
 from app.providers.instrumented import InstrumentedProvider
 from app.providers.registry import create_provider
 from app.services.background import Periodic
+from app.services.builds import BuildService
+from app.services.callbacks import CallbackOutbox
 from app.services.container import Services
 from app.services.pools import PoolService
+from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService
 from app.services.sessions import SessionService, github_tokens_from
 from app.services.snapshots import SnapshotService
@@ -73,8 +76,18 @@ def create_app(settings: Settings) -> FastAPI:
             tokens = github_tokens_from(settings)
             if tokens is not None:
                 stack.push_async_callback(tokens.aclose)
-            session_service = SessionService(settings, sandbox_service, snapshot_service, provider, tokens)
+            repo_images = RepoImageService(store, provider, sandbox_service, snapshot_service)
+            session_service = SessionService(settings, sandbox_service, snapshot_service, provider, tokens, repo_images)
             pool_service = PoolService(settings, store, sandbox_service, session_service, provider)
+            outbox = None
+            if settings.internal_callback_secret is not None:
+                outbox = CallbackOutbox(settings, store)
+                outbox.validate()  # a weak secret stops the start, not the first callback
+                stack.push_async_callback(outbox.aclose)
+            build_service = BuildService(
+                settings, store, provider, sandbox_service, session_service, repo_images, outbox
+            )
+            stack.push_async_callback(build_service.aclose)
             app.state.services = Services(
                 settings=settings,
                 metrics=metrics,
@@ -85,12 +98,18 @@ def create_app(settings: Settings) -> FastAPI:
                 snapshots=snapshot_service,
                 sessions=session_service,
                 pools=pool_service,
+                repo_images=repo_images,
+                builds=build_service,
+                callbacks=outbox,
             )
             counts = await sandbox_service.reconcile()
             log.info("service.started", provider=settings.provider, reconciled=counts)
             # After the reconciler, so the first pass sees the provider's truth about members.
             pool_service.maintainer.start()
             stack.push_async_callback(pool_service.maintainer.aclose)
+            if outbox is not None:
+                outbox.start()  # callbacks due while the service was down go out now
+            await build_service.resume()
             for job in (
                 Periodic("reap", settings.reaper_interval_seconds, sandbox_service.reap_expired),
                 Periodic("reconcile", settings.reconcile_interval_seconds, sandbox_service.reconcile),
@@ -106,6 +125,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(sandboxes.router)
     app.include_router(snapshots.router)
     app.include_router(pools.router)
+    app.include_router(builds.router)
     app.include_router(compat.router)
     verifier = RequestVerifier(api_secrets, settings.auth_skew_seconds, settings.auth_mode)
     # Added last = outermost: context wraps auth so rejected requests are logged and counted.

@@ -167,6 +167,16 @@ class Settings(BaseSettings):
         default=10.0, gt=0, validation_alias="SANDBOX_CALLBACK_REQUEST_TIMEOUT"
     )
 
+    # Repo image builds.
+    #: Longest a build may run (clone + setup.sh) before it is failed and its sandbox deleted.
+    build_timeout_seconds: int = Field(default=1800, ge=10, le=24 * 3600, validation_alias="SANDBOX_BUILD_TIMEOUT")
+    #: Builds running at once; more wait in the queue (persisted, so a restart keeps them).
+    build_concurrency: int = Field(default=2, ge=1, le=64, validation_alias="SANDBOX_BUILD_CONCURRENCY")
+    #: Log bytes kept per build; beyond that the log is cut (the result line is still read).
+    build_log_max_bytes: int = Field(default=4 << 20, ge=64 << 10, validation_alias="SANDBOX_BUILD_LOG_MAX_BYTES")
+    #: How often a running build's log and exit status are read from its sandbox.
+    build_poll_seconds: float = Field(default=0.5, gt=0, le=30, validation_alias="SANDBOX_BUILD_POLL_INTERVAL")
+
     @field_validator(
         "api_secrets", "allowed_control_plane_hosts", "snapshot_paths", "modal_tunnel_ports", mode="before"
     )

@@ -69,3 +69,20 @@ class CompatWarmSandbox(StrictModel):
     repo_owner: str = Field(pattern=_NAME)
     repo_name: str = Field(pattern=_NAME)
     control_plane_url: str | None = Field(default=None, min_length=1, max_length=2048)
+
+
+class CompatBuildRepoImage(StrictModel):
+    """``POST /api/build-repo-image``: answered at once; the outcome arrives by callback."""
+
+    repo_owner: str = Field(pattern=_NAME)
+    repo_name: str = Field(pattern=_NAME)
+    build_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+    default_branch: str = Field(default="main", min_length=1, max_length=255)
+    callback_url: str = Field(min_length=1, max_length=2048)
+    user_env_vars: dict[str, str] | None = None
+
+
+class CompatDeleteProviderImage(StrictModel):
+    """``POST /api/delete-provider-image``."""
+
+    provider_image_id: str = Field(min_length=1, max_length=256)

@@ -25,6 +25,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.errors import UnsupportedSpec
+
 ProviderStatus = Literal["running", "stopped", "failed"]
 
 #: Exit code reported for a command killed at its deadline (as coreutils ``timeout``).
@@ -97,6 +99,8 @@ class Capabilities:
     #: Sandboxes share one loopback (e.g. local sandboxes on the host network):
     #: services listening inside them need a port of their own.
     shared_loopback: bool = False
+    #: ``commit_image`` saves a sandbox's filesystem as a native image (repo images).
+    image_commit: bool = False
 
 
 class Provider(abc.ABC):
@@ -186,3 +190,19 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def import_tar(self, ref: str, path: str, data: AsyncIterator[bytes]) -> None:
         """Extract an uncompressed tar stream into directory ``path`` (created)."""
+
+    # -- native images (optional; ``capabilities.image_commit``) ---------------
+
+    async def commit_image(self, ref: str, name: str) -> str:
+        """Save the sandbox's filesystem as an image called ``name``; returns what ``create`` takes as image.
+
+        The image keeps the base image's configuration (env, entry, labels):
+        nothing of the sandbox's environment, which holds its secrets.
+        Providers without native images keep the default, and repo images
+        fall back to snapshot-format blobs.
+        """
+        raise UnsupportedSpec("image", self.name, "this provider cannot save a sandbox as an image")
+
+    async def delete_image(self, image: str) -> bool:
+        """Delete an image made by ``commit_image``; False if it did not exist."""
+        raise UnsupportedSpec("image", self.name, "this provider cannot save a sandbox as an image")

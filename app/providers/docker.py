@@ -45,7 +45,9 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Seconds a pull may take.
+#: Label on images made by ``commit_image``.
+REPO_IMAGE_LABEL = "sandbox-control.repo-image"
+#: Seconds a pull (or a commit) may take.
 PULL_TIMEOUT = 900.0
 _OWNER_CACHE_SIZE = 4096
 
@@ -67,7 +69,7 @@ class DockerProvider(Provider):
         self._engine = EngineClient()
         self._info: dict[str, Any] | None = None
         self._owners: dict[str, tuple[int, int]] = {}
-        self.capabilities = Capabilities(gpu=False, stop_start=True, max_disk_mb=None, networks=None)
+        self.capabilities = Capabilities(gpu=False, stop_start=True, max_disk_mb=None, networks=None, image_commit=True)
 
     # -- lifecycle of the provider ------------------------------------------
 
@@ -184,6 +186,44 @@ class DockerProvider(Provider):
             raise ProviderError(f"pulling image {image!r} failed: {exc.message}", image=image) from exc
         except TimeoutError as exc:
             raise ProviderError(f"pulling image {image!r} took over {PULL_TIMEOUT:.0f} s", image=image) from exc
+
+    # -- native images (repo images) -----------------------------------------
+
+    async def commit_image(self, ref: str, name: str) -> str:
+        """``docker commit`` with the base image's configuration, not the container's.
+
+        The container's env holds the sandbox's secrets (clone token, user env)
+        and its labels our bookkeeping (ids, TTL): neither may live on in the image.
+        """
+        info = await self._inspect(ref)
+        base = info.get("Config", {}).get("Image") or info.get("Image")
+        image_info: dict[str, Any] = await self._engine.call("GET", f"images/{base}/json")
+        base_config = image_info.get("Config") or {}
+        repo, tag = split_image_reference(name)
+        config = {
+            "Env": base_config.get("Env") or [],
+            "Cmd": base_config.get("Cmd"),
+            "Entrypoint": base_config.get("Entrypoint"),
+            "WorkingDir": base_config.get("WorkingDir") or "",
+            "User": base_config.get("User") or "",
+            "Labels": {**(base_config.get("Labels") or {}), REPO_IMAGE_LABEL: name},
+        }
+        await self._engine.call(
+            "POST",
+            "commit",
+            params={"container": ref, "repo": repo, "tag": tag, "pause": "true"},
+            body=config,
+            ref=ref,
+            timeout=PULL_TIMEOUT,
+        )
+        return name
+
+    async def delete_image(self, image: str) -> bool:
+        try:
+            await self._engine.call("DELETE", f"images/{image}", params={"force": "1"})
+        except ImageMissing:
+            return False
+        return True
 
     async def _inspect(self, ref: str) -> dict[str, Any]:
         info: dict[str, Any] = await self._engine.call("GET", f"containers/{ref}/json", ref=ref)

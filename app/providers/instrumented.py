@@ -110,3 +110,11 @@ class InstrumentedProvider(Provider):
     async def import_tar(self, ref: str, path: str, data: AsyncIterator[bytes]) -> None:
         with self._timed("import_tar"):
             await self.inner.import_tar(ref, path, data)
+
+    async def commit_image(self, ref: str, name: str) -> str:
+        with self._timed("commit_image"):
+            return await self.inner.commit_image(ref, name)
+
+    async def delete_image(self, image: str) -> bool:
+        with self._timed("delete_image"):
+            return await self.inner.delete_image(image)

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 from app.metrics import Metrics
 from app.providers.base import Provider
+from app.services.builds import BuildService
+from app.services.callbacks import CallbackOutbox
 from app.services.pools import PoolService
+from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService
 from app.services.sessions import SessionService
 from app.services.snapshots import SnapshotService
@@ -26,3 +29,7 @@ class Services:
     snapshots: SnapshotService
     sessions: SessionService
     pools: PoolService
+    repo_images: RepoImageService
+    builds: BuildService
+    #: None when ``INTERNAL_CALLBACK_SECRET`` is not configured (builds without callbacks only).
+    callbacks: CallbackOutbox | None

@@ -192,8 +192,8 @@ class PoolService:
                 raise BadRequest(f"pool {pool_name!r} serves {pool.repo_owner}/{pool.repo_name}", field="from_pool")
             if launch.image is not None and launch.image != pool.image:
                 raise BadRequest(f"pool {pool_name!r} does not use image {launch.image!r}", field="image")
-            return None if launch.snapshot_id else pool
-        if launch.snapshot_id or launch.resources != Resources():
+            return None if launch.snapshot_id or launch.repo_image is not None else pool
+        if launch.snapshot_id or launch.repo_image is not None or launch.resources != Resources():
             return None
         pools = await self.store.list_pools(repo_owner=session.repo_owner, repo_name=session.repo_name)
         matching = [p for p in pools if p.image == launch.image]

@@ -20,10 +20,12 @@ from app.providers.base import Provider, Resources
 from app.services.github_tokens import GitHubAppTokenProvider, api_base_for, load_private_key
 from app.services.hosts import check_url_allowed
 from app.services.models import CreateSandboxRequest, validate_env
+from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService, new_sandbox_id
 from app.services.snapshots import SnapshotService
 from app.settings import Settings
 from app.storage.state import SandboxRecord
+from app.storage.state_builds import RepoImageRecord
 from sandbox_runtime.contract import (
     BootMode,
     ReservedEnvNameError,
@@ -49,6 +51,10 @@ class SessionLaunch:
     labels: dict[str, str] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
     image: str | None = None
+    #: Boot from this repo image (boot mode ``repo_image``): fetch and reset, no clone, no setup.sh.
+    repo_image: RepoImageRecord | None = None
+    #: The commit the caller believes the image holds (defaults to the image's own).
+    repo_image_sha: str | None = None
 
 
 def github_tokens_from(settings: Settings) -> GitHubAppTokenProvider | None:
@@ -76,12 +82,14 @@ class SessionService:
         snapshots: SnapshotService,
         provider: Provider,
         tokens: GitHubAppTokenProvider | None,
+        repo_images: RepoImageService | None = None,
     ) -> None:
         self.settings = settings
         self.sandboxes = sandboxes
         self.snapshots = snapshots
         self.provider = provider
         self.tokens = tokens
+        self.repo_images = repo_images or RepoImageService(sandboxes.store, provider, sandboxes, snapshots)
 
     def check(self, launch: SessionLaunch) -> None:
         """Everything that can be refused is refused here, before anything exists."""
@@ -129,6 +137,7 @@ class SessionService:
         user_env: Mapping[str, str] | None = None,
         session_config_file: str | None = None,
         runtime_overrides: Mapping[str, str] | None = None,
+        repo_image_sha: str | None = None,
     ) -> dict[str, str]:
         """The env contract of one runtime sandbox, with a freshly minted clone token.
 
@@ -153,6 +162,7 @@ class SessionService:
                 session_config_file=session_config_file,
                 runtime_overrides=runtime_overrides,
                 user_env=user_env,
+                repo_image_sha=repo_image_sha,
             )
         except ReservedEnvNameError as exc:
             raise ReservedEnvNames(exc.names) from None
@@ -162,11 +172,23 @@ class SessionService:
         self.check(launch)
         sandbox_id = launch.sandbox_id or new_sandbox_id()
         session = launch.session
+        image = launch.repo_image
+        if launch.snapshot_id:
+            boot_mode = BootMode.SNAPSHOT_RESTORE
+        elif image is not None:
+            if (image.repo_owner, image.repo_name) != (session.repo_owner, session.repo_name):
+                raise BadRequest(
+                    f"repo image {image.id!r} holds {image.repo_owner}/{image.repo_name}", field="repo_image_id"
+                )
+            boot_mode = BootMode.REPO_IMAGE
+        else:
+            boot_mode = BootMode.FRESH
         env = await self.runtime_env(
             sandbox_id=sandbox_id,
             repo_owner=session.repo_owner,
             repo_name=session.repo_name,
-            boot_mode=BootMode.SNAPSHOT_RESTORE if launch.snapshot_id else BootMode.FRESH,
+            boot_mode=boot_mode,
+            repo_image_sha=(launch.repo_image_sha or image.base_sha) if image is not None else None,
             control_plane_url=launch.control_plane_url,
             sandbox_auth_token=launch.sandbox_auth_token,
             session=session,
@@ -188,9 +210,15 @@ class SessionService:
         }
         if launch.snapshot_id:
             record = await self.snapshots.restore(launch.snapshot_id, request, extra_env=env, **fields)
+        elif image is not None:
+            record = await self.repo_images.create_sandbox(image, request, extra_env=env, **fields)
         else:
             record = await self.sandboxes.create(request, extra_env=env, **fields)
         log.info(
-            "session.launched", sandbox_id=record.id, session_id=session.session_id, restored=bool(launch.snapshot_id)
+            "session.launched",
+            sandbox_id=record.id,
+            session_id=session.session_id,
+            boot_mode=boot_mode.value,
+            repo_image_id=image.id if image is not None else None,
         )
         return record

@@ -26,6 +26,7 @@ from app.logging import get_logger
 from app.providers.base import Provider
 from app.services.models import CreateSandboxRequest
 from app.services.sandboxes import SandboxService, describe_error
+from app.services.secret_values import sandbox_secret_values
 from app.settings import Settings
 from app.snapshots.manifest import SnapshotManifest, validate_snapshot_id
 from app.snapshots.reader import delete_snapshot, load_manifest, restore_snapshot
@@ -38,9 +39,6 @@ from sandbox_runtime.contract import BOOT_MODE, RESTORED_FROM_SNAPSHOT, BootMode
 
 log = get_logger("snapshots")
 
-#: Env var names whose values count as secrets (in addition to the contract's).
-_SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
-_MIN_SECRET_LEN = 8
 #: Written by the service when a restore is complete; the gated entry command waits for it.
 RESTORE_GATE = "/tmp/.sandbox-control-restored"
 _GATE_SCRIPT = 'i=0; while [ ! -e "$0" ]; do i=$((i+1)); [ "$i" -gt 36000 ] && exit 75; sleep 0.05; done; exec "$@"'
@@ -140,7 +138,7 @@ class SnapshotService:
             repo=repo,
             git_head=await self._git_head(ref, sandbox),
             reason=record.reason or "manual",
-            secret_values=await self._secret_values(ref),
+            secret_values=await sandbox_secret_values(self.provider, ref),
             allow_external_symlinks=self.settings.snapshot_keep_external_symlinks,
         )
 
@@ -151,16 +149,6 @@ class SnapshotService:
         )
         present = set(result.stdout.decode(errors="replace").splitlines())
         return [p for p in wanted if p in present]
-
-    async def _secret_values(self, ref: str) -> list[str]:
-        """Values of secret-looking variables in the sandbox's environment (e.g. the clone token)."""
-        result = await self.provider.exec(ref, ["env", "-0"], timeout=30)
-        values = []
-        for entry in result.stdout.split(b"\0"):
-            name, eq, value = entry.decode(errors="replace").partition("=")
-            if eq and _SECRET_NAME.search(name) and len(value) >= _MIN_SECRET_LEN:
-                values.append(value)
-        return values
 
     async def _git_head(self, ref: str, sandbox: SandboxRecord) -> str | None:
         repo_dir = f"/workspace/{sandbox.repo_name}" if sandbox.repo_name else None
@@ -238,9 +226,19 @@ class SnapshotService:
     # -- restoring ---------------------------------------------------------
 
     async def restore(
-        self, snapshot_id: str, request: CreateSandboxRequest, *, extra_env: dict[str, str] | None = None, **fields: Any
+        self,
+        snapshot_id: str,
+        request: CreateSandboxRequest,
+        *,
+        extra_env: dict[str, str] | None = None,
+        boot_mode: BootMode = BootMode.SNAPSHOT_RESTORE,
+        **fields: Any,
     ) -> SandboxRecord:
-        """A new sandbox holding the snapshot's files; its entry command starts after the files are in."""
+        """A new sandbox holding the snapshot's files; its entry command starts after the files are in.
+
+        ``boot_mode`` is ``repo_image`` when the snapshot is a repo image's blob:
+        the runtime then resets the checkout to the branch head.
+        """
         record = await self.get(snapshot_id)
         if record.status != "ready":
             raise SnapshotNotFound(f"snapshot {snapshot_id!r} is {record.status}, not ready", snapshot_id=snapshot_id)
@@ -248,7 +246,9 @@ class SnapshotService:
         if manifest.sha256 != record.sha256 or manifest.compressed_size != record.size_bytes:
             raise SnapshotCorrupt(f"snapshot {record.id}: manifest does not match the recorded snapshot")
         gated = gated_command(list(request.command)) if request.command else None
-        env = {BOOT_MODE: BootMode.SNAPSHOT_RESTORE.value, RESTORED_FROM_SNAPSHOT: "true", **(extra_env or {})}
+        env = {BOOT_MODE: boot_mode.value, **(extra_env or {})}
+        if boot_mode is BootMode.SNAPSHOT_RESTORE:
+            env[RESTORED_FROM_SNAPSHOT] = "true"
         fields.setdefault("session_id", record.session_id)
         fields.setdefault("repo_owner", record.repo_owner)
         fields.setdefault("repo_name", record.repo_name)

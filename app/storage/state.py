@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 from app.errors import StorageUnavailable
 from app.storage.sessions import SessionFactory
+from app.storage.state_builds import BuildQueries
 from app.storage.state_callbacks import CallbackQueries
 from app.storage.state_pools import PoolQueries
 from app.storage.state_snapshots import SnapshotQueries
@@ -94,7 +95,7 @@ def _upgrade(connection: Connection) -> None:
         connection.execute(update(SchemaVersionRow).where(SchemaVersionRow.id == 1).values(version=SCHEMA_VERSION))
 
 
-class StateStore(SnapshotQueries, CallbackQueries, PoolQueries):
+class StateStore(SnapshotQueries, CallbackQueries, PoolQueries, BuildQueries):
     """Async access to persisted state; every method is one short transaction."""
 
     def __init__(self, url: str) -> None:

@@ -150,3 +150,68 @@ class PoolRow(Base):
     implicit: Mapped[bool | None] = mapped_column(default=False)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class BuildRow(Base):
+    """A repo image build job (``app.services.builds``); persisted before it is answered."""
+
+    __tablename__ = "builds"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    repo_owner: Mapped[str] = mapped_column(String(256))
+    repo_name: Mapped[str] = mapped_column(String(256))
+    branch: Mapped[str | None] = mapped_column(String(255))
+    #: queued | building | ready | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    #: The build's user env vars, kept only until its sandbox exists (then cleared).
+    pending_env: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    sandbox_id: Mapped[str | None] = mapped_column(String(128))
+    repo_image_id: Mapped[str | None] = mapped_column(String(128))
+    base_sha: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    #: Bytes of the log kept (after redaction and the size cap).
+    log_bytes: Mapped[int | None] = mapped_column(BigInteger, default=0)
+    #: Bytes of the sandbox's raw log file consumed so far (a resumed follower starts there).
+    log_offset: Mapped[int | None] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    deadline_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class BuildLogRow(Base):
+    """One chunk of a build's log, in order; readers follow by ``seq``."""
+
+    __tablename__ = "build_logs"
+
+    build_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[str] = mapped_column(Text)
+
+
+class RepoImageRow(Base):
+    """A repository cloned and set up at a known commit, saved by a build.
+
+    ``kind`` says what ``ref`` names: ``image`` (a provider-native image, e.g. a
+    committed Docker image) or ``snapshot`` (a snapshot-format blob restored
+    into a new sandbox).
+    """
+
+    __tablename__ = "repo_images"
+    __table_args__ = (Index("ix_repo_images_repo", "repo_owner", "repo_name", "status"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    build_id: Mapped[str] = mapped_column(String(128), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    ref: Mapped[str] = mapped_column(String(512))
+    repo_owner: Mapped[str] = mapped_column(String(256))
+    repo_name: Mapped[str] = mapped_column(String(256))
+    branch: Mapped[str | None] = mapped_column(String(255))
+    base_sha: Mapped[str] = mapped_column(String(64))
+    #: ready | deleted
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

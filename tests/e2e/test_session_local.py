@@ -154,7 +154,8 @@ async def test_refusals_happen_before_anything_is_created(session_service: Any, 
             422,
             "reserved_env_name",
         ),
-        (create_body(control_plane, repo_image_id="img-1"), 422, "unsupported_spec"),
+        (create_body(control_plane, repo_image_id="img-1"), 400, "bad_request"),
+        (create_body(control_plane, repo_image_id="rimg_00000000000000aa"), 404, "repo_image_not_found"),
         (create_body(control_plane, unexpected=True), 422, "validation_error"),
     ]
     for body, status, code in cases:

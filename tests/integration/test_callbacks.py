@@ -10,15 +10,12 @@ SQLite and, where sharing a database between replicas matters, PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import json
 import secrets
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,11 +24,9 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
 import structlog
-import uvicorn
 from pydantic import SecretStr
 
-from app.auth import RequestVerifier
-from app.errors import HostNotAllowed, Unauthorized
+from app.errors import HostNotAllowed
 from app.logging import MASK
 from app.services.callbacks import CallbackOutbox, CallbackPolicy
 from app.settings import Settings
@@ -39,108 +34,12 @@ from app.storage.state import StateStore
 from app.storage.state_callbacks import CallbackRecord
 from app.storage.times import utcnow
 from tests.fixtures.app import free_port
+from tests.fixtures.callbacks import WAIT_SECONDS, Receiver, serving, until
 
 #: Tiny delays so retries happen within a test; the lease still outlasts a request.
 FAST = CallbackPolicy(
     base_seconds=0.02, cap_seconds=0.1, poll_interval_seconds=0.2, lease_seconds=10, request_timeout_seconds=5
 )
-WAIT_SECONDS = 20.0
-
-
-@dataclass
-class Receiver:
-    """A control plane's callback endpoint, strict about credentials."""
-
-    secret: bytes
-    #: Answer this status (with an echo of our credentials in the body) this many times first.
-    fail_times: int = 0
-    fail_status: int = 500
-    #: Seconds to wait before answering, so concurrent workers overlap.
-    delay: float = 0.0
-    attempts: Counter[str] = field(default_factory=Counter)
-    deliveries: Counter[str] = field(default_factory=Counter)
-    bodies: dict[str, Any] = field(default_factory=dict)
-    paths: list[str] = field(default_factory=list)
-    tokens: list[str] = field(default_factory=list)
-    rejected: int = 0
-
-    def __post_init__(self) -> None:
-        self.verifier = RequestVerifier([self.secret], skew_seconds=300, mode="signed")
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        assert scope["type"] == "http"
-        body = b""
-        for _ in range(10_000):
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        path_query = scope["raw_path"].decode() + (
-            "?" + scope["query_string"].decode() if scope["query_string"] else ""
-        )
-        authorization = headers.get("authorization", "")
-        self.tokens.append(authorization.partition(" ")[2])
-        try:
-            self.verifier.check_bearer(authorization)
-            self.verifier.check_signature_header(
-                headers.get("x-sandbox-signature", ""), scope["method"], path_query, hashlib.sha256(body).hexdigest()
-            )
-        except Unauthorized as exc:
-            self.rejected += 1
-            await _respond(send, 401, exc.message.encode())
-            return
-        assert headers["content-type"] == "application/json"
-        key = headers["idempotency-key"]
-        self.attempts[key] += 1
-        self.paths.append(path_query)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.fail_times > 0:
-            self.fail_times -= 1
-            # A careless receiver echoing what it got: none of it may reach last_error.
-            echo = f"boom; you sent {authorization} {headers['x-sandbox-signature']} {self.secret.decode()}"
-            await _respond(send, self.fail_status, echo.encode())
-            return
-        self.deliveries[key] += 1
-        self.bodies[key] = json.loads(body)
-        await _respond(send, 200, b'{"ok":true}')
-
-
-async def _respond(send: Any, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
-    await send({"type": "http.response.body", "body": body})
-
-
-class _Server(uvicorn.Server):
-    # The test runner owns the signal handlers.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Receiver, port: int) -> AsyncIterator[str]:
-    """Serve ``app`` on 127.0.0.1:``port`` as a task of this loop."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None, access_log=False)
-    server = _Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        await until(lambda: server.started or task.done(), "receiver to start")
-        assert server.started, "receiver did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
-    """Poll ``condition`` every 20 ms until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def until_status(outbox: CallbackOutbox, record: CallbackRecord, status: str) -> CallbackRecord:

@@ -1,0 +1,492 @@
+"""Repo image builds: persisted jobs, a build sandbox per job, signed callbacks.
+
+A build is written to the state store before it is answered, and every step
+after that is recorded before the next one starts, so a service killed at any
+point finishes the job after it comes back (``resume``):
+
+    queued ──▶ building (sandbox id recorded, then the sandbox created, env dropped)
+           ──▶ [runtime in boot mode ``build`` runs clone + setup.sh inside it]
+           ──▶ repo image saved (id recorded) ──▶ sandbox deleted ──▶ callback queued ──▶ ready
+    any step fails, times out or is cancelled ──▶ sandbox deleted ──▶ failure callback ──▶ failed/cancelled
+
+The runtime runs as the sandbox's entry command under a small shell wrapper
+that writes its output to ``/tmp/sandbox-build/log`` and its exit status to
+``.../exit``, then idles. The build therefore goes on while the service is
+down, and the service reads the log (from the offset it recorded) and the exit
+status through ``exec``, on every provider alike. Lines are masked of the
+sandbox's secret values before they are stored; the result line
+(``SANDBOX_BUILD_COMPLETE``/``FAILED``) is read from the log file itself.
+
+Callbacks go through the durable outbox (``CallbackOutbox``): the success
+body ``{build_id, provider_image_id, base_sha, build_duration_seconds}`` to
+``callback_url``, the failure body ``{build_id, error}`` to its
+``build-failed`` sibling. The idempotency key is per build and outcome, so
+re-queueing after a restart is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
+
+from app.errors import (
+    BadRequest,
+    BuildConflict,
+    BuildNotFound,
+    NotConfigured,
+    ReservedEnvNames,
+    SandboxControlError,
+    SandboxNotFound,
+    SandboxNotRunning,
+)
+from app.logging import Redactor, get_logger
+from app.providers.base import Provider
+from app.services.callbacks import CallbackOutbox, failure_url
+from app.services.hosts import check_url_allowed
+from app.services.models import RESERVED_LABEL_PREFIX, CreateSandboxRequest, validate_env
+from app.services.repo_images import RepoImageService
+from app.services.sandboxes import SandboxService, describe_error, new_sandbox_id
+from app.services.secret_values import sandbox_secret_values
+from app.services.sessions import SessionService
+from app.settings import Settings
+from app.storage.state import StateStore
+from app.storage.state_builds import ACTIVE_BUILD_STATUSES, BuildRecord
+from app.storage.times import utcnow
+from sandbox_runtime.contract import BootMode, BuildResult, find_reserved_env_names, parse_build_result
+
+log = get_logger("builds")
+
+#: Label on build sandboxes, valued with the build id.
+BUILD_LABEL = RESERVED_LABEL_PREFIX + "build"
+#: Where the wrapper keeps the runtime's output and exit status inside the build sandbox.
+BUILD_DIR = "/tmp/sandbox-build"
+#: Runs the runtime with its output (and setup.sh's, followed as it is written) appended to
+#: ``$d/log``, records its exit status, then idles so the sandbox stays readable.
+_WRAPPER = (
+    'd="$0"; mkdir -p "$d"; : >"$d/log"; '
+    'h="${RUNTIME_RUN_DIR:-/tmp/sandbox-runtime}/hooks/setup.log"; '
+    'tail -n +1 -s 0.2 -F "$h" >>"$d/log" 2>/dev/null & t=$!; '
+    '"$@" >>"$d/log" 2>&1; s=$?; '
+    'sleep 0.5; kill "$t" 2>/dev/null; wait "$t" 2>/dev/null; '
+    'echo "$s" >"$d/exit.tmp"; mv "$d/exit.tmp" "$d/exit"; '
+    "while :; do sleep 3600; done"
+)
+#: First line: ``E<status>`` once the runtime exited, else ``R``; then log bytes from ``$1``, at most ``$2``.
+#: The exit file is looked at first: when it exists, the log is complete.
+_POLL = (
+    'if [ -e "$0/exit" ]; then printf "E%s\\n" "$(cat "$0/exit")"; else echo R; fi; '
+    'tail -c "+$(($1 + 1))" "$0/log" 2>/dev/null | head -c "$2"'
+)
+_RESULT = 'grep -a -E "^SANDBOX_BUILD_(COMPLETE|FAILED) " "$0/log" | tail -n 1'
+#: Bytes read per poll.
+READ_BYTES = 256 * 1024
+#: A partial line longer than this is stored without waiting for its end.
+MAX_PENDING_LINE = 64 * 1024
+#: Characters of the log's end quoted as the error of a build that printed no result.
+ERROR_TAIL_CHARS = 2000
+#: Extra lifetime of a build sandbox beyond the build timeout: the reaper's backstop.
+SANDBOX_TTL_MARGIN = 600
+#: Idempotency keys: one callback per build and outcome.
+SUCCESS_KEY = "build:{id}:ready"
+FAILURE_KEY = "build:{id}:failed"
+
+
+def build_command(runtime: list[str]) -> list[str]:
+    """The build sandbox's entry command: ``runtime`` under the recording wrapper."""
+    return ["/bin/sh", "-c", _WRAPPER, BUILD_DIR, *runtime]
+
+
+class BuildFailed(Exception):
+    """A build cannot produce an image; the message is what the failure callback says."""
+
+
+class BuildService:
+    """Submit, run, follow, cancel and resume builds."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        provider: Provider,
+        sandboxes: SandboxService,
+        sessions: SessionService,
+        repo_images: RepoImageService,
+        outbox: CallbackOutbox | None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.provider = provider
+        self.sandboxes = sandboxes
+        self.sessions = sessions
+        self.repo_images = repo_images
+        self.outbox = outbox
+        self._slots = asyncio.Semaphore(settings.build_concurrency)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._closing = False
+
+    # -- submitting --------------------------------------------------------
+
+    def _check(self, repo_owner: str, repo_name: str, callback_url: str | None, env: Mapping[str, str]) -> None:
+        if callback_url is not None:
+            check_url_allowed(callback_url, self.settings.allowed_control_plane_hosts, field="callback_url")
+            if self.outbox is None:
+                raise NotConfigured("build callbacks need INTERNAL_CALLBACK_SECRET to be configured")
+        reserved = find_reserved_env_names(env)
+        if reserved:
+            raise ReservedEnvNames(reserved)
+        try:
+            validate_env(dict(env))
+        except ValueError as exc:
+            raise BadRequest(str(exc), field="user_env_vars") from None
+
+    async def submit(
+        self,
+        *,
+        build_id: str,
+        repo_owner: str,
+        repo_name: str,
+        branch: str | None,
+        callback_url: str | None,
+        env: Mapping[str, str] | None = None,
+    ) -> BuildRecord:
+        """Persist a build and start it in the background; the same id twice is one build.
+
+        Raises ``HostNotAllowed`` (400) for a callback host outside
+        ``ALLOWED_CONTROL_PLANE_HOSTS`` and ``BuildConflict`` (409) when the id
+        exists with another repository, branch or callback URL.
+        """
+        env = dict(env or {})
+        self._check(repo_owner, repo_name, callback_url, env)
+        now = utcnow()
+        record = BuildRecord(
+            id=build_id,
+            repo_owner=repo_owner,
+            repo_name=repo_name,
+            branch=branch,
+            status="queued",
+            callback_url=callback_url,
+            pending_env=env,
+            created_at=now,
+            updated_at=now,
+        )
+        stored, created = await self.store.insert_build(record)
+        if not created:
+            if (stored.repo_owner, stored.repo_name, stored.branch, stored.callback_url) != (
+                repo_owner,
+                repo_name,
+                branch,
+                callback_url,
+            ):
+                raise BuildConflict(f"build {build_id!r} exists with another request", build_id=build_id)
+            return stored
+        log.info("build.queued", build_id=build_id, repo=f"{repo_owner}/{repo_name}", branch=branch)
+        self._spawn(build_id)
+        return stored
+
+    def _spawn(self, build_id: str) -> None:
+        if self._closing or build_id in self._tasks:
+            return
+        task = asyncio.create_task(self._run(build_id), name=f"build:{build_id}")
+        self._tasks[build_id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(build_id, None))
+
+    # -- reading -----------------------------------------------------------
+
+    async def get(self, build_id: str) -> BuildRecord:
+        record = await self.store.get_build(build_id)
+        if record is None:
+            raise BuildNotFound(f"build {build_id!r} not found", build_id=build_id)
+        return record
+
+    async def log_chunks(self, build_id: str, *, after_seq: int = 0) -> list[tuple[int, str]]:
+        """Stored log chunks after ``after_seq`` as (seq, text)."""
+        await self.get(build_id)
+        return await self.store.read_build_log(build_id, after_seq=after_seq)
+
+    async def follow(
+        self, build_id: str, *, after_seq: int = 0, poll_seconds: float = 0.5
+    ) -> AsyncIterator[tuple[int, str] | BuildRecord]:
+        """Log chunks as they are stored, then the finished record; for SSE."""
+        await self.get(build_id)
+        while True:
+            # The status is read before the chunks: once it is final, these chunks are the last.
+            record = await self.get(build_id)
+            while chunks := await self.store.read_build_log(build_id, after_seq=after_seq):
+                for seq, text in chunks:
+                    after_seq = seq
+                    yield seq, text
+            if not record.active:
+                yield record
+                return
+            await asyncio.sleep(poll_seconds)
+
+    # -- cancelling --------------------------------------------------------
+
+    async def cancel(self, build_id: str) -> BuildRecord:
+        """Stop a queued or running build: its sandbox is deleted and the failure callback sent."""
+        record = await self.get(build_id)
+        if not record.active:
+            return record
+        cancelled = await self.store.update_build(
+            build_id, only_if_status=ACTIVE_BUILD_STATUSES, status="cancelled", error="build cancelled"
+        )
+        if cancelled is None:  # it finished meanwhile
+            return await self.get(build_id)
+        task = self._tasks.get(build_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._end(build_id, "cancelled", "build cancelled")
+        log.info("build.cancelled", build_id=build_id)
+        return await self.get(build_id)
+
+    # -- running -----------------------------------------------------------
+
+    async def resume(self) -> int:
+        """After a start: pick up every unfinished build, clean up after finished ones."""
+        resumed = 0
+        for record in await self.store.list_builds(statuses=ACTIVE_BUILD_STATUSES):
+            self._spawn(record.id)
+            resumed += 1
+        for record in await self.store.list_builds(statuses=("failed", "cancelled")):
+            if record.finished_at is None:  # the service stopped half-way through ending it
+                await self._end(record.id, record.status, record.error or record.status)
+        if resumed:
+            log.info("build.resumed", count=resumed)
+        return resumed
+
+    async def aclose(self) -> None:
+        """Stop the workers; their builds stay in the store and resume at the next start."""
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, build_id: str) -> None:
+        try:
+            async with self._slots:
+                await self._advance(build_id)
+        except asyncio.CancelledError:
+            raise
+        except BuildFailed as exc:
+            await self._fail(build_id, str(exc))
+        except Exception as exc:  # anything unexpected ends the build, never the worker silently
+            log.warning("build.error", build_id=build_id, error=describe_error(exc), error_type=type(exc).__name__)
+            await self._fail(build_id, f"build failed: {describe_error(exc)}")
+
+    async def _advance(self, build_id: str) -> None:
+        build = await self.get(build_id)
+        if not build.active:
+            return
+        if build.repo_image_id is None:
+            sandbox_ref = await self._ensure_sandbox(build)
+            build = await self.get(build_id)
+            if sandbox_ref is None or not build.active:
+                return
+            base_sha = await self._watch(build, sandbox_ref)
+            sandbox = await self.sandboxes.get(build.sandbox_id or "")
+            image = await self.repo_images.save(sandbox, build_id=build.id, base_sha=base_sha, branch=build.branch)
+            updated = await self.store.update_build(
+                build.id, only_if_status=("building",), repo_image_id=image.id, base_sha=base_sha
+            )
+            if updated is None:  # cancelled while the image was saved
+                await self.repo_images.delete(image.id)
+                return
+            build = updated
+        await self._succeed(build)
+
+    async def _ensure_sandbox(self, build: BuildRecord) -> str | None:
+        """The running build sandbox's provider ref: the recorded one, or a new one; None once cancelled."""
+        if build.sandbox_id is not None:
+            existing = await self.store.get_sandbox(build.sandbox_id)
+            if existing is not None and existing.status == "running" and existing.provider_object_id:
+                return existing.provider_object_id
+            if build.pending_env is None:
+                # The environment is dropped once the sandbox exists, and the sandbox is gone.
+                raise BuildFailed("the build sandbox was lost while the service was down; run the build again")
+            await self._delete_sandbox(build.sandbox_id)
+        if build.pending_env is None:
+            raise BuildFailed("the build was interrupted before it started; run the build again")
+        sandbox_id = new_sandbox_id()
+        started = utcnow()
+        deadline = started + timedelta(seconds=self.settings.build_timeout_seconds)
+        # Recorded before the create, so a crash in between leaves a name to clean up.
+        marked = await self.store.update_build(
+            build.id,
+            only_if_status=ACTIVE_BUILD_STATUSES,
+            status="building",
+            sandbox_id=sandbox_id,
+            started_at=started,
+            deadline_at=deadline,
+            log_offset=0,
+        )
+        if marked is None:
+            return None
+        env = await self.sessions.runtime_env(
+            sandbox_id=sandbox_id,
+            repo_owner=build.repo_owner,
+            repo_name=build.repo_name,
+            boot_mode=BootMode.BUILD,
+            branch=build.branch,
+            user_env=build.pending_env,
+        )
+        request = CreateSandboxRequest(
+            sandbox_id=sandbox_id,
+            command=build_command(self.provider.runtime_command()),
+            ttl_seconds=self.settings.build_timeout_seconds + SANDBOX_TTL_MARGIN,
+        )
+        record = await self.sandboxes.create(
+            request,
+            extra_env=env,
+            service_labels={BUILD_LABEL: build.id},
+            repo_owner=build.repo_owner,
+            repo_name=build.repo_name,
+        )
+        await self.store.update_build(build.id, pending_env=None)
+        log.info("build.started", build_id=build.id, sandbox_id=sandbox_id)
+        assert record.provider_object_id is not None
+        return record.provider_object_id
+
+    async def _watch(self, build: BuildRecord, ref: str) -> str:
+        """Follow the build's log until the runtime exits; returns the head sha or raises ``BuildFailed``."""
+        redactor = Redactor(await sandbox_secret_values(self.provider, ref))
+        offset = build.log_offset
+        kept = build.log_bytes
+        pending = b""
+        deadline = build.deadline_at or (utcnow() + timedelta(seconds=self.settings.build_timeout_seconds))
+        while True:
+            if utcnow() >= deadline:
+                raise BuildFailed(f"build timed out after {self.settings.build_timeout_seconds} s")
+            exit_status, data = await self._poll(ref, offset)
+            pending += data
+            offset += len(data)
+            finished = exit_status is not None and len(data) < READ_BYTES
+            # Whole lines only (a secret split across two reads would escape the mask).
+            cut = len(pending) if finished or len(pending) > MAX_PENDING_LINE else pending.rfind(b"\n") + 1
+            if cut:
+                text = redactor.scrub(pending[:cut].decode(errors="replace"))
+                pending = pending[cut:]
+                text, kept = self._capped(text, kept)
+                await self.store.append_build_log(build.id, text, log_offset=offset - len(pending))
+            if finished:
+                break
+            if len(data) < READ_BYTES:
+                await asyncio.sleep(self.settings.build_poll_seconds)
+        result = await self._result(ref)
+        if result is not None and result.success and result.head_sha:
+            log.info("build.completed", build_id=build.id, head_sha=result.head_sha)
+            return result.head_sha
+        if result is not None and result.error:
+            raise BuildFailed(redactor.scrub(result.error))
+        tail = await self.store.read_build_log(build.id, after_seq=0)
+        text = "".join(chunk for _seq, chunk in tail)[-ERROR_TAIL_CHARS:]
+        raise BuildFailed(f"build exited with status {exit_status} without a result: {text}".strip())
+
+    def _capped(self, text: str, kept: int) -> tuple[str, int]:
+        limit = self.settings.build_log_max_bytes
+        if kept >= limit:
+            return "", kept
+        data = text.encode()
+        if kept + len(data) > limit:
+            text = data[: limit - kept].decode(errors="ignore") + "\n[log truncated: SANDBOX_BUILD_LOG_MAX_BYTES]\n"
+        return text, kept + len(text.encode())
+
+    async def _poll(self, ref: str, offset: int) -> tuple[int | None, bytes]:
+        try:
+            result = await self.provider.exec(
+                ref, ["sh", "-c", _POLL, BUILD_DIR, str(offset), str(READ_BYTES)], timeout=60
+            )
+        except (SandboxNotFound, SandboxNotRunning) as exc:
+            raise BuildFailed(f"the build sandbox stopped: {exc.message}") from None
+        head, _, data = result.stdout.partition(b"\n")
+        status = head.decode(errors="replace")
+        if status.startswith("E"):
+            try:
+                return int(status[1:] or "1"), data
+            except ValueError:
+                return 1, data
+        return None, data
+
+    async def _result(self, ref: str) -> BuildResult | None:
+        result = await self.provider.exec(ref, ["sh", "-c", _RESULT, BUILD_DIR], timeout=60)
+        return parse_build_result(result.stdout.decode(errors="replace"))
+
+    # -- ending ------------------------------------------------------------
+
+    async def _succeed(self, build: BuildRecord) -> None:
+        if build.sandbox_id:
+            await self._delete_sandbox(build.sandbox_id)
+        started = build.started_at or build.created_at
+        duration = round((utcnow() - started).total_seconds(), 3)
+        if build.callback_url:
+            assert self.outbox is not None
+            await self.outbox.enqueue(
+                build.callback_url,
+                {
+                    "build_id": build.id,
+                    "provider_image_id": build.repo_image_id,
+                    "base_sha": build.base_sha,
+                    "build_duration_seconds": duration,
+                },
+                kind="build_ready",
+                idempotency_key=SUCCESS_KEY.format(id=build.id),
+            )
+        await self.store.update_build(
+            build.id, only_if_status=ACTIVE_BUILD_STATUSES, status="ready", finished_at=utcnow(), error=None
+        )
+        log.info("build.ready", build_id=build.id, repo_image_id=build.repo_image_id, seconds=duration)
+
+    async def _fail(self, build_id: str, error: str) -> None:
+        failed = await self.store.update_build(
+            build_id, only_if_status=ACTIVE_BUILD_STATUSES, status="failed", error=error[-8000:]
+        )
+        if failed is None:  # cancelled or finished by someone else
+            return
+        log.warning("build.failed", build_id=build_id, error=error[-500:])
+        await self._end(build_id, "failed", error)
+
+    async def _end(self, build_id: str, status: str, error: str) -> None:
+        """Clean up after a failed or cancelled build and queue its failure callback (idempotent)."""
+        build = await self.get(build_id)
+        if build.sandbox_id:
+            await self._delete_sandbox(build.sandbox_id)
+        if build.repo_image_id:
+            await self.repo_images.delete(build.repo_image_id)
+        if build.callback_url and self.outbox is not None:
+            await self.outbox.enqueue(
+                failure_url(build.callback_url),
+                {"build_id": build.id, "error": error[-ERROR_TAIL_CHARS:]},
+                kind="build_failed",
+                idempotency_key=FAILURE_KEY.format(id=build.id),
+            )
+        await self.store.update_build(build_id, finished_at=build.finished_at or utcnow(), pending_env=None)
+
+    async def _delete_sandbox(self, sandbox_id: str) -> None:
+        try:
+            await asyncio.shield(self.sandboxes.delete(sandbox_id))
+        except SandboxNotFound:
+            pass
+        except SandboxControlError as exc:  # the TTL reaper is the backstop
+            log.warning("build.sandbox_delete_failed", sandbox_id=sandbox_id, error=str(exc))
+
+
+def parse_last_event_id(value: str | None) -> int:
+    """The ``Last-Event-ID`` of an SSE reconnect (a log chunk's seq); 0 when absent or invalid."""
+    if value and value.strip().isdigit():
+        return int(value.strip())
+    return 0
+
+
+def sse_event(data: str, *, event: str | None = None, event_id: int | None = None) -> str:
+    """One server-sent event; multi-line data becomes several ``data:`` lines."""
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    if event is not None:
+        lines.append(f"event: {event}")
+    lines += [f"data: {line}" for line in data.split("\n")]
+    return "\n".join(lines) + "\n\n"
