@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.storage.state import SandboxRecord, StateStore
+from app.storage.state_builds import BuildRecord, RepoImageRecord
 from app.storage.times import utcnow
 
 
@@ -106,3 +107,41 @@ async def test_concurrent_read_then_write_transactions(store: StateStore) -> Non
             *(store.get_sandbox(i) for i in ids),
         )
     assert {r.status for r in await store.list_sandboxes({"run": prefix}, include_deleted=True)} == {"stopped"}
+
+
+async def test_builds_logs_and_repo_images(store: StateStore) -> None:
+    now = utcnow()
+    build = BuildRecord(id="b1", repo_owner="o", repo_name="r", status="queued", created_at=now, updated_at=now)
+    stored, created = await store.insert_build(build)
+    assert created and stored.id == "b1"
+    again, created = await store.insert_build(BuildRecord(**{**build.__dict__, "repo_name": "other"}))
+    assert not created and again.repo_name == "r"  # the first one stands
+    # Conditional updates: a cancel and a finish cannot both win.
+    assert await store.update_build("b1", only_if_status=("queued", "building"), status="cancelled") is not None
+    assert await store.update_build("b1", only_if_status=("queued", "building"), status="ready") is None
+    assert (await store.get_build("b1")).status == "cancelled"  # type: ignore[union-attr]
+
+    await store.append_build_log("b1", "one\n", log_offset=4)
+    await store.append_build_log("b1", "", log_offset=9)  # the offset moves even without text
+    await store.append_build_log("b1", "two\n", log_offset=13)
+    assert await store.read_build_log("b1") == [(1, "one\n"), (2, "two\n")]
+    assert await store.read_build_log("b1", after_seq=1) == [(2, "two\n")]
+    record = await store.get_build("b1")
+    assert record is not None and (record.log_offset, record.log_bytes) == (13, 8)
+
+    for index, image_id in enumerate(["rimg_0000000000000001", "rimg_0000000000000002"]):
+        created_at = now + timedelta(seconds=index)
+        await store.insert_repo_image(
+            RepoImageRecord(
+                id=image_id, build_id="b1", provider="local", kind="snapshot", ref=f"snap_{index}",
+                repo_owner="o", repo_name="r", base_sha="a" * 40, status="ready",
+                created_at=created_at, updated_at=created_at,
+            )
+        )  # fmt: skip
+    latest = await store.latest_repo_image("o", "r", "local")
+    assert latest is not None and latest.id == "rimg_0000000000000002"
+    assert await store.latest_repo_image("o", "r", "docker") is None
+    assert await store.mark_repo_image_deleted("rimg_0000000000000002")
+    assert not await store.mark_repo_image_deleted("rimg_0000000000000002")
+    latest = await store.latest_repo_image("o", "r", "local")
+    assert latest is not None and latest.id == "rimg_0000000000000001"
