@@ -36,6 +36,7 @@ from app.errors import (
     BuildConflict,
     BuildNotFound,
     NotConfigured,
+    ProviderUnavailable,
     ReservedEnvNames,
     SandboxControlError,
     SandboxNotFound,
@@ -402,6 +403,10 @@ class BuildService:
             )
         except (SandboxNotFound, SandboxNotRunning) as exc:
             raise BuildFailed(f"the build sandbox stopped: {exc.message}") from None
+        except ProviderUnavailable as exc:
+            # Transient: the build goes on in its sandbox; the deadline bounds the waiting.
+            log.warning("build.poll_failed", error=exc.message)
+            return None, b""
         head, _, data = result.stdout.partition(b"\n")
         status = head.decode(errors="replace")
         if status.startswith("E"):
