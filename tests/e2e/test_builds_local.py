@@ -249,3 +249,58 @@ async def test_build_input_is_checked_before_anything_runs(build_service: Any) -
     )
     assert no_image.status_code == 404 and no_image.json()["code"] == "repo_image_not_found"
     assert await _app.state.services.store.list_builds() == []
+
+
+@pytest.mark.s3
+async def test_storage_down_when_the_image_is_saved_fails_the_build_cleanly(
+    make_settings: Callable[..., Settings],
+    provider_workdir: Path,
+    git_server: GitHttpServer,
+    receiver: tuple[Receiver, str],
+    s3_server: Any,
+    s3_bucket: str,
+) -> None:
+    """S3 is down when the repo image's blob is written: failed build, no sandbox, no image, a failure callback."""
+    calls, base = receiver
+    settings = make_settings(
+        provider="local",
+        data_dir=provider_workdir / "data",
+        allowed_control_plane_hosts=["127.0.0.1"],
+        vcs_clone_url_template=git_server.url_template,
+        vcs_clone_token=SecretStr(GIT_TOKEN),
+        internal_callback_secret=SecretStr(CALLBACK_SECRET),
+        callback_retry_base_seconds=0.05,
+        callback_retry_cap_seconds=0.2,
+        callback_poll_interval_seconds=0.2,
+        build_poll_seconds=0.1,
+        s3_endpoint=s3_server.endpoint,
+        s3_bucket=s3_bucket,
+        s3_access_key=SecretStr(s3_server.access_key),
+        s3_secret_key=SecretStr(s3_server.secret_key),
+        s3_region=s3_server.region,
+    )
+    git_server.create_repo("acme", "s3", {".openinspect/setup.sh": "#!/bin/sh\necho started\nsleep 3\n"})
+    secret = settings.resolved_secrets()[0]
+    auth = {"Authorization": f"Bearer {make_token(secret)}"}
+    async with serve_in_process(settings) as (app, raw, _client):
+        await raw.post(
+            "/v1/builds",
+            json={"build_id": "s3-1", "repo": {"owner": "acme", "name": "s3"}, "callback_url": f"{base}/x/s3-1/ok"},
+            headers=auth,
+        )
+        deadline = time.monotonic() + 60
+        while "started" not in (await raw.get("/v1/builds/s3-1/logs", headers=auth)).text:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        s3_server.stop()
+        try:
+            await until(lambda: calls.deliveries["build:s3-1:failed"] == 1, "the failure callback", timeout=120)
+            view = (await raw.get("/v1/builds/s3-1", headers=auth)).json()
+            assert view["status"] == "failed" and view["provider_image_id"] is None
+            services = app.state.services
+            assert await services.store.list_sandboxes({BUILD_LABEL: "s3-1"}) == []
+            assert await services.store.latest_repo_image("acme", "s3", "local") is None
+            assert calls.deliveries["build:s3-1:ready"] == 0
+        finally:
+            s3_server.start()
+            await asyncio.to_thread(s3_server.client().create_bucket, Bucket=s3_bucket)
