@@ -21,38 +21,37 @@ from pydantic import SecretStr
 from app.auth import make_token
 from app.services.builds import BUILD_LABEL
 from app.settings import Settings
-from tests.fixtures.app import free_port, serve_in_process
-from tests.fixtures.callbacks import Receiver, serving, until
+from tests.fixtures.app import serve_in_process
+from tests.fixtures.callbacks import CALLBACK_SECRET, Receiver, until
 from tests.fixtures.runtime import GIT_TOKEN, OPENCODE_OFFLINE, SANDBOX_TOKEN, ControlPlane, GitHttpServer
 
-CALLBACK_SECRET = "cb-" + "5" * 61
 USER_SECRET = "sk-user-secret-value-0042"
 SETUP = '#!/bin/sh\necho setup-ran >> .setup-count\necho built > .from-setup\necho "installing with key $MY_API_KEY"\n'
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
-    receiver = Receiver(CALLBACK_SECRET.encode())
-    async with serving(receiver, free_port()) as url:
-        yield receiver, url
+def build_settings(make_settings: Callable[..., Settings], workdir: Path, git: GitHttpServer, **extra: Any) -> Settings:
+    """A local-provider service that clones from ``git`` and calls back ``callback_receiver`` quickly."""
+    values: dict[str, Any] = {
+        "provider": "local",
+        "data_dir": workdir / "data",
+        "allowed_control_plane_hosts": ["127.0.0.1"],
+        "vcs_clone_url_template": git.url_template,
+        "vcs_clone_token": SecretStr(GIT_TOKEN),
+        "internal_callback_secret": SecretStr(CALLBACK_SECRET),
+        "callback_retry_base_seconds": 0.05,
+        "callback_retry_cap_seconds": 0.2,
+        "callback_poll_interval_seconds": 0.2,
+        "build_poll_seconds": 0.1,
+    }
+    return make_settings(**{**values, **extra})
 
 
 @pytest.fixture
 async def build_service(
     make_settings: Callable[..., Settings], provider_workdir: Path, git_server: GitHttpServer, opencode_bin: Path
 ) -> AsyncIterator[tuple[Any, httpx.AsyncClient, Callable[[], dict[str, str]]]]:
-    settings = make_settings(
-        provider="local",
-        data_dir=provider_workdir / "data",
-        allowed_control_plane_hosts=["127.0.0.1"],
-        vcs_clone_url_template=git_server.url_template,
-        vcs_clone_token=SecretStr(GIT_TOKEN),
-        local_opencode_dir=opencode_bin.parent.parent,
-        internal_callback_secret=SecretStr(CALLBACK_SECRET),
-        callback_retry_base_seconds=0.05,
-        callback_retry_cap_seconds=0.2,
-        callback_poll_interval_seconds=0.2,
-        build_poll_seconds=0.1,
+    settings = build_settings(
+        make_settings, provider_workdir, git_server, local_opencode_dir=opencode_bin.parent.parent
     )
     secret = settings.resolved_secrets()[0]
     async with serve_in_process(settings) as (app, raw, client):
@@ -75,10 +74,10 @@ async def wait_build(
 
 
 async def test_build_callback_then_session_from_the_repo_image(
-    build_service: Any, receiver: tuple[Receiver, str], git_server: GitHttpServer, control_plane: ControlPlane
+    build_service: Any, callback_receiver: tuple[Receiver, str], git_server: GitHttpServer, control_plane: ControlPlane
 ) -> None:
     app, raw, auth = build_service
-    calls, base = receiver
+    calls, base = callback_receiver
     sha = git_server.create_repo("acme", "app", {"README.md": "hi\n", ".openinspect/setup.sh": SETUP})
     body = {
         "repo_owner": "acme",
@@ -161,10 +160,10 @@ async def test_build_callback_then_session_from_the_repo_image(
 
 
 async def test_failing_setup_calls_back_build_failed_with_the_error_tail(
-    build_service: Any, receiver: tuple[Receiver, str], git_server: GitHttpServer
+    build_service: Any, callback_receiver: tuple[Receiver, str], git_server: GitHttpServer
 ) -> None:
     _app, raw, auth = build_service
-    calls, base = receiver
+    calls, base = callback_receiver
     git_server.create_repo(
         "acme",
         "broken",
@@ -256,23 +255,16 @@ async def test_storage_down_when_the_image_is_saved_fails_the_build_cleanly(
     make_settings: Callable[..., Settings],
     provider_workdir: Path,
     git_server: GitHttpServer,
-    receiver: tuple[Receiver, str],
+    callback_receiver: tuple[Receiver, str],
     s3_server: Any,
     s3_bucket: str,
 ) -> None:
     """S3 is down when the repo image's blob is written: failed build, no sandbox, no image, a failure callback."""
-    calls, base = receiver
-    settings = make_settings(
-        provider="local",
-        data_dir=provider_workdir / "data",
-        allowed_control_plane_hosts=["127.0.0.1"],
-        vcs_clone_url_template=git_server.url_template,
-        vcs_clone_token=SecretStr(GIT_TOKEN),
-        internal_callback_secret=SecretStr(CALLBACK_SECRET),
-        callback_retry_base_seconds=0.05,
-        callback_retry_cap_seconds=0.2,
-        callback_poll_interval_seconds=0.2,
-        build_poll_seconds=0.1,
+    calls, base = callback_receiver
+    settings = build_settings(
+        make_settings,
+        provider_workdir,
+        git_server,
         s3_endpoint=s3_server.endpoint,
         s3_bucket=s3_bucket,
         s3_access_key=SecretStr(s3_server.access_key),

@@ -13,25 +13,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from app.auth import make_token
-from tests.fixtures.app import LiveServer, free_port
-from tests.fixtures.callbacks import Receiver, serving, until
+from tests.fixtures.app import LiveServer
+from tests.fixtures.callbacks import CALLBACK_SECRET, Receiver, until
 from tests.fixtures.runtime import GIT_TOKEN, GitHttpServer
-
-CALLBACK_SECRET = "cb-" + "7" * 61
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
-    receiver = Receiver(CALLBACK_SECRET.encode())
-    async with serving(receiver, free_port()) as url:
-        yield receiver, url
 
 
 @pytest.fixture
@@ -82,9 +73,9 @@ async def wait_for(
 
 
 async def test_killed_mid_build_the_next_service_finishes_it(
-    start_service: Callable[[], Any], receiver: tuple[Receiver, str], git_server: GitHttpServer
+    start_service: Callable[[], Any], callback_receiver: tuple[Receiver, str], git_server: GitHttpServer
 ) -> None:
-    calls, base = receiver
+    calls, base = callback_receiver
     sha = git_server.create_repo(
         "acme", "app", {".openinspect/setup.sh": "#!/bin/sh\necho phase-one\nsleep 5\necho ok > .marker\n"}
     )
@@ -116,9 +107,9 @@ async def test_killed_mid_build_the_next_service_finishes_it(
 
 
 async def test_killed_mid_callback_the_callback_is_still_delivered(
-    start_service: Callable[[], Any], receiver: tuple[Receiver, str], git_server: GitHttpServer
+    start_service: Callable[[], Any], callback_receiver: tuple[Receiver, str], git_server: GitHttpServer
 ) -> None:
-    calls, base = receiver
+    calls, base = callback_receiver
     calls.fail_times = 10**6  # the control plane is having a bad time: 500 to everything
     git_server.create_repo("acme", "lib", {".openinspect/setup.sh": "#!/bin/sh\necho fine\n"})
     first, auth = await start_service()
