@@ -31,6 +31,7 @@ bench: setup
 	$(PY) bench/session_ready.py
 	$(PY) bench/docker_create.py
 	$(PY) bench/pool_claim.py
+	$(PY) bench/repo_image.py
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

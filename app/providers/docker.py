@@ -69,7 +69,15 @@ class DockerProvider(Provider):
         self._engine = EngineClient()
         self._info: dict[str, Any] | None = None
         self._owners: dict[str, tuple[int, int]] = {}
-        self.capabilities = Capabilities(gpu=False, stop_start=True, max_disk_mb=None, networks=None, image_commit=True)
+        self.capabilities = Capabilities(
+            gpu=False,
+            stop_start=True,
+            max_disk_mb=None,
+            networks=None,
+            image_commit=True,
+            # On the host network every sandbox's env server would claim the same port.
+            shared_loopback=settings.docker_network == "host",
+        )
 
     # -- lifecycle of the provider ------------------------------------------
 
@@ -194,19 +202,30 @@ class DockerProvider(Provider):
 
         The container's env holds the sandbox's secrets (clone token, user env)
         and its labels our bookkeeping (ids, TTL): neither may live on in the image.
+        The Engine fills every env name and label the commit's config leaves out
+        from the container's, so each of those is named: env names without ``=``
+        (the Engine's "unset": no process sees them) and labels with empty values
+        (a commit cannot drop a label).
         """
         info = await self._inspect(ref)
-        base = info.get("Config", {}).get("Image") or info.get("Image")
+        container = info.get("Config") or {}
+        # The image id the container runs, not its tag: the tag may name a newer build by now.
+        base = info.get("Image") or container.get("Image")
         image_info: dict[str, Any] = await self._engine.call("GET", f"images/{base}/json")
         base_config = image_info.get("Config") or {}
+        base_env: list[str] = list(base_config.get("Env") or [])
+        base_names = {entry.partition("=")[0] for entry in base_env}
+        unset = sorted({entry.partition("=")[0] for entry in container.get("Env") or []} - base_names)
+        base_labels: dict[str, str] = base_config.get("Labels") or {}
+        blanked = {key: "" for key in container.get("Labels") or {} if key not in base_labels}
         repo, tag = split_image_reference(name)
         config = {
-            "Env": base_config.get("Env") or [],
+            "Env": base_env + unset,
             "Cmd": base_config.get("Cmd"),
             "Entrypoint": base_config.get("Entrypoint"),
             "WorkingDir": base_config.get("WorkingDir") or "",
             "User": base_config.get("User") or "",
-            "Labels": {**(base_config.get("Labels") or {}), REPO_IMAGE_LABEL: name},
+            "Labels": {**blanked, **base_labels, REPO_IMAGE_LABEL: name},
         }
         await self._engine.call(
             "POST",

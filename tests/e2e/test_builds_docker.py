@@ -44,19 +44,18 @@ SETUP = (
     "echo built-in-docker > .from-setup\n"
     'echo "installing with key $MY_API_KEY"\n'
 )
-#: Where a build could leave files behind (the image's own tree is checked by its build).
+#: Where a build writes: everything else in the image is the sandbox image's.
 WRITABLE_DIRS = "/workspace /tmp /home /var/tmp"
 
 
 class DockerBuildService:
-    """An in-process service on the docker provider, and the repo images its test made."""
+    """An in-process service on the docker provider, called as a control plane would."""
 
     def __init__(self, app: Any, raw: httpx.AsyncClient, client: SandboxClient, secret: bytes) -> None:
         self.app = app
         self.raw = raw
         self.client = client
         self.secret = secret
-        self.images: list[str] = []
 
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {make_token(self.secret)}"}
@@ -106,9 +105,10 @@ async def docker_builds(
         finally:
             for sandbox in await client.list_sandboxes():
                 await client.delete(sandbox["id"])
-            provider = app.state.services.provider
-            for image in service.images:  # a failed test's images; a passing one deleted them
-                await provider.delete_image(image)
+            services = app.state.services
+            for build in await services.store.list_builds():  # a failed test's images; a passing one deleted them
+                if build.repo_image_id:
+                    await services.repo_images.delete(build.repo_image_id)
 
 
 async def image_inspect(engine: DockerEngine, image: str) -> tuple[int, Any]:
@@ -146,7 +146,6 @@ async def test_build_commits_an_image_that_boots_a_session_then_is_deleted(
     assert image_id.startswith("rimg_") and payload["build_duration_seconds"] > 0
     assert calls.paths == ["/builds/bd-1/complete"] and calls.rejected == 0
     native = f"{NATIVE_IMAGE_REPOSITORY}:{image_id}"
-    service.images.append(native)
     view = await service.wait_build("bd-1")
     assert view["status"] == "ready" and view["provider_image_id"] == image_id
     assert await service.app.state.services.store.list_sandboxes({BUILD_LABEL: "bd-1"}) == []
