@@ -227,10 +227,19 @@ class PutPoolRequest(StrictModel):
 
     repo: RepoRef
     image: str | None = Field(default=None, max_length=512, description="default: the service's base image")
+    repo_image_id: str | None = Field(
+        default=None, pattern=r"^rimg_[0-9a-f]{16}$", description="members boot from this repo image instead"
+    )
     target: int = Field(ge=0, le=MAX_POOL_TARGET, description="ready members to keep (0 drains the pool)")
     max_age_seconds: int = Field(
         default=3600, ge=1, le=7 * 24 * 3600, description="unclaimed members older than this are replaced"
     )
+
+    @model_validator(mode="after")
+    def _one_image(self) -> PutPoolRequest:
+        if self.image is not None and self.repo_image_id is not None:
+            raise ValueError("image and repo_image_id exclude each other")
+        return self
 
 
 class PoolView(StrictModel):
@@ -244,6 +253,7 @@ class PoolView(StrictModel):
     name: str
     repo: RepoRef
     image: str | None
+    repo_image_id: str | None = None
     target: int
     max_age_seconds: int
     implicit: bool

@@ -124,10 +124,16 @@ class PoolMaintainer:
         """Create one member and start watching it boot; returns once the provider runs it."""
         async with self._creating:
             sandbox_id = new_sandbox_id()
+            # A repo image pool's members boot from it (fetch and reset; setup.sh ran in the build).
+            repo_image = (
+                await self.sessions.repo_images.get(pool.repo_image_id) if pool.repo_image_id is not None else None
+            )
             env = await self.sessions.runtime_env(
                 sandbox_id=sandbox_id,
                 repo_owner=pool.repo_owner,
                 repo_name=pool.repo_name,
+                boot_mode=c.BootMode.REPO_IMAGE if repo_image is not None else c.BootMode.FRESH,
+                repo_image_sha=repo_image.base_sha if repo_image is not None else None,
                 branch=pool.branch,
                 session_config_file=c.DEFAULT_CLAIM_FILE,
                 runtime_overrides={c.WAIT_FOR_SESSION_TIMEOUT: str(pool.max_age_seconds + _WAIT_MARGIN_SECONDS)},
@@ -135,13 +141,15 @@ class PoolMaintainer:
             request = CreateSandboxRequest(
                 sandbox_id=sandbox_id, image=pool.image, command=self.provider.runtime_command()
             )
-            record = await self.sandboxes.create(
-                request,
-                extra_env=env,
-                service_labels={POOL_LABEL: pool.name},
-                repo_owner=pool.repo_owner,
-                repo_name=pool.repo_name,
-            )
+            fields: dict[str, Any] = {
+                "service_labels": {POOL_LABEL: pool.name},
+                "repo_owner": pool.repo_owner,
+                "repo_name": pool.repo_name,
+            }
+            if repo_image is not None:
+                record = await self.sessions.repo_images.create_sandbox(repo_image, request, extra_env=env, **fields)
+            else:
+                record = await self.sandboxes.create(request, extra_env=env, **fields)
         await self.store.add_event(record.id, "pool_member_created", pool=pool.name)
         self.watch(record)
         return record

@@ -74,6 +74,12 @@ class PoolService:
 
     async def put(self, name: str, request: PutPoolRequest, *, implicit: bool = False) -> PoolView:
         """Create or reconfigure a pool; the maintainer brings it to target right away."""
+        if request.repo_image_id is not None:
+            image = await self.sessions.repo_images.get(request.repo_image_id)
+            if (image.repo_owner, image.repo_name) != (request.repo.owner, request.repo.name):
+                raise BadRequest(
+                    f"repo image {image.id!r} holds {image.repo_owner}/{image.repo_name}", field="repo_image_id"
+                )
         now = utcnow()
         record = await self.store.put_pool(
             PoolRecord(
@@ -82,6 +88,7 @@ class PoolService:
                 repo_name=request.repo.name,
                 branch=request.repo.branch,
                 image=request.image,
+                repo_image_id=request.repo_image_id,
                 target=request.target,
                 max_age_seconds=request.max_age_seconds,
                 implicit=implicit,
@@ -105,6 +112,7 @@ class PoolService:
             name=pool.name,
             repo=RepoRef(owner=pool.repo_owner, name=pool.repo_name, branch=pool.branch),
             image=pool.image,
+            repo_image_id=pool.repo_image_id,
             target=pool.target,
             max_age_seconds=pool.max_age_seconds,
             implicit=pool.implicit,
@@ -193,10 +201,11 @@ class PoolService:
             if launch.image is not None and launch.image != pool.image:
                 raise BadRequest(f"pool {pool_name!r} does not use image {launch.image!r}", field="image")
             return None if launch.snapshot_id or launch.repo_image is not None else pool
-        if launch.snapshot_id or launch.repo_image is not None or launch.resources != Resources():
+        if launch.snapshot_id or launch.resources != Resources():
             return None
         pools = await self.store.list_pools(repo_owner=session.repo_owner, repo_name=session.repo_name)
-        matching = [p for p in pools if p.image == launch.image]
+        wanted_image = launch.repo_image.id if launch.repo_image is not None else None
+        matching = [p for p in pools if p.image == launch.image and p.repo_image_id == wanted_image]
         return max(matching, key=lambda p: p.target, default=None)
 
     async def claim(self, pool: PoolRecord, launch: SessionLaunch) -> SandboxRecord | None:

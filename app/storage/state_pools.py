@@ -43,6 +43,7 @@ class PoolRecord:
     updated_at: datetime
     branch: str | None = None
     image: str | None = None
+    repo_image_id: str | None = None
     implicit: bool = False
 
     @classmethod

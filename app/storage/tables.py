@@ -144,6 +144,8 @@ class PoolRow(Base):
     branch: Mapped[str | None] = mapped_column(String(255))
     #: None means the service's base image at the time each member is created.
     image: Mapped[str | None] = mapped_column(String(512))
+    #: Members boot from this repo image (``repo_images``) instead of cloning.
+    repo_image_id: Mapped[str | None] = mapped_column(String(64))
     target: Mapped[int] = mapped_column(Integer)
     max_age_seconds: Mapped[int] = mapped_column(Integer)
     #: True for pools made by ``POST /api/warm-sandbox`` rather than ``PUT /v1/pools``.

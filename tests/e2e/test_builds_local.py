@@ -9,6 +9,7 @@ from that image has setup.sh's work without running it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from app.auth import make_token
+from app.client import ApiError
 from app.services.builds import BUILD_LABEL
 from app.settings import Settings
 from tests.fixtures.app import serve_in_process
@@ -57,7 +59,8 @@ async def build_service(
     async with serve_in_process(settings) as (app, raw, client):
         yield app, raw, lambda: {"Authorization": f"Bearer {make_token(secret)}"}
         for sandbox in await client.list_sandboxes():
-            await client.delete(sandbox["id"])
+            with contextlib.suppress(ApiError):  # a pool member may be retired meanwhile
+                await client.delete(sandbox["id"])
 
 
 async def wait_build(
@@ -296,3 +299,57 @@ async def test_storage_down_when_the_image_is_saved_fails_the_build_cleanly(
         finally:
             s3_server.start()
             await asyncio.to_thread(s3_server.client().create_bucket, Bucket=s3_bucket)
+
+
+async def test_a_pool_of_a_repo_image_is_claimed_by_sessions_of_that_image(
+    build_service: Any, git_server: GitHttpServer, control_plane: ControlPlane
+) -> None:
+    app, raw, auth = build_service
+    git_server.create_repo("acme", "pooled", {".openinspect/setup.sh": SETUP})
+    await raw.post("/v1/builds", json={"build_id": "p-1", "repo": {"owner": "acme", "name": "pooled"}}, headers=auth())
+    image_id = (await wait_build(raw, auth, "p-1"))["provider_image_id"]
+    assert image_id
+    both = await raw.put(
+        "/v1/pools/img",
+        json={"repo": {"owner": "acme", "name": "pooled"}, "image": "x", "repo_image_id": image_id, "target": 1},
+        headers=auth(),
+    )
+    assert both.status_code == 422
+    wrong_repo = await raw.put(
+        "/v1/pools/img",
+        json={"repo": {"owner": "acme", "name": "other"}, "repo_image_id": image_id, "target": 1},
+        headers=auth(),
+    )
+    assert wrong_repo.status_code == 400
+    put = await raw.put(
+        "/v1/pools/img",
+        json={"repo": {"owner": "acme", "name": "pooled"}, "repo_image_id": image_id, "target": 1},
+        headers=auth(),
+    )
+    assert put.status_code == 200 and put.json()["repo_image_id"] == image_id
+    deadline = time.monotonic() + 90
+    while (await raw.get("/v1/pools/img", headers=auth())).json()["ready"] != 1:
+        assert time.monotonic() < deadline, "the repo image pool never got a ready member"
+        await asyncio.sleep(0.25)
+    member = (await app.state.services.pools.maintainer.members("img"))[0]
+
+    created = await raw.post(
+        "/api/create-sandbox",
+        json={
+            "session_id": "sess-pool",
+            "repo_owner": "acme",
+            "repo_name": "pooled",
+            "control_plane_url": control_plane.url,
+            "sandbox_auth_token": SANDBOX_TOKEN,
+            "repo_image_id": image_id,
+        },
+        headers=auth(),
+    )
+    assert created.status_code == 200, created.text
+    assert created.json()["data"]["sandbox_id"] == member.id  # the warm member, not a cold create
+    await control_plane.wait_for("ready", timeout=90)
+    check = await raw.post(
+        f"/v1/sandboxes/{member.id}/exec", json={"command": "cat /workspace/pooled/.setup-count"}, headers=auth()
+    )
+    assert check.json()["stdout"].count("setup-ran") == 1
+    assert (await raw.delete("/v1/pools/img", headers=auth())).status_code == 200
