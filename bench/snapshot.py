@@ -217,6 +217,11 @@ async def main() -> None:
         f" {statistics.median(ref_restore):9.2f} | {restore_ratio:5.2f} |"
     )
     print()
+    for label, values in (
+        ("snapshot ours", ours_snap), ("snapshot ref ", ref_snap),
+        ("restore ours ", ours_restore), ("restore ref  ", ref_restore),
+    ):  # fmt: skip
+        print(f"{label} per run (s): " + " ".join(f"{v:.2f}" for v in values))
     print(f"snapshot ≤ 0.6x reference: {snap_ratio:.2f}; restore ≤ 0.6x reference: {restore_ratio:.2f}")
     print(f"service peak RSS growth (max over runs): {max(rss_growth):.0f} MB (target ≤ 150 MB)")
     print(

@@ -10,14 +10,20 @@ The helper scripts check preconditions first and report them as
 ``ERRNO_EXIT_BASE + errno`` so callers get ``FileNotFoundError``,
 ``IsADirectoryError``, ... rather than a parsed message; later failures are
 mapped from the helper's stderr (run with ``LC_ALL=C``).
+
+``import_tar`` of a snapshot section (``LaneSplittable``) runs several ``tar -x``
+at once over disjoint subtrees: creating many small files is CPU-bound kernel
+work that one tar does on one core.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
-from collections.abc import AsyncGenerator, AsyncIterator
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from contextlib import aclosing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from app.errors import BadRequest
 from app.providers.local_bwrap import HOST_ENV
@@ -64,8 +70,30 @@ mkdir -p -- "$1" || exit 1
 exec tar -C "$1" -xpf - --no-same-owner
 """
 
+#: How far a restore stream may run ahead of ``tar -x`` (pipe plus transport buffer):
+#: the snapshot reader produces in bursts, tar consumes file by file; with 64 KiB
+#: each would wait for the other.
+IMPORT_BUFFER_BYTES = 1 << 20
+#: Concurrent ``tar -x`` for a stream that can be split into lanes: one per core, at most
+#: 2 (more would compete with the service, which decompresses, checks and feeds them).
+IMPORT_LANES = min(2, os.cpu_count() or 1)
+
 #: Helpers' messages must be parseable whatever LANG the sandbox sets.
 _HELPER_ENV = {"LC_ALL": "C"}
+
+
+@runtime_checkable
+class LaneSplittable(Protocol):
+    """A tar stream that can also be extracted as rounds of concurrent lane streams.
+
+    Snapshot sections offer it (``app.snapshots.fanout`` explains why extracting the
+    lanes of a round concurrently into one directory is as safe as one ``tar``). Each
+    round must be extracted completely, all its streams at once, before the next.
+    """
+
+    def rounds(self, lanes: int) -> AsyncGenerator[Sequence[AsyncIterator[bytes]], None]:
+        """Rounds of at most ``lanes`` tar streams."""
+        ...
 
 
 def check_path(path: str) -> None:
@@ -92,13 +120,28 @@ class FileOps:
                 async for chunk in stream:
                     yield chunk
 
-    async def _feed(self, ref: str, script: str, path: str, data: AsyncIterator[bytes], check: OutcomeCheck) -> None:
+    async def _feed(
+        self,
+        ref: str,
+        script: str,
+        path: str,
+        data: AsyncIterator[bytes],
+        check: OutcomeCheck,
+        *,
+        buffer_bytes: int | None = None,
+    ) -> None:
         check_path(path)
         meta, record = await self._provider.running(ref)
         with self._provider.sandboxed(meta, env=_HELPER_ENV) as fd:
             argv = self._provider.spawn_argv(meta, record.limits, fd, ["sh", "-c", script, "sh", path])
             await feed_input(
-                argv, data, env=HOST_ENV, check=check, pass_fds=(fd,), track=self._provider.exec_registry(ref)
+                argv,
+                data,
+                env=HOST_ENV,
+                check=check,
+                pass_fds=(fd,),
+                track=self._provider.exec_registry(ref),
+                buffer_bytes=buffer_bytes,
             )
 
     def read(self, ref: str, path: str) -> AsyncIterator[bytes]:
@@ -129,7 +172,32 @@ class FileOps:
                 raise os_error(status, stderr, path)
             raise BadRequest(f"tar extraction into {path} failed: {stderr.decode(errors='replace').strip()[-500:]}")
 
-        await self._feed(ref, IMPORT_SCRIPT, path, data, check)
+        if IMPORT_LANES < 2 or not isinstance(data, LaneSplittable):
+            await self._feed(ref, IMPORT_SCRIPT, path, data, check, buffer_bytes=IMPORT_BUFFER_BYTES)
+            return
+        rounds = data.rounds(IMPORT_LANES)
+        async with aclosing(rounds):
+            async for streams in rounds:
+                await _together(
+                    [
+                        self._feed(ref, IMPORT_SCRIPT, path, stream, check, buffer_bytes=IMPORT_BUFFER_BYTES)
+                        for stream in streams
+                    ]
+                )
+
+
+async def _together(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
+    """Run ``jobs`` concurrently; at the first failure cancel the others, then raise it."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+            raise outcome
 
 
 def _strict(path: str) -> OutcomeCheck:

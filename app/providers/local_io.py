@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
 import signal
 import time
@@ -86,6 +87,17 @@ def close_transport(proc: asyncio.subprocess.Process) -> None:
         transport.close()
 
 
+def _grow_pipe(writer: asyncio.StreamWriter, size: int) -> None:
+    """Let ``size`` bytes wait in a child's stdin pipe and as many in its transport."""
+    pipe = writer.transport.get_extra_info("pipe")
+    # Beyond /proc/sys/fs/pipe-max-size (or a user's pipe quota) the default size stays;
+    # a child that exited already has had its pipe closed (ValueError): nothing to grow.
+    with contextlib.suppress(OSError, ValueError):
+        if pipe is not None:
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, size)
+    writer.transport.set_write_buffer_limits(high=size)
+
+
 def kill_group(pid: int) -> None:
     """SIGKILL the process group led by ``pid``; gone already is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -144,8 +156,8 @@ async def _discard(stream: asyncio.StreamReader) -> None:
         pass
 
 
-async def _reap(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future[Any]]) -> None:
-    """Kill (if still running) and reap ``proc``; cancel helpers that still run."""
+async def _reap(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future[Any]], track: set[int] | None) -> None:
+    """Kill (if still running) and reap ``proc``; cancel helpers that still run; untrack it."""
     if proc.returncode is None:
         kill_group(proc.pid)
     for task in tasks:
@@ -166,15 +178,21 @@ async def _reap(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future
             drain.cancel()
         await asyncio.gather(*drains, return_exceptions=True)
         close_transport(proc)
+        if track is not None:
+            track.discard(proc.pid)
 
 
-async def _cleanup(proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future[Any]]) -> None:
+async def _cleanup(
+    proc: asyncio.subprocess.Process, tasks: Sequence[asyncio.Future[Any]], track: set[int] | None
+) -> None:
     """Run ``_reap`` to completion even if the caller is being cancelled.
 
     On cancellation the shielded reaper keeps running on its own and the
-    ``CancelledError`` propagates to the caller as it should.
+    ``CancelledError`` propagates to the caller as it should. The reaper, not
+    the caller, removes the pid from ``track``: only once it is really gone
+    (a cancelled caller never gets to, and a stale pid could be reused).
     """
-    await asyncio.shield(_reap(proc, tasks))
+    await asyncio.shield(_reap(proc, tasks, track))
 
 
 async def run_process(
@@ -226,9 +244,7 @@ async def run_process(
         stdout, out_cut = out_task.result() if out_task in done else (b"", False)
         stderr, err_cut = err_task.result() if err_task in done else (b"", False)
     finally:
-        await _cleanup(proc, tasks)
-        if track is not None:
-            track.discard(proc.pid)
+        await _cleanup(proc, tasks, track)
     returncode = proc.returncode if proc.returncode is not None else -signal.SIGKILL
     return ExecResult(
         exit_code=TIMEOUT_EXIT_CODE if timed_out else exit_status(returncode),
@@ -269,9 +285,7 @@ async def stream_output(
         stderr, _ = await err_task
         check(exit_status(returncode), stderr)
     finally:
-        await _cleanup(proc, [err_task])
-        if track is not None:
-            track.discard(proc.pid)
+        await _cleanup(proc, [err_task], track)
 
 
 async def feed_input(
@@ -283,10 +297,14 @@ async def feed_input(
     cwd: str | None = None,
     pass_fds: Sequence[int] = (),
     track: set[int] | None = None,
+    buffer_bytes: int | None = None,
 ) -> None:
     """Copy ``data`` into the child's stdin, then ``check(exit_status, stderr)``.
 
     If ``data`` raises, the child is killed and the error propagates.
+    ``buffer_bytes`` lets the producer run that far ahead of the child (a pipe of
+    that size, best effort, plus as much in the transport) instead of 64 KiB, so
+    both keep working when one of them is bursty.
     """
     proc = await _spawn(
         argv, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, cwd=cwd, pass_fds=pass_fds
@@ -297,6 +315,8 @@ async def feed_input(
     try:
         writer = proc.stdin
         assert writer is not None
+        if buffer_bytes is not None:
+            _grow_pipe(writer, buffer_bytes)
         # The child may stop reading early (its precondition failed): stop copying then.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             async for chunk in data:
@@ -310,6 +330,4 @@ async def feed_input(
         stderr, _ = await err_task
         check(exit_status(returncode), stderr)
     finally:
-        await _cleanup(proc, [err_task])
-        if track is not None:
-            track.discard(proc.pid)
+        await _cleanup(proc, [err_task], track)

@@ -80,15 +80,24 @@ class VerifyingDecoder:
             )
         return chunk
 
-    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         self._inflight = self._executor.submit(fn, *args)
-        return await asyncio.wrap_future(self._inflight)
+        return self._inflight
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.wrap_future(self._submit(fn, *args))
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
-        """Decompressed bytes until the end of the zstd frame."""
+        """Decompressed bytes until the end of the zstd frame.
+
+        One read runs ahead: while the consumer parses this block, the thread already
+        pulls, hashes and decompresses the next (the pull and sha256 release the GIL,
+        python-zstandard does not). At most two reads' worth of output exist at once.
+        """
+        ahead = self._submit(self._reader.read, READ_BYTES)
         while True:  # bounded: raw_size is checked against the manifest below
             try:
-                data: bytes = await self._in_thread(self._reader.read, READ_BYTES)
+                data: bytes = await asyncio.wrap_future(ahead)
             except zstandard.ZstdError as exc:
                 raise snapshot_corrupt(self._manifest, f"blob does not decompress ({exc})") from exc
             if not data:
@@ -98,6 +107,7 @@ class VerifyingDecoder:
                 raise snapshot_corrupt(
                     self._manifest, f"archive is larger than the {self._manifest.raw_size} bytes recorded"
                 )
+            ahead = self._submit(self._reader.read, READ_BYTES)
             yield data
 
     async def finish(self) -> None:

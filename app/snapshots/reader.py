@@ -15,7 +15,8 @@ Contract for consumers (the restore flow):
 
 Every member is re-checked by ``EntryGuard`` (see ``safe_tar``) and re-emitted as a
 fresh pax header plus its data: nothing in a stored header reaches the importer
-unexamined. Verification and decompression live in ``decoder``.
+unexamined. Verification and decompression live in ``decoder``; the per-path streams
+(and their split into concurrent lanes) in ``sections`` and ``fanout``.
 """
 
 from __future__ import annotations
@@ -39,12 +40,10 @@ from app.snapshots.manifest import (
     manifest_key,
 )
 from app.snapshots.safe_tar import EntryGuard, UnsafeEntry, normalize_name
+from app.snapshots.sections import MAX_ENTRIES, Section, SectionPump, emit_member
 from app.snapshots.tarstream import TarEmitter, TarFormatError, TarReader
 from app.storage.blobs import BlobStore
 
-#: Output batch handed to the importer.
-BATCH_BYTES = 1 << 20
-MAX_ENTRIES = 10_000_000
 MAX_TRAILING_BYTES = 1 << 20
 
 Importer = Callable[[str, AsyncIterator[bytes]], Awaitable[None]]
@@ -123,7 +122,7 @@ async def read_snapshot(
             info.name = prefix if info.name == "." else f"{prefix}/{info.name}"
             if info.type == tarfile.LNKTYPE:
                 info.linkname = f"{prefix}/{info.linkname}"
-            async for batch in _emit_member(emitter, info, reader, manifest):
+            async for batch in emit_member(emitter, info, reader, manifest):
                 yield batch
     emitter.finish()
     yield emitter.take()
@@ -140,8 +139,10 @@ async def restore_snapshot(
 
     ``import_tar`` is typically ``lambda p, s: provider.import_tar(ref, p, s)``; each
     stream is a complete tar of one path with names relative to it (``./``,
-    ``src/x``), as ``Provider.export_tar`` produced them. Returns the manifest when
-    every path was imported and the blob verified.
+    ``src/x``), as ``Provider.export_tar`` produced them. An importer that can run
+    several extractions at once may call ``s.rounds(lanes)`` instead of reading it
+    (``sections``, ``fanout``). Returns the manifest when every path was imported and
+    the blob verified.
 
     Raises:
         SnapshotNotFound / SnapshotCorrupt / UnsafeEntry: see ``load_manifest`` and the
@@ -151,10 +152,10 @@ async def restore_snapshot(
         StorageUnavailable: the blob store failed mid-way (target also incomplete).
     """
     manifest = snapshot if isinstance(snapshot, SnapshotManifest) else await load_manifest(store, snapshot)
-    pump = _SectionPump(_members(store, manifest, allow_external_symlinks), manifest)
+    pump = SectionPump(_members(store, manifest, allow_external_symlinks), manifest)
     async with contextlib.aclosing(pump.members):
         for index, path in enumerate(manifest.paths):
-            stream = pump.section(index)
+            stream = Section(pump, index)
             try:
                 await import_tar(path, stream)
             except Exception as exc:
@@ -184,60 +185,6 @@ async def verify_snapshot(
         async for _index, _info, _reader in members:
             pass  # the reader skips (and so decompresses and checks) the member's data
     return manifest
-
-
-class _SectionPump:
-    """Cuts the member sequence into one tar stream per snapshot path."""
-
-    def __init__(
-        self, members: AsyncGenerator[tuple[int, tarfile.TarInfo, TarReader], None], manifest: SnapshotManifest
-    ) -> None:
-        self.members = members
-        self._manifest = manifest
-        self._peeked: tuple[int, tarfile.TarInfo, TarReader] | None = None
-        self.error: Exception | None = None
-        self.finished: set[int] = set()
-
-    async def section(self, index: int) -> AsyncGenerator[bytes, None]:
-        """Tar stream of path ``index``; ends (with its end marker) where the next path begins."""
-        emitter = TarEmitter()
-        try:
-            for _ in range(MAX_ENTRIES + 1):  # bounded like _members itself
-                item = self._peeked
-                self._peeked = None
-                if item is None:
-                    item = await anext(self.members, None)
-                if item is None or item[0] != index:
-                    self._peeked = item
-                    break
-                async for batch in _emit_member(emitter, item[1], item[2], self._manifest):
-                    yield batch
-        except Exception as exc:
-            self.error = exc
-            raise
-        self.finished.add(index)
-        emitter.finish()
-        yield emitter.take()
-
-
-async def _emit_member(
-    emitter: TarEmitter, info: tarfile.TarInfo, reader: TarReader, manifest: SnapshotManifest
-) -> AsyncGenerator[bytes, None]:
-    emitter.header(info)
-    if info.type == tarfile.REGTYPE:
-        try:
-            for _ in range(info.size + 1):  # bounded: every piece holds >= 1 byte
-                piece = await reader.read(BATCH_BYTES)
-                if not piece:
-                    break
-                emitter.data(piece)
-                if emitter.pending >= BATCH_BYTES:
-                    yield emitter.take()
-        except TarFormatError as exc:
-            raise snapshot_corrupt(manifest, str(exc)) from exc
-        emitter.end_member(info.size)
-    if emitter.pending >= BATCH_BYTES:
-        yield emitter.take()
 
 
 async def _members(

@@ -9,14 +9,17 @@ Refused:
   * absolute names, ``..`` components, NUL bytes, over-long names or components;
   * a root entry (``.``) that is not a directory;
   * any member whose path passes through a symlink seen earlier in the archive
-    (extracting through a symlink is how a link "escapes" in practice);
+    (extracting through a symlink is how a link "escapes" in practice), or that
+    reuses the name of one (extracting a directory over a symlink to a directory
+    would change the link's target);
   * symlinks whose target leaves the root: relative targets are resolved lexically from
     the link's directory and may use ``..`` only as leading components (``../lib/x``,
     not ``a/../b``: after a real component, ``..`` could climb out through a link);
     absolute targets count as inside only when they lie under the snapshot path
     itself (``/workspace/x`` in ``/workspace``) and contain no ``..``;
   * hard links whose target is absolute, contains ``..``, passes through a symlink or
-    names an external symlink;
+    names an external symlink; a hard link to a symlink *is* that symlink under its
+    own name, so its target text must stay inside from the link's directory too;
   * device nodes, FIFOs, sparse files and any unknown member type.
 
 With ``allow_external_symlinks=True`` symlinks may point anywhere (a virtualenv's
@@ -65,11 +68,23 @@ def normalize_name(name: str) -> str:
 
     Raises ``UnsafeEntry`` for absolute names, ``..`` components and NUL bytes.
     """
+    parts = name.split("/")
+    if (
+        len(name) <= MAX_COMPONENT_BYTES
+        and name.isascii()
+        and "\0" not in name
+        and "" not in parts
+        and "." not in parts
+        and ".." not in parts
+    ):
+        # Already canonical (nearly every member): no empty, "." or ".." component, no
+        # leading "/", and short enough that no component or the whole can be too long.
+        return name
     if "\0" in name:
         raise UnsafeEntry(name, "name contains a NUL byte")
     if name.startswith("/"):
         raise UnsafeEntry(name, "absolute path")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
+    parts = [p for p in parts if p not in ("", ".")]
     if ".." in parts:
         raise UnsafeEntry(name, "path contains '..'")
     if len(name.encode(errors="surrogateescape")) > MAX_NAME_BYTES or any(
@@ -91,7 +106,8 @@ class EntryGuard:
         #: The snapshot path this root restores to, e.g. ``/workspace``.
         self.root = root.rstrip("/") or "/"
         self.allow_external_symlinks = allow_external_symlinks
-        self._symlinks: set[str] = set()
+        #: Symlink name -> its target text (hard links to symlinks included).
+        self._symlinks: dict[str, str] = {}
         self._external: set[str] = set()
 
     def _through_symlink(self, name: str) -> str | None:
@@ -138,6 +154,8 @@ class EntryGuard:
         via = self._through_symlink(name)
         if via is not None:
             raise self._fail(name, f"path passes through the symlink {via!r}")
+        if name in self._symlinks:
+            raise self._fail(name, "an earlier member is a symlink of the same name")
         if kind == tarfile.SYMTYPE:
             target = info.linkname
             if not target or "\0" in target:
@@ -145,7 +163,7 @@ class EntryGuard:
             escapes = self._symlink_escapes(name, target)
             if escapes and not self.allow_external_symlinks:
                 raise self._fail(name, f"symlink target {target!r} leaves {self.root}")
-            self._symlinks.add(name)
+            self._symlinks[name] = target
             if escapes:
                 self._external.add(name)
             return clean_member(info, name, mode=0o777, linkname=target)
@@ -163,6 +181,12 @@ class EntryGuard:
                 raise self._fail(name, f"hard link target {target!r} passes through the symlink {via!r}")
             if target in self._external:
                 raise self._fail(name, f"hard link to the symlink {target!r}, which leaves {self.root}")
+            if target in self._symlinks:
+                # The link is a second name of the symlink: its text resolves from here.
+                text = self._symlinks[target]
+                if self._symlink_escapes(name, text):
+                    raise self._fail(name, f"hard link to the symlink {target!r}, which leaves {self.root} from here")
+                self._symlinks[name] = text
             return clean_member(info, name, mode=clamp_mode(info.mode, directory=False), linkname=target)
         directory = kind == tarfile.DIRTYPE
         return clean_member(info, name, mode=clamp_mode(info.mode, directory=directory))

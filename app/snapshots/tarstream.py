@@ -5,8 +5,9 @@ block at a time; it never holds more than one incoming chunk plus one member's
 extension header (long name, pax records, at most ``MAX_EXTENSION_BYTES``). It reads
 the ustar, GNU (``L``/``K`` long names, base-256 numbers) and POSIX pax formats that
 GNU tar, bsdtar and Python's ``tarfile`` write. Header blocks are decoded by
-``tarfile.TarInfo.frombuf``; everything that needs the stream (extensions, data,
-padding) is handled here. Sparse members are refused: no snapshot needs them.
+``ustar.decode_header`` (``TarInfo.frombuf``, faster); everything that needs the
+stream (extensions, data, padding) is handled here. Sparse members are refused: no
+snapshot needs them.
 
 ``TarEmitter`` writes members back as a pax-format tar into an in-memory batch that
 the caller drains as it grows, so the output is streamed too.
@@ -20,6 +21,8 @@ from __future__ import annotations
 import tarfile
 from collections.abc import AsyncIterator
 
+from app.snapshots.ustar import ENCODING, ERRORS, decode_header, encode_header
+
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 ZERO_BLOCK = bytes(BLOCK)
@@ -27,9 +30,6 @@ ZERO_BLOCK = bytes(BLOCK)
 MAX_EXTENSION_BYTES = 1 << 20
 #: Consecutive empty chunks tolerated from a source before it is deemed broken.
 MAX_EMPTY_CHUNKS = 100_000
-ENCODING = "utf-8"
-#: Names that are not UTF-8 survive a round trip byte for byte.
-ERRORS = "surrogateescape"
 
 REGULAR_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
 _EXTENSION_TYPES = frozenset(
@@ -166,7 +166,7 @@ class TarReader:
                 self.ended = True
                 return None
             try:
-                info = tarfile.TarInfo.frombuf(block, ENCODING, ERRORS)
+                info = decode_header(block)
             except (tarfile.TarError, ValueError) as exc:
                 raise TarFormatError(f"invalid tar header at byte {start}: {exc}") from None
             if info.type not in _EXTENSION_TYPES:
@@ -271,33 +271,36 @@ class TarEmitter:
     """Builds a pax-format tar stream into a batch the caller drains with ``take()``."""
 
     def __init__(self) -> None:
-        self._batch = bytearray()
+        # Pieces, joined once by take(): member data is copied once, not per append.
+        self._parts: list[bytes] = []
+        self._pending = 0
         #: Bytes emitted so far, padding and end marker included.
         self.size = 0
 
     @property
     def pending(self) -> int:
         """Bytes waiting in the batch."""
-        return len(self._batch)
+        return self._pending
 
     def _put(self, data: bytes) -> None:
-        self._batch += data
+        self._parts.append(data)
+        self._pending += len(data)
         self.size += len(data)
 
     def header(self, info: tarfile.TarInfo) -> bytes:
         """Append a member header (with its pax extension when needed); return its bytes."""
-        data = info.tobuf(tarfile.PAX_FORMAT, ENCODING, ERRORS)
+        data = encode_header(info)
         self._put(data)
         return data
 
     def data(self, piece: bytes) -> None:
-        """Append member data."""
-        self._put(piece)
+        """Append member data (held by reference until ``take()`` joins the batch)."""
+        self._put(bytes(piece) if type(piece) is not bytes else piece)
 
     def end_member(self, size: int) -> None:
         """Pad the member's data (``size`` bytes) to a whole block."""
         if size % BLOCK:
-            self._put(bytes(BLOCK - size % BLOCK))
+            self._put(ZERO_BLOCK[: BLOCK - size % BLOCK])
 
     def finish(self) -> None:
         """Append the end-of-archive marker and pad to a whole record, as GNU tar does."""
@@ -307,6 +310,7 @@ class TarEmitter:
 
     def take(self) -> bytes:
         """Remove and return the batch."""
-        out = bytes(self._batch)
-        self._batch.clear()
+        out = b"".join(self._parts)
+        self._parts.clear()
+        self._pending = 0
         return out

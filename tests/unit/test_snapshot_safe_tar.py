@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 import stat
 import tarfile
 from collections.abc import AsyncIterator, Callable
@@ -105,6 +106,20 @@ HOSTILE: dict[str, Callable[[Path], list[Member]]] = {
     "escaping-hardlink": lambda out: [
         root(),
         member("workspace/hl", tarfile.LNKTYPE, link="workspace/../outside/sentinel"),
+    ],
+    # a/b/t -> ../../outside stays inside from a/b; the same link one level up does not.
+    "hardlink-moves-a-symlink-up": lambda out: [
+        root(),
+        member("workspace/a", tarfile.DIRTYPE),
+        member("workspace/a/b", tarfile.DIRTYPE),
+        member("workspace/a/b/t", tarfile.SYMTYPE, link="../../outside"),
+        member("workspace/l", tarfile.LNKTYPE, link="workspace/a/b/t"),
+        member("workspace/l/pwned.txt", data=b"x"),
+    ],
+    "dir-over-symlink": lambda out: [
+        root(),
+        member("workspace/s", tarfile.SYMTYPE, link=str(out)),
+        member("workspace/s", tarfile.DIRTYPE, mode=0o777),
     ],
     "absolute-hardlink": lambda out: [root(), member("workspace/hl", tarfile.LNKTYPE, link=str(out / "sentinel"))],
     "foreign-hardlink": lambda out: [root(), member("workspace/hl", tarfile.LNKTYPE, link="etc/passwd")],
@@ -262,6 +277,32 @@ def test_normalize_name_refuses(name: str) -> None:
         normalize_name(name)
 
 
+def _normalize_slowly(name: str) -> str | None:
+    """The rule spelled out without a fast path; ``None`` where it refuses."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if "\0" in name or name.startswith("/") or ".." in parts:
+        return None
+    if len(name.encode(errors="surrogateescape")) > 4096 or any(
+        len(p.encode(errors="surrogateescape")) > 255 for p in parts
+    ):
+        return None
+    return "/".join(parts) or "."
+
+
+def test_normalize_name_fast_path_agrees_with_the_rule() -> None:
+    rng = random.Random(99)
+    pieces = ["a", "bc", ".", "..", "", "...", ".x", "x.", "ü", "\0", "\udcff", " ", "x" * 254, "y" * 256]
+    names = ["/".join(rng.choice(pieces) for _ in range(rng.randint(1, 5))) for _ in range(5000)]
+    names += ["x" * 255, "x" * 256, "a/" + "b" * 253, "/" + "a" * 10, "a" * 200 + "/" + "b" * 200]
+    for name in names:
+        expected = _normalize_slowly(name)
+        if expected is None:
+            with pytest.raises(UnsafeEntry):
+                normalize_name(name)
+        else:
+            assert normalize_name(name) == expected, name
+
+
 @pytest.mark.parametrize(
     ("name", "target"),
     [
@@ -297,3 +338,22 @@ def test_hardlink_to_external_symlink_refused() -> None:
         guard.check(member("py2", tarfile.LNKTYPE, link="py")[0])
     guard.check(member("in", tarfile.SYMTYPE, link="py")[0])
     assert guard.check(member("f", data=b"x")[0]).name == "f"
+
+
+def test_no_member_reuses_a_symlinks_name() -> None:
+    guard = EntryGuard("/workspace", allow_external_symlinks=True)
+    guard.check(member("venv", tarfile.SYMTYPE, link="/usr")[0])
+    for kind in (tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.SYMTYPE):
+        with pytest.raises(UnsafeEntry, match="symlink of the same name"):
+            guard.check(member("venv", kind, link="x")[0])
+
+
+def test_hardlink_to_a_symlink_is_checked_from_its_own_directory() -> None:
+    guard = EntryGuard("/workspace")
+    guard.check(member("a/b/t", tarfile.SYMTYPE, link="../../x")[0])
+    assert guard.check(member("c/d/same-depth", tarfile.LNKTYPE, link="a/b/t")[0]).linkname == "a/b/t"
+    with pytest.raises(UnsafeEntry, match="from here"):
+        guard.check(member("shallow", tarfile.LNKTYPE, link="a/b/t")[0])
+    # The second name is a symlink too: nothing may be written through it.
+    with pytest.raises(UnsafeEntry, match="passes through the symlink"):
+        guard.check(member("c/d/same-depth/f", data=b"x")[0])
