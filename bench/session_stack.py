@@ -75,17 +75,20 @@ async def session_stack(prefix: str, setup_script: str, **env: str) -> AsyncIter
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def session_to_ready(client: SandboxClient, plane: ControlPlane, session_id: str) -> tuple[float, dict[str, Any]]:
+async def session_to_ready(
+    client: SandboxClient, plane: ControlPlane, session_id: str, user_env: Mapping[str, str] = OPENCODE_OFFLINE
+) -> tuple[float, dict[str, Any]]:
     """``POST /api/create-sandbox`` for ``acme/app``; seconds until ``ready`` arrives, and the answer's data."""
     before = len(plane.received)
-    body = {
+    body: dict[str, Any] = {
         "session_id": session_id,
         "repo_owner": "acme",
         "repo_name": "app",
         "control_plane_url": plane.url,
         "sandbox_auth_token": SANDBOX_TOKEN,
-        "user_env_vars": OPENCODE_OFFLINE,
     }
+    if user_env:
+        body["user_env_vars"] = dict(user_env)
     started = time.perf_counter()
     created: dict[str, Any] = (await client.request("POST", "/api/create-sandbox", json=body))["data"]
     await plane.wait_for("ready", timeout=180, after=before, sandboxId=created["sandbox_id"])

@@ -18,12 +18,15 @@ from pydantic import ValidationError
 
 from sandbox_runtime import contract as c
 from sandbox_runtime.config import RuntimeConfig
+from sandbox_runtime.dirwatch import DirectoryWatch
 from sandbox_runtime.gitcmd import Git, GitCredentials, GitError
 from sandbox_runtime.hooks import HookResult, run_hook
 from sandbox_runtime.jsonlog import JsonLogger
 from sandbox_runtime.repo import Repository
 
 MAX_ERROR_CHARS = 4000
+_CLAIM_POLL_INTERVAL = 0.05
+_CLAIM_POLL_WATCHED = 2.0
 
 
 class BootError(RuntimeError):
@@ -126,10 +129,11 @@ class Boot:
                 raise BootError(_tail(self._log.scrub(setup.describe())))
         return state.head_sha
 
-    async def run_start_hook(self) -> None:
-        """Run start.sh (failure is logged, not fatal: the session can still be useful)."""
-        if self.config.repo_name:
-            await self._hook("start", self.config.start_timeout)
+    async def run_start_hook(self) -> bool:
+        """Run start.sh (failure is logged, not fatal: the session can still be useful); True if it ran."""
+        if not self.config.repo_name:
+            return False
+        return (await self._hook("start", self.config.start_timeout)).ran
 
     async def build(self, stdout: TextIO) -> int:
         """Build mode: prepare, run setup.sh, print the result line; returns the exit code."""
@@ -171,20 +175,22 @@ class Boot:
 
     async def _poll_claim(self, path: Path, timeout: float) -> c.SessionClaim:
         deadline = time.monotonic() + timeout
-        delay = 0.05
-        while time.monotonic() < deadline:
-            raw = await asyncio.to_thread(_read_if_present, path)
-            if raw is not None:
-                try:
-                    claim = c.SessionClaim.model_validate_json(raw)
-                except (ValidationError, ValueError) as exc:
-                    # A half-written file (writer ignored the rename advice): give it a moment.
-                    self._log.warning("session.claim_unreadable", error=str(exc)[:500])
-                else:
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
-                    self._log.info("session.claimed", session_id=claim.session_config.session_id)
-                    return claim
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        with DirectoryWatch(path.parent) as watch:
+            # Woken by inotify when the claim lands; polling is the safety net, and the way
+            # when inotify is unavailable or the directory does not exist yet.
+            interval = _CLAIM_POLL_WATCHED if watch.active else _CLAIM_POLL_INTERVAL
+            while time.monotonic() < deadline:
+                raw = await asyncio.to_thread(_read_if_present, path)
+                if raw is not None:
+                    try:
+                        claim = c.SessionClaim.model_validate_json(raw)
+                    except (ValidationError, ValueError) as exc:
+                        # A half-written file (writer ignored the rename advice): give it a moment.
+                        self._log.warning("session.claim_unreadable", error=str(exc)[:500])
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
+                        self._log.info("session.claimed", session_id=claim.session_config.session_id)
+                        return claim
+                await watch.changed(min(interval, max(0.0, deadline - time.monotonic())))
         raise BootError(f"no session claim at {path} within {timeout:.0f}s")

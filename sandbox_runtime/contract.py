@@ -162,12 +162,13 @@ SESSION_ID_FILE = "opencode-session-id"
 OUTBOX_FILE = "outbox.jsonl"
 """File name (in RUNTIME_STATE_DIR) of the bridge's durable event buffer."""
 ENV_SERVER_STATE_SUBDIR = "env-server"
+"""Sub-directory of RUNTIME_STATE_DIR holding the env server's XDG data and state dirs."""
 CLAIM_WAITING_FILE = "claim-waiting"
 """File name (in RUNTIME_RUN_DIR) present while a warm sandbox has booted (clone, setup.sh) and
-waits for its claim; the service polls it to count the sandbox as ready."""
+waits for its claim; the service polls it to count the sandbox as ready. The env server starts
+at the same moment and is usually healthy a few seconds later."""
 DEFAULT_CLAIM_FILE = f"{DEFAULT_RUN_DIR}/claim.json"
 """Where the service asks warm sandboxes (``SESSION_CONFIG_FILE``) to expect their claim."""
-"""Sub-directory of RUNTIME_STATE_DIR holding the env server's XDG data and state dirs."""
 
 BUILD_COMPLETE_MARKER = "SANDBOX_BUILD_COMPLETE"
 BUILD_FAILED_MARKER = "SANDBOX_BUILD_FAILED"
@@ -285,8 +286,9 @@ class SessionClaim(BaseModel):
 
     ``env`` carries what the warm sandbox could not know at boot (``CONTROL_PLANE_URL``,
     ``SANDBOX_AUTH_TOKEN``, a fresh ``VCS_CLONE_TOKEN``, ``SANDBOX_ID``, user env vars); it is
-    merged over the supervisor's environment. Write the file atomically (temp file + rename);
-    the runtime deletes it once read because it holds secrets.
+    merged over the supervisor's environment. User env vars make the runtime restart the env
+    server it started before the claim, so the agent sees them. Write the file atomically
+    (temp file + rename); the runtime deletes it once read because it holds secrets.
     """
 
     model_config = ConfigDict(extra="forbid")

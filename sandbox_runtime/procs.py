@@ -144,8 +144,10 @@ class ManagedProcess:
         env: Mapping[str, str],
         on_line: Callable[[str], None],
         pid_file: Path | None = None,
+        stdin: bool = False,
     ) -> None:
         self.name = name
+        self._stdin = stdin
         self._argv = list(argv)
         self._cwd = cwd
         self._env = dict(env)
@@ -174,7 +176,7 @@ class ManagedProcess:
             *self._argv,
             cwd=str(self._cwd),
             env=self._env,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if self._stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
@@ -196,6 +198,21 @@ class ManagedProcess:
                 return
             self._on_line(line.decode("utf-8", errors="replace"))
 
+    async def send_and_close(self, data: bytes) -> bool:
+        """Write ``data`` to the child's stdin (started with ``stdin=True``) and close it.
+
+        Returns False when the child is gone (or never read it): nothing was delivered.
+        """
+        assert self._proc is not None and self._proc.stdin is not None, "start(stdin=True) first"
+        try:
+            self._proc.stdin.write(data)
+            await self._proc.stdin.drain()
+            self._proc.stdin.close()
+            await self._proc.stdin.wait_closed()
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        return self._proc.returncode is None
+
     async def wait(self) -> int:
         """Wait for the leader to exit; returns its exit code."""
         assert self._proc is not None, "start() first"
@@ -214,6 +231,8 @@ class ManagedProcess:
         proc = self._proc
         if proc is None:
             return None
+        if proc.stdin is not None and not proc.stdin.is_closing():
+            proc.stdin.close()
         if proc.returncode is None:
             kill_group(proc.pid, signal.SIGTERM)
             kill_group(proc.pid, signal.SIGCONT)  # a stopped (hung, SIGSTOPped) group cannot act on SIGTERM

@@ -78,7 +78,7 @@ class Repository:
             await self.fetch(branch, reset=True)
         else:
             await self.fetch(branch, reset=False)
-        return RepoState(head_sha=await self.head_sha(), branch=await self.current_branch())
+        return await self.state()
 
     async def clone(self, branch: str | None) -> None:
         """Shallow-clone ``clone_url`` into ``repo_dir``.
@@ -118,19 +118,26 @@ class Repository:
         self._log.info("repo.fetched", branch=branch, reset=reset)
         return True
 
-    async def switch_branch(self, branch: str) -> None:
-        """Check out ``branch`` after a warm-pool claim, fetching it first.
+    async def switch_branch(self, branch: str) -> bool:
+        """Check out ``branch`` after a warm-pool claim, fetching it first; False if already on it.
 
         Raises:
             GitError: the branch cannot be fetched or checked out.
         """
         if await self.current_branch() == branch:
-            return
+            return False
         await self._git.run(
             "fetch", *self._depth_args(), "--no-tags", "origin",
             f"+refs/heads/{branch}:refs/remotes/origin/{branch}", cwd=self.repo_dir,
         )  # fmt: skip
         await self._git.run("checkout", "-B", branch, f"refs/remotes/origin/{branch}", cwd=self.repo_dir)
+        return True
+
+    async def state(self) -> RepoState:
+        """The checked-out commit and branch (None when detached), from one git process."""
+        out = await self._git.output("rev-parse", "HEAD", "--abbrev-ref", "HEAD", cwd=self.repo_dir)
+        head_sha, _, branch = out.partition("\n")
+        return RepoState(head_sha=head_sha, branch=branch if branch and branch != "HEAD" else None)
 
     async def head_sha(self) -> str:
         """The commit checked out."""

@@ -2,42 +2,81 @@
 
 Lifecycle::
 
-    boot (repo, hooks)  ──build──▶ result line, exit
+    boot: repository, setup.sh ──build──▶ result line, exit
         │
-        ├─ [SESSION_CONFIG_FILE] wait for the claim, switch branch
-        ▼
-    env server ── healthy ──▶ bridge          (each in its own process group)
-        ▲                        │
-        └── restart with backoff ┘  past the budget: POST /sandbox/{id}/error, exit 1
-                                    bridge exit 0: session over, graceful shutdown, exit 0
+        ├─ session known ──▶ start.sh ──▶ env server + bridge, started together
+        │
+        └─ warm pool (SESSION_CONFIG_FILE) ──▶ env server (the sandbox's base env), its
+           per-repository state warmed up, and a standby bridge ──▶ wait for the claim ──▶
+           merge the claim's env, [switch branch], start.sh, [env server restarted if its
+           env changed] ──▶ the standby bridge gets the session's env (stdin) and goes
+
+    env server ── restart with backoff ──┐   past the budget: POST /sandbox/{id}/error, exit 1
+    bridge     ── restart with backoff ──┘   bridge exit 0: session over, graceful shutdown, exit 0
     SIGTERM/SIGINT: stop bridge, then env server (grace, then SIGKILL), kill orphans, exit 0
+
+The bridge starts together with the env server rather than after it: its interpreter
+start-up and imports overlap the env server's boot, and it connects to the control
+plane meanwhile; only its ``POST /session`` waits for the env server to be healthy
+(the bridge probes that itself, cheaply, see :mod:`sandbox_runtime.health`).
+
+Warm pool, what a claim changes. The env server never sees the session's runtime
+names (secrets, ``SESSION_CONFIG``, ``CONTROL_PLANE_URL``, ...; see
+:func:`sandbox_runtime.envserver.env_server_env`), so the env server a warm sandbox
+started before its claim has exactly the env a cold start would give it, unless the
+claim brings env of its own (user env vars): then it is restarted with the merged env
+(not counted as a crash), because the agent must see the session's env vars.
+``start.sh`` runs after the claim (it may need the session's env) and before the
+bridge, so the session's first prompt still finds whatever start.sh started, as in a
+cold boot; the pre-started env server is kept while start.sh runs. Because OpenCode
+caches a repository's configuration in the per-directory state the warm-up created
+before the claim, that state is dropped again (``POST /instance/dispose``) when
+start.sh ran or the branch changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import os
 import signal
 import sys
 import time
 from collections.abc import Coroutine, Mapping
-from typing import Any, TextIO
-
-import httpx
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
 
 from sandbox_runtime import contract as c
-from sandbox_runtime.boot import Boot, BootError, child_env, make_repository
+from sandbox_runtime import envserver
+from sandbox_runtime.boot import Boot, BootError, make_repository
+from sandbox_runtime.bridge import SESSION_FROM_STDIN
 from sandbox_runtime.config import ConfigError, RuntimeConfig
 from sandbox_runtime.gitcmd import GitError
 from sandbox_runtime.jsonlog import JsonLogger
 from sandbox_runtime.procs import ManagedProcess, become_subreaper, kill_orphans, make_undumpable, reap_orphans
 from sandbox_runtime.restart import RestartPolicy
 
-BRIDGE_MODULE = "sandbox_runtime.bridge"
+BRIDGE_ARGV = [sys.executable, "-m", "sandbox_runtime.bridge"]
 _REAP_INTERVAL = 2.0
-_LIVENESS_MISSES = 3
-_HEALTH_POLL_INTERVAL = 0.05
+
+T = TypeVar("T")
+
+
+async def _unless(coro: Coroutine[Any, Any, T], event: asyncio.Event) -> T | None:
+    """Run ``coro`` unless ``event`` is set first (then cancel it and return None)."""
+    task = asyncio.ensure_future(coro)
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    return None if task.cancelled() else task.result()
 
 
 class Supervisor:
@@ -48,13 +87,22 @@ class Supervisor:
         self._stdout = stdout or sys.stdout
         self._log = log or JsonLogger("supervisor")
         self._config: RuntimeConfig | None = None
-        self._stop = asyncio.Event()  # SIGTERM/SIGINT
-        self._done = asyncio.Event()  # any reason to shut down
+        self._done = asyncio.Event()  # any reason to shut down: signal, session over, fatal
         self._outcome = c.EXIT_OK
         self._fatal_error: str | None = None
         self._children: dict[str, ManagedProcess] = {}
-        self._env_server_healthy = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
         self._spawn_lock = asyncio.Lock()  # orphan reaping must not race a spawn (see _reaper)
+        self._env_server_healthy = asyncio.Event()  # the current env server answered its health check
+        self._env_server_replace = asyncio.Event()  # a new env server (new env) is asked for
+        self._env_server_spawning = asyncio.Condition()  # notified when the keeper spawns again
+        self._env_server_started_env: dict[str, str] | None = None
+
+    @property
+    def config(self) -> RuntimeConfig:
+        """The current configuration (a warm sandbox's changes with its claim)."""
+        assert self._config is not None, "run() first"
+        return self._config
 
     # --- entry ----------------------------------------------------------------------------
 
@@ -81,7 +129,6 @@ class Supervisor:
 
     def _on_signal(self, sig: int) -> None:
         self._log.info("signal", signal=signal.Signals(sig).name)
-        self._stop.set()
         self._done.set()
 
     async def _run(self, config: RuntimeConfig) -> int:
@@ -92,72 +139,82 @@ class Supervisor:
         self._log.info("boot.start", mode=config.boot_mode.value, sandbox_id=config.sandbox_id)
         boot = Boot(config, self._env, self._log)
         if config.boot_mode is c.BootMode.BUILD:
-            outcome = await self._until_stopped(boot.build(self._stdout))
+            outcome = await _unless(boot.build(self._stdout), self._done)
             # A build stopped by a signal did not complete: say so with a non-zero exit.
             return c.EXIT_FATAL if outcome is None else outcome
         started = time.monotonic()
         try:
-            if await self._until_stopped(self._boot(boot)) is None:
-                return await self._shutdown()
+            booted = await _unless(self._boot(boot), self._done)
         except BootError as exc:
-            await self._report_fatal(f"boot failed: {exc}")
-            return await self._shutdown()  # start.sh may have left processes behind
-        assert self._config is not None
-        self._log.info("boot.done", seconds=round(time.monotonic() - started, 3))
-        keepers = [
-            asyncio.create_task(self._keep_env_server(), name="env-server"),
-            asyncio.create_task(self._keep_bridge(), name="bridge"),
-            asyncio.create_task(self._reaper(), name="reaper"),
-        ]
-        await self._done.wait()
-        for task in keepers:
+            self._fatal_error = f"boot failed: {exc}"
+            booted = None
+        if booted:
+            self._log.info("boot.done", seconds=round(time.monotonic() - started, 3))
+            await self._done.wait()
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*keepers, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._fatal_error is not None:
             await self._report_fatal(self._fatal_error)
-        return await self._shutdown()
+        return await self._shutdown()  # start.sh may have left processes behind, even after a failed boot
 
-    async def _until_stopped(self, coro: Coroutine[Any, Any, int]) -> int | None:
-        """Run ``coro`` unless a stop signal arrives first (then cancel it and return None)."""
-        task = asyncio.ensure_future(coro)
-        stopper = asyncio.create_task(self._stop.wait())
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        return None
-
-    async def _boot(self, boot: Boot) -> int:
+    async def _boot(self, boot: Boot) -> bool:
         config = boot.config
         await boot.prepare_repository()
+        standby: ManagedProcess | None = None
         if config.session is None and config.session_config_file is not None:
-            claim = await boot.wait_for_claim(config.session_config_file, config.wait_for_session_timeout)
-            self._env.update(claim.env)
-            self._env[c.SESSION_CONFIG] = claim.session_config.model_dump_json()
-            try:
-                config = RuntimeConfig.from_env(self._env)
-            except ConfigError as exc:
-                raise BootError(f"session claim is invalid: {exc}") from None
-            self._log.add_secrets(config.secrets)
-            boot = Boot(config, self._env, self._log)
-            branch = config.effective_branch
-            if branch and config.repo_name:
-                try:
-                    await make_repository(config, self._env, self._log).switch_branch(branch)
-                except GitError as exc:
-                    raise BootError(str(exc)) from None
+            standby = await self._boot_warm(boot, config.session_config_file)
+        else:
+            await boot.run_start_hook()
+            self._start_env_server()
+        self._tasks.append(asyncio.create_task(self._keep_bridge(standby), name="bridge"))
+        return True
+
+    async def _boot_warm(self, boot: Boot, claim_file: Path) -> ManagedProcess | None:
+        """Warm pool: the env server boots (and warms up) before the claim; see the module docstring.
+
+        Returns the standby bridge, started before the claim too, to be handed the session.
+        """
+        self._start_env_server()
+        warmup = asyncio.create_task(self._warm_up_env_server(), name="env-server-warmup")
+        self._tasks.append(warmup)
+        standby = self._spawn("bridge", [*BRIDGE_ARGV, SESSION_FROM_STDIN], self._env, stdin=True)
+        standby_started = await self._start(standby) is None  # else one starts the usual way later
+        claim = await boot.wait_for_claim(claim_file, boot.config.wait_for_session_timeout)
+        self._env.update(claim.env)
+        self._env[c.SESSION_CONFIG] = claim.session_config.model_dump_json()
+        try:
+            config = RuntimeConfig.from_env(self._env)
+        except ConfigError as exc:
+            raise BootError(f"session claim is invalid: {exc}") from None
+        self._log.add_secrets(config.secrets)
         self._config = config
-        await boot.run_start_hook()
-        return c.EXIT_OK
+        started_env = self._env_server_started_env
+        replaced = started_env is not None and started_env != envserver.env_server_env(self._env, config)
+        if replaced:  # the session brings env vars of its own, which the agent must see
+            warmup.cancel()
+            await self._replace_env_server()
+        switched = False
+        branch = config.effective_branch
+        if branch and config.repo_name:
+            try:
+                switched = await make_repository(config, self._env, self._log).switch_branch(branch)
+            except GitError as exc:
+                raise BootError(str(exc)) from None
+        ran_start = await Boot(config, self._env, self._log).run_start_hook()
+        if (switched or ran_start) and not replaced and await warmup:
+            # The warmed-up state holds the configuration start.sh or the branch may have changed.
+            self._log.info("env_server.warm_state_dropped", status=await envserver.drop_warm_state(config))
+        return standby if standby_started else None
+
+    def _start_env_server(self) -> None:
+        self._tasks.append(asyncio.create_task(self._keep_env_server(), name="env-server"))
+        self._tasks.append(asyncio.create_task(self._reaper(), name="reaper"))
 
     # --- children -------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> ManagedProcess:
-        config = self._config
-        assert config is not None
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str], *, stdin: bool = False) -> ManagedProcess:
+        config = self.config
         cwd = config.repo_dir if config.repo_dir.is_dir() else config.workspace_dir
         return ManagedProcess(
             name,
@@ -166,18 +223,8 @@ class Supervisor:
             env=env,
             on_line=lambda line: self._log.relay(name, line),
             pid_file=config.run_dir / f"{name}.pid",
+            stdin=stdin,
         )
-
-    def _env_server_env(self) -> dict[str, str]:
-        config = self._config
-        assert config is not None
-        env = child_env(self._env)
-        # The env server's data (OpenCode: sessions DB) lives in the state dir so a snapshot
-        # of the workspace carries the conversation to the restored sandbox.
-        env["XDG_DATA_HOME"] = str(config.env_server_state_dir / "data")
-        env["XDG_STATE_HOME"] = str(config.env_server_state_dir / "state")
-        env.setdefault("OPENCODE_DISABLE_AUTOUPDATE", "1")  # a sandbox must not upgrade itself
-        return env
 
     async def _start(self, proc: ManagedProcess) -> str | None:
         """Start ``proc``; None on success, else the reason it could not start."""
@@ -191,33 +238,67 @@ class Supervisor:
         return None
 
     async def _keep_env_server(self) -> None:
-        config = self._config
-        assert config is not None
-        policy = RestartPolicy(config.restart)
-        for attempt in range(1_000_000):  # bounded by the restart budget long before this
-            proc = self._spawn("env-server", config.env_server_argv, self._env_server_env())
+        policy = RestartPolicy(self.config.restart)
+        crashes = 0
+        while True:
+            config = self.config
+            async with self._env_server_spawning:
+                self._env_server_replace.clear()
+                self._env_server_spawning.notify_all()
+            env = self._env_server_started_env = envserver.env_server_env(self._env, config)
+            proc = self._spawn("env-server", config.env_server_argv, env)
             reason = await self._start(proc)
             if reason is None:
-                if await self._wait_healthy(proc, config):
-                    policy.on_healthy()
-                    self._env_server_healthy.set()
-                    reason = await self._watch_env_server(proc, config)
-                elif proc.returncode is None:
-                    reason = f"not healthy within {config.health_timeout:.0f}s"
-                else:
-                    reason = f"exited with code {proc.returncode} before becoming healthy"
+                reason = await _unless(self._run_env_server(proc, config, policy), self._env_server_replace)
+            self._env_server_healthy.clear()
             await proc.stop(config.stop_grace)
-            if not await self._after_crash(proc.name, policy, reason, attempt):
+            if reason is None:
+                self._log.info("env_server.replaced")  # asked for (a new env): not a crash
+                continue
+            if not await self._after_crash(proc.name, policy, reason, crashes):
                 return
+            crashes += 1
 
-    async def _keep_bridge(self) -> None:
-        config = self._config
-        assert config is not None
+    async def _run_env_server(self, proc: ManagedProcess, config: RuntimeConfig, policy: RestartPolicy) -> str:
+        """Wait until ``proc`` is healthy, then watch it; returns why it has to be restarted."""
+        started = time.monotonic()
+        if not await envserver.wait_healthy(proc, config):
+            if proc.returncode is None:
+                return f"not healthy within {config.health_timeout:.0f}s"
+            return f"exited with code {proc.returncode} before becoming healthy"
+        self._log.info("env_server.healthy", seconds=round(time.monotonic() - started, 3))
+        policy.on_healthy()
+        self._env_server_healthy.set()
+        return await envserver.watch(proc, config, self._log)
+
+    async def _replace_env_server(self) -> None:
+        """Restart the env server with the current env; returns once the old one is gone."""
+        self._log.info("env_server.replacing", reason="the session's env differs")
+        async with self._env_server_spawning:
+            self._env_server_replace.set()
+            await self._env_server_spawning.wait_for(lambda: not self._env_server_replace.is_set())
+
+    async def _warm_up_env_server(self) -> bool:
+        """Once the env server is healthy, have it set up its repository state before the claim."""
         await self._env_server_healthy.wait()
+        started = time.monotonic()
+        status = await envserver.warm_up(self.config)
+        self._log.info("env_server.warmed_up", status=status, seconds=round(time.monotonic() - started, 3))
+        return status is not None
+
+    async def _keep_bridge(self, standby: ManagedProcess | None = None) -> None:
+        """Keep the bridge running; a warm sandbox's ``standby`` bridge is handed the session first."""
+        config = self.config
         policy = RestartPolicy(config.restart)
-        for attempt in range(1_000_000):
-            proc = self._spawn("bridge", [sys.executable, "-m", BRIDGE_MODULE], self._env)
-            reason = await self._start(proc)
+        for attempt in itertools.count():
+            if standby is not None:
+                proc, standby = standby, None
+                # The whole env, secrets included, goes through the pipe (see the bridge's __main__).
+                env_line = json.dumps(self._env).encode() + b"\n"
+                reason = None if await proc.send_and_close(env_line) else "exited before the session came"
+            else:
+                proc = self._spawn("bridge", BRIDGE_ARGV, self._env)
+                reason = await self._start(proc)
             if reason is None:
                 policy.on_healthy()
                 code = await proc.wait()
@@ -236,8 +317,7 @@ class Supervisor:
             return False
         delay = policy.on_crash()
         if delay is None:
-            config = self._config
-            assert config is not None
+            config = self.config
             self._fatal_error = (
                 f"{name} failed {config.restart.max_restarts + 1} times within "
                 f"{config.restart.window:.0f}s; last: {reason}"
@@ -250,50 +330,6 @@ class Supervisor:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._done.wait(), timeout=delay)
         return not self._done.is_set()
-
-    async def _wait_healthy(self, proc: ManagedProcess, config: RuntimeConfig) -> bool:
-        url = f"{config.env_server_url}{config.health_path}"
-        started = time.monotonic()
-        deadline = started + config.health_timeout
-        # trust_env=False: loopback must never go through a proxy from the environment.
-        async with httpx.AsyncClient(trust_env=False) as client:
-            while time.monotonic() < deadline and proc.returncode is None:
-                try:
-                    # A short per-request timeout: OpenCode accepts connections before it can
-                    # answer them, and such an early request may never be answered.
-                    response = await client.get(url, timeout=0.5)
-                    if response.status_code == 200:
-                        self._log.info("env_server.healthy", seconds=round(time.monotonic() - started, 3))
-                        return True
-                except httpx.HTTPError:
-                    pass
-                # A fixed short interval: a loopback GET is cheap, and every ms here is boot latency.
-                await asyncio.sleep(_HEALTH_POLL_INTERVAL)
-        return False
-
-    async def _watch_env_server(self, proc: ManagedProcess, config: RuntimeConfig) -> str:
-        """Wait for the env server to exit, or to stop answering health probes (a hang)."""
-        exited = asyncio.create_task(proc.wait())
-        if config.liveness_interval <= 0:
-            return f"exited with code {await exited}"
-        url = f"{config.env_server_url}{config.health_path}"
-        misses = 0
-        try:
-            async with httpx.AsyncClient(trust_env=False) as client:
-                while True:
-                    done, _ = await asyncio.wait({exited}, timeout=config.liveness_interval)
-                    if done:
-                        return f"exited with code {exited.result()}"
-                    try:
-                        response = await client.get(url, timeout=max(1.0, config.liveness_interval))
-                        misses = 0 if response.status_code == 200 else misses + 1
-                    except httpx.HTTPError:
-                        misses += 1
-                    if misses >= _LIVENESS_MISSES:
-                        self._log.warning("env_server.unresponsive", misses=misses)
-                        return f"stopped answering {config.health_path}"
-        finally:
-            exited.cancel()
 
     async def _reaper(self) -> None:
         """Reap zombies of orphans reparented to us (we are a subreaper, maybe PID 1)."""
@@ -333,6 +369,8 @@ class Supervisor:
         config = self._config
         if config is None or not config.control_plane_url or not config.sandbox_id:
             return
+        import httpx  # only on this rare path: importing it costs every boot ~0.1 s of CPU
+
         url = f"{config.control_plane_url}/sandbox/{config.sandbox_id}/error"
         headers = {"Authorization": f"Bearer {config.auth_token}"}
         async with httpx.AsyncClient(timeout=10.0) as client:

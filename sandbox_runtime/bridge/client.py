@@ -3,7 +3,7 @@
 Connection lifecycle::
 
     connect (Authorization: Bearer, X-Sandbox-ID) ──401/403/404/410──▶ exit 0 (session over)
-        │ ok
+        │ ok            (meanwhile: wait for the env server, choose its session)
         ▼
     send ready ─▶ flush outbox (all pending, in order) ─▶ serve commands, heartbeats,
                   re-send unacked critical events every resend interval
@@ -66,6 +66,7 @@ class Bridge:
         self._exit = asyncio.Event()
         self._exit_code = c.EXIT_OK
         self.runner = SessionRunner(config, opencode=opencode, emit=self.emit, log=log)
+        self._starting: asyncio.Task[None] | None = None
 
     # --- outbound -------------------------------------------------------------------------
 
@@ -142,27 +143,43 @@ class Bridge:
         self._exit.set()
 
     async def run(self) -> int:
-        """Prepare the env server session, then hold the connection until the session ends."""
+        """Prepare the env server session and connect meanwhile; hold the connection until the session ends.
+
+        The connection opens while the env server may still be booting; ``ready`` (which
+        names the env server session) is its first message all the same, sent once the
+        session is chosen.
+        """
         pending = self.outbox.load()
         self._log.info("bridge.start", pending_events=pending)
-        starting = asyncio.create_task(self.runner.start())
-        exit_wait = asyncio.create_task(self._exit.wait())
-        await asyncio.wait({starting, exit_wait}, return_when=asyncio.FIRST_COMPLETED)
-        exit_wait.cancel()
-        if not starting.done():  # stopped while waiting for the env server
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
-            return self._exit_code
-        if starting.exception() is not None:
-            self._log.error("bridge.session_failed", error=str(starting.exception()))
-            return c.EXIT_FATAL
+        self._starting = asyncio.create_task(self.runner.start())
+        self._starting.add_done_callback(self._on_started)
         try:
             return await self._connection_loop()
         finally:
+            if not self._starting.done():  # stopped while waiting for the env server
+                self._starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._starting
             await self.runner.close()
             self.outbox.persist_all()
             self._log.info("bridge.exit", code=self._exit_code, pending_events=len(self.outbox))
+
+    def _on_started(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("bridge.session_failed", error=str(task.exception()))
+            self.stop(c.EXIT_FATAL)
+
+    async def _session_ready(self) -> bool:
+        """Wait until the env server session is chosen; False when the bridge is to exit first."""
+        starting = self._starting
+        assert starting is not None
+        if not starting.done():
+            exit_wait = asyncio.create_task(self._exit.wait())
+            try:
+                await asyncio.wait({starting, exit_wait}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                exit_wait.cancel()
+        return starting.done() and not starting.cancelled() and starting.exception() is None
 
     async def _connection_loop(self) -> int:
         assert self.config.session is not None
@@ -205,6 +222,8 @@ class Bridge:
         return self._exit_code
 
     async def _serve(self, ws: ClientConnection) -> None:
+        if not await self._session_ready():
+            return
         await self._send(ws, p.ReadyEvent(opencode_session_id=self.runner.opencode_session_id).to_wire(
             self.config.sandbox_id
         ))  # fmt: skip

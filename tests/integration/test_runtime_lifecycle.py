@@ -107,6 +107,7 @@ async def test_env_server_crash_loop_reports_fatal_and_exits_non_zero(
     git_server.create_repo("acme", "widget", {"README.md": "x\n"})
     port = free_port()
     crash = f"{sys.executable} -c 'import sys, time; time.sleep(0.1); sys.exit(3)'"
+    http_recorder.get_status = 503  # the bridge (started with the env server) keeps retrying meanwhile
     env = make_runtime_env(
         tmp_path,
         git_server=git_server,
@@ -124,8 +125,8 @@ async def test_env_server_crash_loop_reports_fatal_and_exits_non_zero(
     assert headers["Authorization"] == f"Bearer {SANDBOX_TOKEN}"
     assert body["fatal"] is True and "env-server" in body["error"]
     events = runtime.log_events()
-    assert sum(e.get("event") == "child.started" for e in events) == 6
-    assert sum(e.get("event") == "child.crashed" for e in events) == 5
+    assert sum(e.get("event") == "child.started" and e.get("child") == "env-server" for e in events) == 6
+    assert sum(e.get("event") == "child.crashed" and e.get("child") == "env-server" for e in events) == 5
     assert SANDBOX_TOKEN not in runtime.stderr()
 
 

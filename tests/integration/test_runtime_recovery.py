@@ -47,10 +47,15 @@ async def test_warm_claim_then_bridge_crash_delivers_buffered_events_after_resta
     runtime_processes.append(runtime)
     repo = tmp_path / "workspace" / "widget"
     for _ in range(600):
-        if any(e.get("event") == "session.waiting" for e in runtime.log_events()):
+        if any(e.get("event") == "env_server.warmed_up" for e in runtime.log_events()):
             break
         await asyncio.sleep(0.05)
-    assert (repo / ".git").is_dir() and runtime.child_pid("env-server") is None
+    # Booted and waiting: the env server already runs (and has warmed up), a standby bridge
+    # waits for the session.
+    assert any(e.get("event") == "session.waiting" for e in runtime.log_events())
+    assert (repo / ".git").is_dir() and runtime.child_pid("env-server") is not None
+    assert runtime.child_pid("bridge") is not None and control_plane.connections == 0
+    env_server_pid = runtime.child_pid("env-server")
 
     # The claim: session on another branch, control plane and token arrive now.
     claim = SessionClaim(
@@ -64,6 +69,7 @@ async def test_warm_claim_then_bridge_crash_delivers_buffered_events_after_resta
     assert not claim_file.exists(), "the claim holds secrets: the runtime deletes it"
     assert git("rev-parse", "HEAD", cwd=repo) == feature_sha
     assert git("symbolic-ref", "--short", "HEAD", cwd=repo) == "feature"
+    assert runtime.child_pid("env-server") == env_server_pid, "a claim without env of its own keeps the env server"
 
     # Events produced while the control plane is unreachable go to the on-disk outbox...
     control_plane.auto_ack = False

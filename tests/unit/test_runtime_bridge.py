@@ -19,7 +19,7 @@ import pytest
 from sandbox_runtime.bridge.client import Bridge, websocket_url
 from sandbox_runtime.bridge.opencode import OpenCodeClient, PromptTranslator
 from sandbox_runtime.config import RuntimeConfig
-from sandbox_runtime.contract import build_sandbox_env
+from sandbox_runtime.contract import EXIT_FATAL, build_sandbox_env
 from sandbox_runtime.jsonlog import JsonLogger
 from tests.fixtures.runtime import SANDBOX_TOKEN, ControlPlane, session_config
 
@@ -65,12 +65,15 @@ class FakeOpenCode:
         self.created = 0
         self.aborted = 0
         self.prompts: list[dict[str, Any]] = []
+        self.up = asyncio.Event()  # the env server answers its health check
+        self.up.set()
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    async def health(self, timeout: float) -> bool:
+        return self.up.is_set()
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         path, method = request.url.path, request.method
-        if path == "/global/health":
-            return httpx.Response(200, json={"healthy": True, "version": "mock"})
         if path == "/session" and method == "POST":
             self.created += 1
             return httpx.Response(200, json={"id": SID})
@@ -116,7 +119,9 @@ def _config(
 def _bridge(config: RuntimeConfig, fake: FakeOpenCode) -> Bridge:
     http = httpx.AsyncClient(transport=httpx.MockTransport(fake.handle), base_url="http://oc")
     return Bridge(
-        config, opencode=OpenCodeClient("http://oc", http=http), log=JsonLogger("bridge", stream=io.StringIO())
+        config,
+        opencode=OpenCodeClient("http://oc", http=http, health=fake.health),
+        log=JsonLogger("bridge", stream=io.StringIO()),
     )
 
 
@@ -181,6 +186,37 @@ async def test_stop_aborts_the_running_prompt(tmp_path: Path, control_plane: Con
     assert fake.aborted == 1
     await control_plane.send({"type": "shutdown"})
     assert await asyncio.wait_for(run, timeout=10) == 0
+
+
+async def test_the_bridge_connects_while_the_env_server_boots_and_says_ready_first(
+    tmp_path: Path, control_plane: ControlPlane
+) -> None:
+    fake = FakeOpenCode([])
+    fake.up.clear()
+    fake.sessions.clear()
+    bridge = _bridge(_config(tmp_path, control_plane.url), fake)
+    run = asyncio.create_task(bridge.run())
+    for _ in range(400):
+        if control_plane.connections:
+            break
+        await asyncio.sleep(0.025)
+    assert control_plane.connections == 1, "connected before the env server is up"
+    assert control_plane.received == [] and fake.created == 0, "nothing to say before the session exists"
+    fake.up.set()
+    ready = await control_plane.wait_for("ready", timeout=10)
+    assert control_plane.received[0] is ready and ready["opencodeSessionId"] == SID and fake.created == 1
+    await control_plane.send({"type": "shutdown"})
+    assert await asyncio.wait_for(run, timeout=10) == 0
+
+
+async def test_an_env_server_that_never_gets_healthy_fails_the_bridge(
+    tmp_path: Path, control_plane: ControlPlane
+) -> None:
+    fake = FakeOpenCode([])
+    fake.up.clear()
+    bridge = _bridge(_config(tmp_path, control_plane.url, ENV_SERVER_HEALTH_TIMEOUT="0.2"), fake)
+    assert await asyncio.wait_for(bridge.run(), timeout=10) == EXIT_FATAL
+    assert control_plane.of_type("ready") == []
 
 
 @pytest.mark.parametrize("status", [401, 403, 404, 410])

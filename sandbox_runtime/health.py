@@ -1,0 +1,111 @@
+"""Health probes of the env server on loopback: cheap, and overlapping while it boots.
+
+Two facts about OpenCode shape this module:
+
+* it accepts connections shortly before it can answer them, and a request accepted
+  in that window is never answered. A poller that waits for each answer in turn
+  therefore loses up to one request timeout at the very moment the server becomes
+  ready. :func:`wait_until_healthy` instead starts new probes whether or not earlier
+  ones have answered (every 10 ms once one hangs), and the first 200 wins;
+* it boots on about one core, and the runtime's processes compete with it for the
+  few cores a sandbox has. A probe here is a raw HTTP/1.1 request on an asyncio
+  socket (about 0.1 ms of CPU, against about 1 ms through httpx), probes back off
+  while nothing listens yet, and importing this module costs nothing beyond asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+HealthCheck = Callable[[float], Awaitable[bool]]
+"""Probes once with a timeout in seconds; True when the server answered healthy."""
+
+_FIRST_INTERVAL = 0.002
+_LISTENING_INTERVAL = 0.01
+_PROBE_TIMEOUT = 1.0
+_MAX_IN_FLIGHT = 32
+
+
+class LoopbackRequest:
+    """One bodiless HTTP/1.1 request to a plain-http URL, answered by its status code only.
+
+    Calling it is a health probe: healthy means status 200.
+    """
+
+    def __init__(self, url: str, method: str = "GET") -> None:
+        """Raises:
+        ValueError: ``url`` is not an ``http://host[:port]/path`` URL.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"loopback requests need a plain http URL, not {url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        length = "Content-Length: 0\r\n" if method != "GET" else ""
+        self._request = (
+            f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n{length}Connection: close\r\n\r\n".encode()
+        )
+
+    async def status(self, timeout: float) -> int | None:
+        """The answer's status code; None on refusal, timeout or a malformed answer (never raises OSError)."""
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                writer.write(self._request)
+                status_line = await reader.readline()
+        except (OSError, TimeoutError, ValueError):
+            return None
+        finally:
+            if writer is not None:
+                writer.close()
+        fields = status_line.split(None, 2)
+        return int(fields[1]) if len(fields) >= 2 and fields[1].isdigit() else None
+
+    async def __call__(self, timeout: float) -> bool:
+        """One health probe: True when the answer is 200 within ``timeout`` seconds."""
+        return await self.status(timeout) == 200
+
+
+async def wait_until_healthy(
+    check: HealthCheck, *, timeout: float, alive: Callable[[], bool] = lambda: True, max_interval: float = 0.1
+) -> bool:
+    """Probe until one answers healthy (True), ``timeout`` passes or ``alive()`` turns False.
+
+    Probes overlap (see the module docstring); each gets 1 s to answer. While they are
+    refused at once (nothing listens yet: most of a boot) the next one starts 2 ms later,
+    backing off to ``max_interval``; while one is left unanswered (the server listens,
+    so it is about to be ready) they start every 10 ms, and past 32 unanswered ones the
+    oldest is given up for the new one (an early request is never answered anyway).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    interval = _FIRST_INTERVAL
+    healthy: asyncio.Future[bool] = loop.create_future()
+    in_flight: dict[asyncio.Future[bool], None] = {}  # oldest first
+
+    def settle(done: asyncio.Future[bool]) -> None:
+        in_flight.pop(done, None)
+        if not done.cancelled() and done.exception() is None and done.result() and not healthy.done():
+            healthy.set_result(True)
+
+    try:
+        while not healthy.done() and alive() and loop.time() < deadline:
+            if len(in_flight) >= _MAX_IN_FLIGHT:
+                next(iter(in_flight)).cancel()
+            probe = asyncio.ensure_future(check(_PROBE_TIMEOUT))
+            in_flight[probe] = None
+            probe.add_done_callback(settle)
+            # One wait per probe, cut short only by success: this loop runs next to a
+            # booting env server and should leave it every cycle it can.
+            await asyncio.wait((healthy,), timeout=max(0.0, min(interval, deadline - loop.time())))
+            interval = _LISTENING_INTERVAL if in_flight else min(interval * 1.5, max_interval)
+        return healthy.done()
+    finally:
+        pending = list(in_flight)
+        for unanswered in pending:
+            unanswered.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
