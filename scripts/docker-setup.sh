@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bring up a Docker Engine and the images the test suite needs. Idempotent.
 #
-#   1. install docker.io (+ debootstrap) when root and the binaries are missing;
+#   1. install docker.io, docker-compose (+ debootstrap) when root and missing;
 #   2. start dockerd (--bridge=none --iptables=false) when no engine answers;
 #   3. make debian:bookworm-slim locally (debootstrap + docker import) when missing,
 #      because no image can be pulled from a registry here; the rootfs tarball is
@@ -54,6 +54,15 @@ if ! command -v docker >/dev/null || { [ -z "${DOCKER_HOST:-}" ] && ! command -v
     apt_install docker.io
 else
     say "docker binaries present ($(docker --version))"
+fi
+
+# The compose tests validate docker-compose.yml with the real tool.
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+    if is_root && command -v apt-get >/dev/null; then
+        apt_install docker-compose
+    else
+        say "docker compose is missing (apt-get install docker-compose): the compose tests will skip"
+    fi
 fi
 
 # --- 2. engine ---------------------------------------------------------------
