@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,10 +99,11 @@ class OpenCodeClient:
         self, base_url: str, *, http: httpx.AsyncClient | None = None, health: HealthCheck | None = None
     ) -> None:
         # trust_env=False: loopback traffic must never be sent to a proxy from the environment.
-        # verify=False: plain http on loopback never uses TLS, and loading the CA bundle for
-        # nothing costs ~50 ms of CPU while the env server boots next to us.
+        # The env server speaks plain http on loopback, so no CA bundle is loaded (that costs
+        # ~50 ms of CPU while the env server boots next to us). Verification stays on: a
+        # context that trusts no CA fails closed should a URL ever name https.
         self._http = http or httpx.AsyncClient(
-            base_url=base_url, timeout=_REQUEST_TIMEOUT, trust_env=False, verify=False
+            base_url=base_url, timeout=_REQUEST_TIMEOUT, trust_env=False, verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         )
         self._health = health or LoopbackRequest(f"{base_url.rstrip('/')}{HEALTH_PATH}")
 
