@@ -353,3 +353,26 @@ async def test_a_pool_of_a_repo_image_is_claimed_by_sessions_of_that_image(
     )
     assert check.json()["stdout"].count("setup-ran") == 1
     assert (await raw.delete("/v1/pools/img", headers=auth())).status_code == 200
+
+
+async def test_a_build_past_its_timeout_fails_and_its_sandbox_goes(
+    make_settings: Callable[..., Settings],
+    provider_workdir: Path,
+    git_server: GitHttpServer,
+    callback_receiver: tuple[Receiver, str],
+) -> None:
+    calls, base = callback_receiver
+    settings = build_settings(make_settings, provider_workdir, git_server, build_timeout_seconds=10)
+    git_server.create_repo("acme", "stuck", {".openinspect/setup.sh": "#!/bin/sh\necho waiting\nsleep 120\n"})
+    auth = {"Authorization": f"Bearer {make_token(settings.resolved_secrets()[0])}"}
+    async with serve_in_process(settings) as (app, raw, _client):
+        await raw.post(
+            "/v1/builds",
+            json={"build_id": "t-1", "repo": {"owner": "acme", "name": "stuck"}, "callback_url": f"{base}/t/t-1/ok"},
+            headers=auth,
+        )
+        await until(lambda: calls.deliveries["build:t-1:failed"] == 1, "the timeout's failure callback", timeout=60)
+        assert "timed out after 10 s" in calls.bodies["build:t-1:failed"]["error"]
+        view = (await raw.get("/v1/builds/t-1", headers=auth)).json()
+        assert view["status"] == "failed"
+        assert await app.state.services.store.list_sandboxes({BUILD_LABEL: "t-1"}) == []
