@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from app.errors import Unauthorized
 
 SIGNATURE_HEADER = "x-sandbox-signature"
+#: A streamed upload's body hash, sent ahead of the body so the signature can cover it.
+CONTENT_SHA256_HEADER = "x-content-sha256"
 EMPTY_BODY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 

@@ -16,8 +16,7 @@ from typing import Any
 
 import httpx
 
-from app.api.middleware import CONTENT_SHA256_HEADER
-from app.auth import EMPTY_BODY_SHA256, make_token, now_ms, sign_request
+from app.auth import CONTENT_SHA256_HEADER, EMPTY_BODY_SHA256, make_token, now_ms, sign_request
 
 _CHUNK = 1 << 16
 

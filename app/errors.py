@@ -7,23 +7,36 @@ exception handler in ``app.api.errors`` turns it into the wire envelope
 built-in exception they mean, so callers can catch ``LookupError`` or
 ``TimeoutError`` without importing this module.
 
-    SandboxControlError                      500 internal
-    ├── BadRequest (ValueError)              400 bad_request
-    │   ├── HostNotAllowed                   400 host_not_allowed
-    │   ├── UnsupportedSpec                  422 unsupported_spec
-    │   └── ReservedEnvNames                 422 reserved_env_name
-    ├── Unauthorized (PermissionError)       401 unauthorized
-    ├── NotFound (LookupError)               404 not_found
-    │   ├── SandboxNotFound                  404 sandbox_not_found
-    │   └── SnapshotNotFound                 404 snapshot_not_found
-    ├── Conflict                             409 conflict
-    │   └── SandboxNotRunning                409 sandbox_not_running
-    ├── PayloadTooLarge                      413 payload_too_large
-    ├── ProviderError                        502 provider_error
-    │   └── ProviderAuthError                502 provider_auth
-    ├── ProviderUnavailable (ConnectionError) 503 provider_unavailable
-    ├── StorageUnavailable (ConnectionError)  503 storage_unavailable
-    └── SnapshotCorrupt (ValueError)          422 snapshot_corrupt
+    SandboxControlError                        500 internal
+    ├── BadRequest (ValueError)                400 bad_request
+    │   ├── HostNotAllowed                     400 host_not_allowed
+    │   ├── UnsupportedSpec                    422 unsupported_spec
+    │   └── ReservedEnvNames                   422 reserved_env_name
+    ├── Unauthorized (PermissionError)         401 unauthorized
+    ├── NotFound (LookupError)                 404 not_found
+    │   ├── SandboxNotFound                    404 sandbox_not_found
+    │   ├── SnapshotNotFound                   404 snapshot_not_found
+    │   ├── BuildNotFound                      404 build_not_found
+    │   ├── RepoImageNotFound                  404 repo_image_not_found
+    │   └── ImageMissing*                      404 image_not_found
+    ├── Conflict                               409 conflict
+    │   ├── SandboxNotRunning                  409 sandbox_not_running
+    │   └── BuildConflict                      409 build_conflict
+    ├── PayloadTooLarge                        413 payload_too_large
+    ├── ProviderError                          502 provider_error
+    │   ├── ProviderAuthError                  502 provider_auth
+    │   ├── GitHubTokenError*                  502 github_token_error
+    │   └── DaytonaConflict*                   502 provider_error
+    ├── NotConfigured                          503 not_configured
+    ├── ProviderUnavailable (ConnectionError)  503 provider_unavailable
+    ├── StorageUnavailable (ConnectionError)   503 storage_unavailable
+    └── SnapshotCorrupt (ValueError)           422 snapshot_corrupt
+        └── UnsafeEntry*                       422 snapshot_unsafe_entry
+
+    * defined next to the code that raises it: ImageMissing in the docker
+      provider's engine boundary, GitHubTokenError in the GitHub token minter,
+      DaytonaConflict in the Daytona error boundary, UnsafeEntry in the snapshot
+      extractor.
 """
 
 from __future__ import annotations

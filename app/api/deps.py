@@ -6,7 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.services.builds import BuildService
 from app.services.container import Services
+from app.services.launcher import SandboxLauncher
+from app.services.pools import PoolService
+from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService
 from app.services.snapshots import SnapshotService
 
@@ -24,6 +28,26 @@ def get_snapshots(request: Request) -> SnapshotService:
     return get_services(request).snapshots
 
 
+def get_pools(request: Request) -> PoolService:
+    return get_services(request).pools
+
+
+def get_builds(request: Request) -> BuildService:
+    return get_services(request).builds
+
+
+def get_repo_images(request: Request) -> RepoImageService:
+    return get_services(request).repo_images
+
+
+def get_launcher(request: Request) -> SandboxLauncher:
+    return get_services(request).launcher
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 SandboxesDep = Annotated[SandboxService, Depends(get_sandboxes)]
 SnapshotsDep = Annotated[SnapshotService, Depends(get_snapshots)]
+PoolsDep = Annotated[PoolService, Depends(get_pools)]
+BuildsDep = Annotated[BuildService, Depends(get_builds)]
+RepoImagesDep = Annotated[RepoImageService, Depends(get_repo_images)]
+LauncherDep = Annotated[SandboxLauncher, Depends(get_launcher)]

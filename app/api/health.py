@@ -53,5 +53,5 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(services: ServicesDep) -> Response:
     """Prometheus text format."""
-    services.metrics.set_sandbox_counts(await services.store.count_by_status())
+    services.metrics.set_sandbox_counts(await services.store.sandboxes.count_by_status())
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from app.api.errors import error_body, error_response
-from app.auth import SIGNATURE_HEADER, RequestVerifier
+from app.auth import CONTENT_SHA256_HEADER, SIGNATURE_HEADER, RequestVerifier
 from app.errors import PayloadTooLarge, SandboxControlError, Unauthorized
 from app.logging import get_logger, request_id_var
 from app.metrics import Metrics
@@ -29,7 +29,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Paths answered without credentials (liveness, readiness, metrics, docs).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/health", "/docs", "/openapi.json"})
-CONTENT_SHA256_HEADER = "x-content-sha256"
 INTERNAL_ERROR_BODY = json.dumps(error_body("internal error", "internal")).encode()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 

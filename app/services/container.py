@@ -1,4 +1,4 @@
-"""The services of one app instance, built in the lifespan."""
+"""The services of one app instance, built in the lifespan (``app.wiring``)."""
 
 from __future__ import annotations
 
@@ -8,28 +8,32 @@ from app.metrics import Metrics
 from app.providers.base import Provider
 from app.services.builds import BuildService
 from app.services.callbacks import CallbackOutbox
+from app.services.launcher import SandboxLauncher
 from app.services.pools import PoolService
 from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService
 from app.services.sessions import SessionService
 from app.services.snapshots import SnapshotService
 from app.settings import Settings
-from app.storage.blobs import BlobStore
+from app.storage.blobs.base import BlobStore
 from app.storage.state import StateStore
 
 
 @dataclass
 class Services:
+    """Everything a route may reach, typed; ``app.api.deps`` hands out the parts."""
+
     settings: Settings
     metrics: Metrics
     store: StateStore
     provider: Provider
-    sandboxes: SandboxService
     blobs: BlobStore
+    sandboxes: SandboxService
     snapshots: SnapshotService
     sessions: SessionService
     pools: PoolService
     repo_images: RepoImageService
     builds: BuildService
+    launcher: SandboxLauncher
     #: None when ``INTERNAL_CALLBACK_SECRET`` is not configured (builds without callbacks only).
     callbacks: CallbackOutbox | None

@@ -11,7 +11,7 @@ cloning) → ``warm`` (the runtime's claim-waiting marker exists: *ready*) →
 drained, broken).
 
 Every move out of ``warm`` or booting is a conditional update
-(:meth:`StateStore.transition_member`), so eviction never deletes a sandbox a
+(:meth:`app.storage.state.sandboxes.SandboxStore.transition`), so eviction never deletes a sandbox a
 claim has just taken. Members are found by label in the state store, so a
 restarted service (or another replica) picks them up where they were.
 """
@@ -27,14 +27,15 @@ from typing import Any
 from app.errors import SandboxControlError, SandboxNotFound, SandboxNotRunning
 from app.logging import get_logger
 from app.providers.base import Provider
+from app.schemas.common import RESERVED_LABEL_PREFIX
+from app.schemas.sandboxes import CreateSandboxRequest
 from app.services.background import Periodic
-from app.services.models import RESERVED_LABEL_PREFIX, CreateSandboxRequest
 from app.services.sandboxes import SandboxService, describe_error, new_sandbox_id
 from app.services.sessions import SessionService
 from app.settings import Settings
-from app.storage.state import SandboxRecord, StateStore
-from app.storage.state_pools import PoolRecord
-from app.storage.times import utcnow
+from app.storage.state.pools import PoolRecord, PoolStore
+from app.storage.state.sandboxes import SandboxRecord, SandboxStore
+from app.storage.state.times import utcnow
 from sandbox_runtime import contract as c
 
 POOL_LABEL = RESERVED_LABEL_PREFIX + "pool"
@@ -82,13 +83,15 @@ class PoolMaintainer:
     def __init__(
         self,
         settings: Settings,
-        store: StateStore,
+        pools: PoolStore,
+        members: SandboxStore,
         sandboxes: SandboxService,
         sessions: SessionService,
         provider: Provider,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.pools = pools
+        self.member_records = members
         self.sandboxes = sandboxes
         self.sessions = sessions
         self.provider = provider
@@ -118,7 +121,7 @@ class PoolMaintainer:
 
     async def members(self, pool_name: str) -> list[SandboxRecord]:
         """The pool's live members (every status but deleted), oldest first."""
-        return await self.store.list_sandboxes({POOL_LABEL: pool_name})
+        return await self.member_records.list({POOL_LABEL: pool_name})
 
     async def create_member(self, pool: PoolRecord) -> SandboxRecord:
         """Create one member and start watching it boot; returns once the provider runs it."""
@@ -150,7 +153,7 @@ class PoolMaintainer:
                 record = await self.sessions.repo_images.create_sandbox(repo_image, request, extra_env=env, **fields)
             else:
                 record = await self.sandboxes.create(request, extra_env=env, **fields)
-        await self.store.add_event(record.id, "pool_member_created", pool=pool.name)
+        await self.member_records.add_event(record.id, "pool_member_created", pool=pool.name)
         self.watch(record)
         return record
 
@@ -184,9 +187,9 @@ class PoolMaintainer:
                 result = None
             state = result.stdout.decode(errors="replace").strip() if result and result.exit_code == 0 else ""
             if state == "ready":
-                if await self.store.transition_member(record.id, ["running"], "warm"):
+                if await self.member_records.transition(record.id, ["running"], "warm"):
                     seconds = round(time.monotonic() - started, 3)
-                    await self.store.add_event(record.id, "pool_member_ready", seconds=seconds)
+                    await self.member_records.add_event(record.id, "pool_member_ready", seconds=seconds)
                     log.info("pool.member_ready", sandbox_id=record.id)
                 return
             if state == "absent" and time.monotonic() - started > _DEAD_AFTER_SECONDS:
@@ -200,7 +203,7 @@ class PoolMaintainer:
         self, sandbox_id: str, reason: str, *, from_statuses: tuple[str, ...] = ("warm", "running")
     ) -> bool:
         """Delete an unclaimed member; False when a claim took it first (then it is not ours to delete)."""
-        if not await self.store.transition_member(sandbox_id, list(from_statuses), "deleting", error=reason):
+        if not await self.member_records.transition(sandbox_id, list(from_statuses), "deleting", error=reason):
             return False
         log.info("pool.member_retired", sandbox_id=sandbox_id, reason=reason)
         try:
@@ -215,7 +218,7 @@ class PoolMaintainer:
         """One pass over every pool: clean up, evict, adopt, refill. Returns what it did."""
         async with self._pass_lock:
             counts = {"created": 0, "evicted": 0, "cleaned": 0}
-            for pool in await self.store.list_pools():
+            for pool in await self.pools.list():
                 try:
                     await self._maintain_pool(pool, counts)
                 except SandboxControlError as exc:
@@ -254,7 +257,7 @@ class PoolMaintainer:
                     log.warning("pool.create_failed", pool=pool.name, error=describe_error(result))
                 else:
                     counts["created"] += 1
-            if await self.store.get_pool(pool.name) is None:  # drained while we were creating
+            if await self.pools.get(pool.name) is None:  # drained while we were creating
                 for result in results:
                     if isinstance(result, SandboxRecord):
                         await self.retire(result.id, "pool deleted")

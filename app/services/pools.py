@@ -2,7 +2,7 @@
 
 A **claim** takes one ``warm`` member with a conditional update (``warm`` →
 ``running`` plus the session's fields, checked by row count; see
-``app.storage.state_pools``), then writes the :class:`SessionClaim` into the
+``app.storage.state.sandboxes``), then writes the :class:`SessionClaim` into the
 sandbox (a temp file renamed into place, so the runtime never reads half a
 claim). The runtime merges the claim's env over its own and starts the env
 server and the bridge; clone and setup.sh were done while it was warm.
@@ -24,20 +24,22 @@ import asyncio
 import random
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 
 from app.errors import BadRequest, Conflict, NotFound, SandboxControlError
 from app.logging import get_logger
 from app.providers.base import Provider, Resources
+from app.schemas.common import RESERVED_LABEL_PREFIX, RepoRef
+from app.schemas.pools import PutPoolRequest
 from app.services.hosts import check_url_allowed
-from app.services.models import RESERVED_LABEL_PREFIX, PoolView, PutPoolRequest, RepoRef
 from app.services.pool_members import POOL_LABEL, PoolMaintainer
 from app.services.sandboxes import SandboxService, describe_error
 from app.services.sessions import SessionLaunch, SessionService
 from app.settings import Settings
-from app.storage.state import SandboxRecord, StateStore
-from app.storage.state_pools import PoolRecord
-from app.storage.times import utcnow
+from app.storage.state.pools import PoolRecord, PoolStore
+from app.storage.state.sandboxes import SandboxRecord, SandboxStore
+from app.storage.state.times import utcnow
 from sandbox_runtime import contract as c
 
 REQUESTED_ID_LABEL = RESERVED_LABEL_PREFIX + "requested-id"
@@ -45,6 +47,14 @@ REQUESTED_ID_LABEL = RESERVED_LABEL_PREFIX + "requested-id"
 _CLAIM_ROUNDS = 3
 
 log = get_logger("pools")
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """A pool's configuration and its live members (``PoolView.of`` counts them by state)."""
+
+    pool: PoolRecord
+    members: list[SandboxRecord]
 
 
 def implicit_pool_name(repo_owner: str, repo_name: str) -> str:
@@ -58,21 +68,23 @@ class PoolService:
     def __init__(
         self,
         settings: Settings,
-        store: StateStore,
+        pools: PoolStore,
+        members: SandboxStore,
         sandboxes: SandboxService,
         sessions: SessionService,
         provider: Provider,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.pools = pools
+        self.member_records = members
         self.sandboxes = sandboxes
         self.sessions = sessions
         self.provider = provider
-        self.maintainer = PoolMaintainer(settings, store, sandboxes, sessions, provider)
+        self.maintainer = PoolMaintainer(settings, pools, members, sandboxes, sessions, provider)
 
     # -- configuration and state ---------------------------------------------
 
-    async def put(self, name: str, request: PutPoolRequest, *, implicit: bool = False) -> PoolView:
+    async def put(self, name: str, request: PutPoolRequest, *, implicit: bool = False) -> PoolState:
         """Create or reconfigure a pool; the maintainer brings it to target right away."""
         if request.repo_image_id is not None:
             image = await self.sessions.repo_images.get(request.repo_image_id)
@@ -81,7 +93,7 @@ class PoolService:
                     f"repo image {image.id!r} holds {image.repo_owner}/{image.repo_name}", field="repo_image_id"
                 )
         now = utcnow()
-        record = await self.store.put_pool(
+        record = await self.pools.put(
             PoolRecord(
                 name=name,
                 repo_owner=request.repo.owner,
@@ -97,39 +109,25 @@ class PoolService:
             )
         )
         self.maintainer.wake()
-        return await self.view(record)
+        return await self.state(record)
 
     async def get(self, name: str) -> PoolRecord:
-        record = await self.store.get_pool(name)
+        record = await self.pools.get(name)
         if record is None:
             raise NotFound(f"pool {name!r} not found", pool=name)
         return record
 
-    async def view(self, pool: PoolRecord) -> PoolView:
-        members = await self.maintainer.members(pool.name)
-        unclaimed = [m for m in members if m.session_id is None]
-        return PoolView(
-            name=pool.name,
-            repo=RepoRef(owner=pool.repo_owner, name=pool.repo_name, branch=pool.branch),
-            image=pool.image,
-            repo_image_id=pool.repo_image_id,
-            target=pool.target,
-            max_age_seconds=pool.max_age_seconds,
-            implicit=pool.implicit,
-            ready=sum(m.status == "warm" for m in unclaimed),
-            creating=sum(m.status in ("creating", "running") for m in unclaimed),
-            claimed=sum(m.session_id is not None for m in members),
-            created_at=pool.created_at,
-            updated_at=pool.updated_at,
-        )
+    async def state(self, pool: PoolRecord) -> PoolState:
+        """The pool with its live members."""
+        return PoolState(pool, await self.maintainer.members(pool.name))
 
-    async def list(self) -> list[PoolView]:
-        return [await self.view(pool) for pool in await self.store.list_pools()]
+    async def list(self) -> list[PoolState]:
+        return [await self.state(pool) for pool in await self.pools.list()]
 
     async def delete(self, name: str) -> int:
         """Forget the pool and delete its unclaimed members; returns how many were deleted."""
         await self.get(name)
-        await self.store.delete_pool(name)
+        await self.pools.delete(name)
         members = [m for m in await self.maintainer.members(name) if m.session_id is None]
         retired = await asyncio.gather(
             *(self.maintainer.retire(m.id, "pool deleted", from_statuses=("warm", "running", "failed", "stopped"))
@@ -148,7 +146,7 @@ class PoolService:
         """
         if control_plane_url is not None:
             check_url_allowed(control_plane_url, self.settings.allowed_control_plane_hosts, field="control_plane_url")
-        pools = [p for p in await self.store.list_pools(repo_owner=repo_owner, repo_name=repo_name) if p.image is None]
+        pools = [p for p in await self.pools.list(repo_owner=repo_owner, repo_name=repo_name) if p.image is None]
         pool = max(pools, key=lambda p: p.target, default=None)
         if pool is None or pool.target < 1:
             request = PutPoolRequest(
@@ -157,7 +155,7 @@ class PoolService:
                 max_age_seconds=pool.max_age_seconds if pool else self.settings.pool_default_max_age_seconds,
             )
             name = pool.name if pool else implicit_pool_name(repo_owner, repo_name)
-            await self.store.put_pool(
+            await self.pools.put(
                 PoolRecord(
                     name=name, repo_owner=repo_owner, repo_name=repo_name, branch=request.repo.branch, image=None,
                     target=1, max_age_seconds=request.max_age_seconds, implicit=pool.implicit if pool else True,
@@ -203,14 +201,14 @@ class PoolService:
             return None if launch.snapshot_id or launch.repo_image is not None else pool
         if launch.snapshot_id or launch.resources != Resources():
             return None
-        pools = await self.store.list_pools(repo_owner=session.repo_owner, repo_name=session.repo_name)
+        pools = await self.pools.list(repo_owner=session.repo_owner, repo_name=session.repo_name)
         wanted_image = launch.repo_image.id if launch.repo_image is not None else None
         matching = [p for p in pools if p.image == launch.image and p.repo_image_id == wanted_image]
         return max(matching, key=lambda p: p.target, default=None)
 
     async def claim(self, pool: PoolRecord, launch: SessionLaunch) -> SandboxRecord | None:
         """Take one ready member of ``pool`` for ``launch``; None when there is none to take."""
-        if launch.sandbox_id and await self.store.get_sandbox(launch.sandbox_id) is not None:
+        if launch.sandbox_id and await self.sandboxes.find(launch.sandbox_id) is not None:
             raise Conflict(f"sandbox {launch.sandbox_id!r} already exists", sandbox_id=launch.sandbox_id)
         won = await self._take(pool, launch)
         if won is None:
@@ -221,13 +219,13 @@ class PoolService:
             await self._hand_over(won, launch)
         except (SandboxControlError, OSError) as exc:
             log.warning("pool.handover_failed", pool=pool.name, sandbox_id=won.id, error=describe_error(exc))
-            await self.store.add_event(won.id, "claim_failed", error=describe_error(exc))
+            await self.member_records.add_event(won.id, "claim_failed", error=describe_error(exc))
             try:
                 await asyncio.shield(self.sandboxes.delete(won.id))
             except SandboxControlError as cleanup:  # the reconciler and the pass retry
                 log.warning("pool.handover_cleanup_failed", sandbox_id=won.id, error=str(cleanup))
             return None
-        await self.store.add_event(won.id, "claimed", pool=pool.name, session_id=launch.session.session_id)
+        await self.member_records.add_event(won.id, "claimed", pool=pool.name, session_id=launch.session.session_id)
         log.info("pool.claimed", pool=pool.name, sandbox_id=won.id, session_id=launch.session.session_id)
         return await self.sandboxes.get(won.id)
 
@@ -240,13 +238,13 @@ class PoolService:
         if launch.sandbox_id:
             labels[REQUESTED_ID_LABEL] = launch.sandbox_id
         for _round in range(_CLAIM_ROUNDS):
-            ready = await self.store.list_sandboxes({POOL_LABEL: pool.name}, statuses=["warm"], limit=100)
+            ready = await self.member_records.list({POOL_LABEL: pool.name}, statuses=["warm"], limit=100)
             if not ready:
                 return None
             # Concurrent claimers start from different members instead of all racing for the first.
             random.shuffle(ready)
             for member in ready:
-                if await self.store.transition_member(
+                if await self.member_records.transition(
                     member.id,
                     ["warm"],
                     "running",

@@ -20,12 +20,12 @@ from typing import Any
 from app.errors import BadRequest, RepoImageNotFound, SandboxControlError, SnapshotNotFound
 from app.logging import get_logger
 from app.providers.base import Provider
-from app.services.models import CreateSandboxRequest
+from app.schemas.sandboxes import CreateSandboxRequest
 from app.services.sandboxes import SandboxService
 from app.services.snapshots import SnapshotService
-from app.storage.state import SandboxRecord, StateStore
-from app.storage.state_builds import RepoImageRecord
-from app.storage.times import utcnow
+from app.storage.state.repo_images import RepoImageRecord, RepoImageStore
+from app.storage.state.sandboxes import SandboxRecord
+from app.storage.state.times import utcnow
 from sandbox_runtime.contract import DEFAULT_RUN_DIR, BootMode
 
 log = get_logger("repo_images")
@@ -51,9 +51,9 @@ class RepoImageService:
     """Save build sandboxes as repo images; find, use and delete them."""
 
     def __init__(
-        self, store: StateStore, provider: Provider, sandboxes: SandboxService, snapshots: SnapshotService
+        self, records: RepoImageStore, provider: Provider, sandboxes: SandboxService, snapshots: SnapshotService
     ) -> None:
-        self.store = store
+        self.records = records
         self.provider = provider
         self.sandboxes = sandboxes
         self.snapshots = snapshots
@@ -87,14 +87,14 @@ class RepoImageService:
             created_at=now,
             updated_at=now,
         )
-        await self.store.insert_repo_image(record)
+        await self.records.insert(record)
         log.info("repo_image.saved", repo_image_id=image_id, build_id=build_id, kind=kind, base_sha=base_sha)
         return record
 
     async def get(self, image_id: str, *, field: str = "repo_image_id") -> RepoImageRecord:
         """A ready repo image by id; ``RepoImageNotFound`` for unknown or deleted ones."""
         check_repo_image_id(image_id, field=field)
-        record = await self.store.get_repo_image(image_id)
+        record = await self.records.get(image_id)
         if record is None or record.status != "ready":
             raise RepoImageNotFound(f"repo image {image_id!r} not found", repo_image_id=image_id)
         if record.provider != self.provider.name:
@@ -106,12 +106,12 @@ class RepoImageService:
 
     async def latest(self, repo_owner: str, repo_name: str) -> RepoImageRecord | None:
         """The newest ready repo image of a repository on this provider."""
-        return await self.store.latest_repo_image(repo_owner, repo_name, self.provider.name)
+        return await self.records.latest(repo_owner, repo_name, self.provider.name)
 
     async def delete(self, image_id: str) -> bool:
         """Delete the image or blob; True only if it existed and is gone now."""
         check_repo_image_id(image_id, field="provider_image_id")
-        record = await self.store.get_repo_image(image_id)
+        record = await self.records.get(image_id)
         if record is None or record.status != "ready":
             return False
         existed = True
@@ -122,7 +122,7 @@ class RepoImageService:
                 await self.snapshots.delete(record.ref)
             except SnapshotNotFound:
                 existed = False
-        won = await self.store.mark_repo_image_deleted(image_id)
+        won = await self.records.mark_deleted(image_id)
         log.info("repo_image.deleted", repo_image_id=image_id, existed=existed)
         return existed and won
 

@@ -9,6 +9,7 @@ sandbox, delete it, or mark it failed. Nothing is left running unrecorded.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -26,12 +27,14 @@ from app.errors import (
     SandboxNotRunning,
     UnsupportedSpec,
 )
+from app.locks import KeyedLocks
 from app.logging import get_logger
 from app.providers.base import ExecResult, Provider, SandboxSpec
-from app.services.models import RESERVED_LABEL_PREFIX, CreateSandboxRequest, ExecRequest
+from app.schemas.common import RESERVED_LABEL_PREFIX
+from app.schemas.sandboxes import CreateSandboxRequest, ExecRequest
 from app.settings import Settings
-from app.storage.state import SandboxRecord, StateStore
-from app.storage.times import utcnow
+from app.storage.state.sandboxes import SandboxRecord, SandboxStore
+from app.storage.state.times import utcnow
 from app.streams import aclose_stream
 
 ID_LABEL = RESERVED_LABEL_PREFIX + "id"
@@ -67,14 +70,11 @@ def resolve_sandbox_path(path: str) -> str:
 class SandboxService:
     """Create, find, run commands in, stop, start and delete sandboxes."""
 
-    def __init__(self, settings: Settings, store: StateStore, provider: Provider) -> None:
+    def __init__(self, settings: Settings, records: SandboxStore, provider: Provider) -> None:
         self.settings = settings
-        self.store = store
+        self.records = records
         self.provider = provider
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+        self._locks: KeyedLocks[str] = KeyedLocks()
 
     # -- create ------------------------------------------------------------
 
@@ -106,7 +106,7 @@ class SandboxService:
         self._check_spec(request)
         labels = {**request.labels, **(service_labels or {})}
         sandbox_id = request.sandbox_id or new_sandbox_id()
-        existing = await self.store.get_sandbox(sandbox_id)
+        existing = await self.records.get(sandbox_id)
         if existing is not None:
             raise Conflict(f"sandbox {sandbox_id!r} already exists", sandbox_id=sandbox_id)
         now = utcnow()
@@ -128,9 +128,9 @@ class SandboxService:
             **record_fields,
         )
         try:
-            await self.store.insert_sandbox(record)
+            await self.records.insert(record)
         except Exception as exc:  # a concurrent create with the same id wins the primary key
-            if await self.store.get_sandbox(sandbox_id) is not None:
+            if await self.records.get(sandbox_id) is not None:
                 raise Conflict(f"sandbox {sandbox_id!r} already exists", sandbox_id=sandbox_id) from exc
             raise
         spec = SandboxSpec(
@@ -143,19 +143,19 @@ class SandboxService:
             command=request.command,
             ttl_seconds=ttl,
         )
-        async with self._lock(sandbox_id):
+        async with self._locks.hold(sandbox_id):
             try:
                 created = await self.provider.create(spec)
             except BaseException as exc:
                 await asyncio.shield(self._abandon_create(sandbox_id, exc))
                 raise
-            updated = await self.store.update_sandbox(
+            updated = await self.records.update(
                 sandbox_id,
                 provider_object_id=created.provider_object_id,
                 status=created.status,
                 resources=created.resources.model_dump(exclude_none=True) or record.resources,
             )
-        await self.store.add_event(sandbox_id, "created", provider_object_id=created.provider_object_id)
+        await self.records.add_event(sandbox_id, "created", provider_object_id=created.provider_object_id)
         log.info("sandbox.created", sandbox_id=sandbox_id, provider_object_id=created.provider_object_id)
         return updated or record
 
@@ -166,21 +166,34 @@ class SandboxService:
                 await self.provider.delete(leftover.provider_object_id)
         except Exception as cleanup_exc:  # the reconciler retries later
             log.warning("sandbox.create_cleanup_failed", sandbox_id=sandbox_id, error=str(cleanup_exc))
-            await self.store.update_sandbox(sandbox_id, status="failed", error=describe_error(exc))
+            await self.records.update(sandbox_id, status="failed", error=describe_error(exc))
             return
-        await self.store.update_sandbox(sandbox_id, status="deleted", deleted_at=utcnow(), error=describe_error(exc))
-        await self.store.add_event(sandbox_id, "create_failed", error=describe_error(exc))
+        await self.records.update(sandbox_id, status="deleted", deleted_at=utcnow(), error=describe_error(exc))
+        await self.records.add_event(sandbox_id, "create_failed", error=describe_error(exc))
 
     # -- lookup ------------------------------------------------------------
 
     async def get(self, any_id: str) -> SandboxRecord:
-        record = await self.store.get_sandbox(any_id)
+        record = await self.records.get(any_id)
         if record is None:
             raise SandboxNotFound(f"sandbox {any_id!r} not found", sandbox_id=any_id)
         return record
 
+    async def find(self, any_id: str, *, include_deleted: bool = False) -> SandboxRecord | None:
+        """A sandbox by either id, or None; ``include_deleted`` also finds deleted ones."""
+        return await self.records.get(any_id, include_deleted=include_deleted)
+
     async def list(self, labels: Mapping[str, str] | None = None) -> list[SandboxRecord]:
-        return await self.store.list_sandboxes(labels)
+        return await self.records.list(labels)
+
+    async def events(self, any_id: str) -> builtins.list[dict[str, Any]]:
+        """What happened to a sandbox, oldest first."""
+        record = await self.get(any_id)
+        return await self.records.list_events(record.id)
+
+    async def record_event(self, sandbox_id: str, kind: str, **detail: Any) -> None:
+        """Add ``kind`` to a sandbox's event trail."""
+        await self.records.add_event(sandbox_id, kind, **detail)
 
     async def _running(self, any_id: str) -> SandboxRecord:
         record = await self.get(any_id)
@@ -192,14 +205,13 @@ class SandboxService:
 
     async def delete(self, any_id: str) -> SandboxRecord:
         record = await self.get(any_id)
-        async with self._lock(record.id):
+        async with self._locks.hold(record.id):
             if record.provider_object_id:
                 # Already gone is fine: deleting is idempotent on the provider side.
                 with contextlib.suppress(SandboxNotFound):
                     await self.provider.delete(record.provider_object_id)
-            updated = await self.store.update_sandbox(record.id, status="deleted", deleted_at=utcnow())
-            await self.store.add_event(record.id, "deleted")
-        self._locks.pop(record.id, None)
+            updated = await self.records.update(record.id, status="deleted", deleted_at=utcnow())
+            await self.records.add_event(record.id, "deleted")
         log.info("sandbox.deleted", sandbox_id=record.id)
         return updated or record
 
@@ -207,24 +219,24 @@ class SandboxService:
         record = await self.get(any_id)
         if not self.provider.capabilities.stop_start:
             raise UnsupportedSpec("stop", self.provider.name, "sandboxes cannot be stopped and resumed")
-        async with self._lock(record.id):
+        async with self._locks.hold(record.id):
             if record.provider_object_id is None or record.status not in ("running", "stopped"):
                 raise Conflict(f"sandbox {record.id!r} is {record.status}", sandbox_id=record.id)
             await self.provider.stop(record.provider_object_id)
-            updated = await self.store.update_sandbox(record.id, status="stopped")
-            await self.store.add_event(record.id, "stopped")
+            updated = await self.records.update(record.id, status="stopped")
+            await self.records.add_event(record.id, "stopped")
         return updated or record
 
     async def start(self, any_id: str) -> SandboxRecord:
         record = await self.get(any_id)
         if not self.provider.capabilities.stop_start:
             raise UnsupportedSpec("start", self.provider.name, "sandboxes cannot be stopped and resumed")
-        async with self._lock(record.id):
+        async with self._locks.hold(record.id):
             if record.provider_object_id is None or record.status not in ("running", "stopped"):
                 raise Conflict(f"sandbox {record.id!r} is {record.status}", sandbox_id=record.id)
             await self.provider.start(record.provider_object_id)
-            updated = await self.store.update_sandbox(record.id, status="running")
-            await self.store.add_event(record.id, "started")
+            updated = await self.records.update(record.id, status="running")
+            await self.records.add_event(record.id, "started")
         return updated or record
 
     # -- commands and files ------------------------------------------------
@@ -313,10 +325,10 @@ class SandboxService:
     async def reap_expired(self) -> int:
         """Delete sandboxes past their TTL; returns how many were reaped."""
         reaped = 0
-        for record in await self.store.expired_sandboxes(utcnow()):
+        for record in await self.records.expired(utcnow()):
             try:
                 await self.delete(record.id)
-                await self.store.add_event(record.id, "reaped", expires_at=str(record.expires_at))
+                await self.records.add_event(record.id, "reaped", expires_at=str(record.expires_at))
                 reaped += 1
             except SandboxControlError as exc:
                 log.warning("sandbox.reap_failed", sandbox_id=record.id, error=str(exc))
@@ -333,43 +345,43 @@ class SandboxService:
         """
         counts = {"adopted": 0, "updated": 0, "vanished": 0, "orphans_deleted": 0}
         live = {p.labels.get(ID_LABEL, ""): p for p in await self.provider.list({MANAGED_LABEL: "true"})}
-        for record in await self.store.list_sandboxes():
+        for record in await self.records.list():
             found = live.pop(record.id, None)
             if record.provider_object_id is None and record.status in ("creating", "failed"):
-                if record.id in self._locks:  # a create in progress in this process
+                if self._locks.busy(record.id):  # a create in progress in this process
                     continue
                 if found is not None and record.status == "creating":
-                    await self.store.update_sandbox(
+                    await self.records.update(
                         record.id, provider_object_id=found.provider_object_id, status=found.status
                     )
-                    await self.store.add_event(record.id, "adopted")
+                    await self.records.add_event(record.id, "adopted")
                     counts["adopted"] += 1
                 elif found is not None:  # a failed create whose cleanup failed: finish it
                     live[record.id] = found
                 elif record.status == "creating":
-                    await self.store.update_sandbox(record.id, status="failed", error="creation was interrupted")
+                    await self.records.update(record.id, status="failed", error="creation was interrupted")
                 continue
             if found is None:
                 if record.status in ("running", "stopped", "warm", "deleting"):
-                    await self.store.update_sandbox(record.id, status="deleted", deleted_at=utcnow())
-                    await self.store.add_event(record.id, "vanished")
+                    await self.records.update(record.id, status="deleted", deleted_at=utcnow())
+                    await self.records.add_event(record.id, "vanished")
                     counts["vanished"] += 1
                 continue
             if record.status == "warm":
                 # A warm pool member runs its runtime, waiting for a claim: the provider
                 # says "running" and that is no change. Anything else means it can no longer
                 # be claimed; conditional, so a claim that just won keeps its sandbox.
-                if found.status != "running" and await self.store.transition_member(record.id, ["warm"], found.status):
-                    await self.store.add_event(record.id, "status_changed", old=record.status, new=found.status)
+                if found.status != "running" and await self.records.transition(record.id, ["warm"], found.status):
+                    await self.records.add_event(record.id, "status_changed", old=record.status, new=found.status)
                     counts["updated"] += 1
                 continue
             if found.status != record.status and record.status in ("running", "stopped", "failed"):
-                await self.store.update_sandbox(record.id, status=found.status)
-                await self.store.add_event(record.id, "status_changed", old=record.status, new=found.status)
+                await self.records.update(record.id, status=found.status)
+                await self.records.add_event(record.id, "status_changed", old=record.status, new=found.status)
                 counts["updated"] += 1
         for sandbox_id, orphan in live.items():
             # Left in ``live``: no record in a live state. Skip creates in flight here.
-            if sandbox_id in self._locks:
+            if self._locks.busy(sandbox_id):
                 continue
             try:
                 await self.provider.delete(orphan.provider_object_id)

@@ -8,8 +8,9 @@ them, build logs mask them.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 
-from app.providers.base import Provider
+from app.providers.base import ExecResult
 
 #: Env var names whose values count as secrets.
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
@@ -17,9 +18,12 @@ SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_KEY|CR
 MIN_SECRET_LEN = 8
 
 
-async def sandbox_secret_values(provider: Provider, ref: str) -> list[str]:
-    """Values of secret-looking variables in the sandbox's environment (e.g. the clone token)."""
-    result = await provider.exec(ref, ["env", "-0"], timeout=30)
+async def sandbox_secret_values(exec_: Callable[..., Awaitable[ExecResult]], ref: str) -> list[str]:
+    """Values of secret-looking variables in the sandbox's environment (e.g. the clone token).
+
+    ``exec_`` is the provider's ``exec``.
+    """
+    result = await exec_(ref, ["env", "-0"], timeout=30)
     values = []
     for entry in result.stdout.split(b"\0"):
         name, eq, value = entry.decode(errors="replace").partition("=")

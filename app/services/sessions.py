@@ -17,15 +17,16 @@ from typing import Any
 from app.errors import BadRequest, ReservedEnvNames
 from app.logging import get_logger
 from app.providers.base import Provider, Resources
+from app.schemas.common import validate_env
+from app.schemas.sandboxes import CreateSandboxRequest
 from app.services.github_tokens import GitHubAppTokenProvider, api_base_for, load_private_key
 from app.services.hosts import check_url_allowed
-from app.services.models import CreateSandboxRequest, validate_env
 from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService, new_sandbox_id
 from app.services.snapshots import SnapshotService
 from app.settings import Settings
-from app.storage.state import SandboxRecord
-from app.storage.state_builds import RepoImageRecord
+from app.storage.state.repo_images import RepoImageRecord
+from app.storage.state.sandboxes import SandboxRecord
 from sandbox_runtime.contract import (
     BootMode,
     ReservedEnvNameError,
@@ -56,6 +57,39 @@ class SessionLaunch:
     #: The commit the caller believes the image holds (defaults to the image's own).
     repo_image_sha: str | None = None
 
+    @classmethod
+    def build(
+        cls,
+        *,
+        session_id: str,
+        repo_owner: str,
+        repo_name: str,
+        control_plane_url: str,
+        sandbox_auth_token: str,
+        branch: str | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+        opencode_session_id: str | None = None,
+        **launch: Any,
+    ) -> SessionLaunch:
+        """The one place a session's config is assembled, whichever API's fields it comes from.
+
+        ``provider``/``model`` of None take the runtime's defaults; ``launch``
+        holds the other :class:`SessionLaunch` fields.
+        """
+        config: dict[str, Any] = {"provider": provider, "model": model}
+        session = SessionConfig(
+            session_id=session_id,
+            repo_owner=repo_owner,
+            repo_name=repo_name,
+            branch=branch,
+            opencode_session_id=opencode_session_id,
+            **{k: v for k, v in config.items() if v is not None},
+        )
+        return cls(
+            session=session, control_plane_url=control_plane_url, sandbox_auth_token=sandbox_auth_token, **launch
+        )
+
 
 def github_tokens_from(settings: Settings) -> GitHubAppTokenProvider | None:
     """The GitHub App token minter when an app is configured, else None (public repos)."""
@@ -82,14 +116,14 @@ class SessionService:
         snapshots: SnapshotService,
         provider: Provider,
         tokens: GitHubAppTokenProvider | None,
-        repo_images: RepoImageService | None = None,
+        repo_images: RepoImageService,
     ) -> None:
         self.settings = settings
         self.sandboxes = sandboxes
         self.snapshots = snapshots
         self.provider = provider
         self.tokens = tokens
-        self.repo_images = repo_images or RepoImageService(sandboxes.store, provider, sandboxes, snapshots)
+        self.repo_images = repo_images
 
     def check(self, launch: SessionLaunch) -> None:
         """Everything that can be refused is refused here, before anything exists."""

@@ -22,19 +22,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from app.errors import BadRequest, SandboxControlError, SandboxNotRunning, SnapshotCorrupt, SnapshotNotFound
+from app.locks import KeyedLocks
 from app.logging import get_logger
 from app.providers.base import Provider
-from app.services.models import CreateSandboxRequest
+from app.schemas.sandboxes import CreateSandboxRequest
 from app.services.sandboxes import SandboxService, describe_error
 from app.services.secret_values import sandbox_secret_values
 from app.settings import Settings
 from app.snapshots.manifest import SnapshotManifest, validate_snapshot_id
 from app.snapshots.reader import delete_snapshot, load_manifest, restore_snapshot
 from app.snapshots.writer import write_snapshot
-from app.storage.blobs import BlobStore
-from app.storage.state import SandboxRecord, StateStore
-from app.storage.state_snapshots import SnapshotRecord
-from app.storage.times import utcnow
+from app.storage.blobs.base import BlobStore
+from app.storage.state.sandboxes import SandboxRecord
+from app.storage.state.snapshots import SnapshotRecord, SnapshotStore
+from app.storage.state.times import utcnow
 from sandbox_runtime.contract import BOOT_MODE, RESTORED_FROM_SNAPSHOT, BootMode
 
 log = get_logger("snapshots")
@@ -63,17 +64,17 @@ class SnapshotService:
     def __init__(
         self,
         settings: Settings,
-        store: StateStore,
+        records: SnapshotStore,
         blobs: BlobStore,
         provider: Provider,
         sandboxes: SandboxService,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.records = records
         self.blobs = blobs
         self.provider = provider
         self.sandboxes = sandboxes
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: KeyedLocks[str] = KeyedLocks()
         self._slots = asyncio.Semaphore(settings.snapshot_concurrency)
 
     # -- taking ------------------------------------------------------------
@@ -99,15 +100,15 @@ class SnapshotService:
             repo_owner=sandbox.repo_owner,
             repo_name=sandbox.repo_name,
         )
-        async with self._locks.setdefault(sandbox.id, asyncio.Lock()), self._slots:
-            await self.store.insert_snapshot(record)
+        async with self._locks.hold(sandbox.id), self._slots:
+            await self.records.insert(record)
             try:
                 manifest = await self._write(record, ref, sandbox)
             except BaseException as exc:
-                await asyncio.shield(self.store.update_snapshot(record.id, status="failed", error=describe_error(exc)))
+                await asyncio.shield(self.records.update(record.id, status="failed", error=describe_error(exc)))
                 log.warning("snapshot.failed", snapshot_id=record.id, sandbox_id=sandbox.id, error=describe_error(exc))
                 raise
-        updated = await self.store.update_snapshot(
+        updated = await self.records.update(
             record.id,
             status="ready",
             paths=list(manifest.paths),
@@ -117,7 +118,9 @@ class SnapshotService:
             sha256=manifest.sha256,
             git_head=manifest.git_head,
         )
-        await self.store.add_event(sandbox.id, "snapshotted", snapshot_id=record.id, size=manifest.compressed_size)
+        await self.sandboxes.record_event(
+            sandbox.id, "snapshotted", snapshot_id=record.id, size=manifest.compressed_size
+        )
         log.info("snapshot.ready", snapshot_id=record.id, sandbox_id=sandbox.id, bytes=manifest.compressed_size)
         assert updated is not None
         return updated
@@ -138,7 +141,7 @@ class SnapshotService:
             repo=repo,
             git_head=await self._git_head(ref, sandbox),
             reason=record.reason or "manual",
-            secret_values=await sandbox_secret_values(self.provider, ref),
+            secret_values=await sandbox_secret_values(self.provider.exec, ref),
             allow_external_symlinks=self.settings.snapshot_keep_external_symlinks,
         )
 
@@ -175,7 +178,7 @@ class SnapshotService:
             validate_snapshot_id(snapshot_id)
         except ValueError as exc:
             raise BadRequest(str(exc), field="snapshot_id") from None
-        record = await self.store.get_snapshot(snapshot_id)
+        record = await self.records.get(snapshot_id)
         if record is None:
             record = await self._adopt(snapshot_id)
         if record.status == "deleted":
@@ -203,24 +206,24 @@ class SnapshotService:
             repo_owner=owner or None,
             repo_name=name or None,
         )
-        existing = await self.store.get_snapshot(snapshot_id)
+        existing = await self.records.get(snapshot_id)
         if existing is not None:  # adopted concurrently
             return existing
-        await self.store.insert_snapshot(record)
+        await self.records.insert(record)
         log.info("snapshot.adopted", snapshot_id=snapshot_id, sandbox_id=manifest.sandbox_id)
         return record
 
     async def list(self, *, sandbox_id: str | None = None, session_id: str | None = None) -> list[SnapshotRecord]:
         if sandbox_id is not None:  # accept the provider object id too
-            known = await self.store.get_sandbox(sandbox_id, include_deleted=True)
+            known = await self.sandboxes.find(sandbox_id, include_deleted=True)
             sandbox_id = known.id if known is not None else sandbox_id
-        records = await self.store.list_snapshots(sandbox_id=sandbox_id, session_id=session_id)
+        records = await self.records.list(sandbox_id=sandbox_id, session_id=session_id)
         return [r for r in records if r.status != "deleted"]
 
     async def delete(self, snapshot_id: str) -> SnapshotRecord:
         record = await self.get(snapshot_id)
         await delete_snapshot(self.blobs, record.id)
-        updated = await self.store.update_snapshot(record.id, status="deleted")
+        updated = await self.records.update(record.id, status="deleted")
         return updated or record
 
     # -- restoring ---------------------------------------------------------
@@ -270,7 +273,7 @@ class SnapshotService:
                 log.warning("snapshot.restore_failed", snapshot_id=record.id, error=describe_error(exc))
                 await asyncio.shield(self._discard(sandbox.id))
                 raise
-        await self.store.add_event(sandbox.id, "restored", snapshot_id=record.id)
+        await self.sandboxes.record_event(sandbox.id, "restored", snapshot_id=record.id)
         return await self.sandboxes.get(sandbox.id)
 
     async def _discard(self, sandbox_id: str) -> None:

@@ -21,7 +21,7 @@ import zstandard
 
 from app.errors import SnapshotCorrupt
 from app.snapshots.manifest import SnapshotManifest
-from app.storage.blobs import BlobStore
+from app.storage.blobs.base import BlobStore
 
 #: Decompressed bytes per worker-thread read; bounds memory per read.
 READ_BYTES = 512 * 1024

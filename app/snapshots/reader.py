@@ -42,7 +42,7 @@ from app.snapshots.manifest import (
 from app.snapshots.safe_tar import EntryGuard, UnsafeEntry, normalize_name
 from app.snapshots.sections import MAX_ENTRIES, Section, SectionPump, emit_member
 from app.snapshots.tarstream import TarEmitter, TarFormatError, TarReader
-from app.storage.blobs import BlobStore
+from app.storage.blobs.base import BlobStore
 
 MAX_TRAILING_BYTES = 1 << 20
 

@@ -37,7 +37,7 @@ from app.snapshots.scrub import (
     scrub_url_text,
 )
 from app.snapshots.tarstream import TarEmitter, TarFormatError, TarReader
-from app.storage.blobs import BackgroundCleanup, BlobStore
+from app.storage.blobs.base import BackgroundCleanup, BlobStore
 
 #: Raw tar bytes gathered before one compression step.
 BATCH_BYTES = 1 << 20

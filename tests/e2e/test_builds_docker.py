@@ -106,7 +106,7 @@ async def docker_builds(
             for sandbox in await client.list_sandboxes():
                 await client.delete(sandbox["id"])
             services = app.state.services
-            for build in await services.store.list_builds():  # a failed test's images; a passing one deleted them
+            for build in await services.store.builds.list():  # a failed test's images; a passing one deleted them
                 if build.repo_image_id:
                     await services.repo_images.delete(build.repo_image_id)
 
@@ -148,7 +148,7 @@ async def test_build_commits_an_image_that_boots_a_session_then_is_deleted(
     native = f"{NATIVE_IMAGE_REPOSITORY}:{image_id}"
     view = await service.wait_build("bd-1")
     assert view["status"] == "ready" and view["provider_image_id"] == image_id
-    assert await service.app.state.services.store.list_sandboxes({BUILD_LABEL: "bd-1"}) == []
+    assert await service.app.state.services.store.sandboxes.list({BUILD_LABEL: "bd-1"}) == []
     log = (await service.raw.get("/v1/builds/bd-1/logs", headers=service.auth())).text
     assert "installing with key" in log and USER_SECRET not in log and GIT_TOKEN not in log
 

@@ -108,8 +108,8 @@ async def test_build_callback_then_session_from_the_repo_image(
     assert view["status"] == "ready" and view["provider_image_id"] == payload["provider_image_id"]
     # The build sandbox is gone; one build ran although it was submitted twice.
     services = app.state.services
-    assert await services.store.list_sandboxes({BUILD_LABEL: "b-1"}) == []
-    assert len(await services.store.list_builds()) == 1
+    assert await services.store.sandboxes.list({BUILD_LABEL: "b-1"}) == []
+    assert len(await services.store.builds.list()) == 1
 
     log = (await raw.get("/v1/builds/b-1/logs", headers=auth())).text
     assert "build.complete" in log and "installing with key" in log
@@ -203,7 +203,7 @@ async def test_logs_while_running_and_cancel(build_service: Any, git_server: Git
         await asyncio.sleep(0.2)
     cancelled = await raw.post("/v1/builds/b-3/cancel", headers=auth())
     assert cancelled.json()["status"] == "cancelled"
-    assert await app.state.services.store.list_sandboxes({BUILD_LABEL: "b-3"}) == []
+    assert await app.state.services.store.sandboxes.list({BUILD_LABEL: "b-3"}) == []
     # A finished build's SSE stream replays the log and ends with the final status.
     async with raw.stream("GET", "/v1/builds/b-3/logs", headers={**auth(), "Accept": "text/event-stream"}) as stream:
         text = "".join([chunk async for chunk in stream.aiter_text()])
@@ -250,7 +250,7 @@ async def test_build_input_is_checked_before_anything_runs(build_service: Any) -
         headers=auth(),
     )
     assert no_image.status_code == 404 and no_image.json()["code"] == "repo_image_not_found"
-    assert await _app.state.services.store.list_builds() == []
+    assert await _app.state.services.store.builds.list() == []
 
 
 @pytest.mark.s3
@@ -293,8 +293,8 @@ async def test_storage_down_when_the_image_is_saved_fails_the_build_cleanly(
             view = (await raw.get("/v1/builds/s3-1", headers=auth)).json()
             assert view["status"] == "failed" and view["provider_image_id"] is None
             services = app.state.services
-            assert await services.store.list_sandboxes({BUILD_LABEL: "s3-1"}) == []
-            assert await services.store.latest_repo_image("acme", "s3", "local") is None
+            assert await services.store.sandboxes.list({BUILD_LABEL: "s3-1"}) == []
+            assert await services.store.repo_images.latest("acme", "s3", "local") is None
             assert calls.deliveries["build:s3-1:ready"] == 0
         finally:
             s3_server.start()
@@ -375,4 +375,4 @@ async def test_a_build_past_its_timeout_fails_and_its_sandbox_goes(
         assert "timed out after 10 s" in calls.bodies["build:t-1:failed"]["error"]
         view = (await raw.get("/v1/builds/t-1", headers=auth)).json()
         assert view["status"] == "failed"
-        assert await app.state.services.store.list_sandboxes({BUILD_LABEL: "t-1"}) == []
+        assert await app.state.services.store.sandboxes.list({BUILD_LABEL: "t-1"}) == []

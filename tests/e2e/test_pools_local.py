@@ -194,7 +194,7 @@ async def test_restart_finds_members_and_old_members_are_evicted(
                     break
                 await asyncio.sleep(0.25)
             for sandbox_id in first:
-                record = await app.state.services.store.get_sandbox(sandbox_id, include_deleted=True)
+                record = await app.state.services.store.sandboxes.get(sandbox_id, include_deleted=True)
                 assert record.status == "deleted" and "max_age" in (record.error or "")
 
             drained = await raw.delete("/v1/pools/svc", headers=auth())

@@ -267,13 +267,13 @@ async def test_ttl_reaper_deletes_expired(service: Service) -> None:
     services = app.state.services
     from datetime import timedelta
 
-    from app.storage.times import utcnow
+    from app.storage.state.times import utcnow
 
-    await services.store.update_sandbox(sandbox["id"], expires_at=utcnow() - timedelta(seconds=1))
+    await services.store.sandboxes.update(sandbox["id"], expires_at=utcnow() - timedelta(seconds=1))
     assert await services.sandboxes.reap_expired() == 1
     with pytest.raises(ApiError):
         await client.get(sandbox["id"])
-    events = [e["kind"] for e in await services.store.list_events(sandbox["id"])]
+    events = [e["kind"] for e in await services.store.sandboxes.list_events(sandbox["id"])]
     assert events[-2:] == ["deleted", "reaped"]
 
 

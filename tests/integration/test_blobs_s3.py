@@ -14,7 +14,7 @@ from app.errors import StorageUnavailable
 from app.snapshots.reader import load_manifest, restore_snapshot
 from app.snapshots.writer import write_snapshot
 from app.storage.blobs import BlobStore
-from app.storage.blobs_s3 import MIN_PART_SIZE, S3BlobStore
+from app.storage.blobs.s3 import MIN_PART_SIZE, S3BlobStore
 from tests.fixtures.s3 import S3Server
 from tests.support_tree import build_sample_tree, tar_extract, tar_stream, tree_hash
 
@@ -91,7 +91,7 @@ async def test_outage_then_recovery(
     src = build_sample_tree(tmp_path / "src")
     try:
         s3_server.stop()
-        with caplog.at_level(logging.INFO, logger="app.storage.blobs_s3"):
+        with caplog.at_level(logging.INFO, logger="app.storage.blobs.s3"):
             with pytest.raises(StorageUnavailable, match=r"127\.0\.0\.1"):
                 await store.put_bytes("k", b"data")
             with pytest.raises(StorageUnavailable):

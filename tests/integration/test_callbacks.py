@@ -31,8 +31,8 @@ from app.logging import MASK
 from app.services.callbacks import CallbackOutbox, CallbackPolicy
 from app.settings import Settings
 from app.storage.state import StateStore
-from app.storage.state_callbacks import CallbackRecord
-from app.storage.times import utcnow
+from app.storage.state.callbacks import CallbackRecord
+from app.storage.state.times import utcnow
 from tests.fixtures.app import free_port
 from tests.fixtures.callbacks import WAIT_SECONDS, Receiver, serving, until
 
@@ -128,7 +128,7 @@ async def make_outbox(settings: Settings) -> AsyncIterator[OutboxFactory]:
         store = StateStore(url)
         await store.open()
         kwargs.setdefault("policy", FAST)
-        outbox = CallbackOutbox(kwargs.pop("settings", settings), store, **kwargs)
+        outbox = CallbackOutbox(kwargs.pop("settings", settings), store.callbacks, **kwargs)
         opened.append((outbox, store))
         return outbox
 
@@ -243,7 +243,7 @@ async def test_lease_of_a_dead_worker_runs_out(
     await store.open()
     try:
         # A worker claims the row and dies without answering for it.
-        claimed = await store.claim_due_callbacks(
+        claimed = await store.callbacks.claim_due(
             now=clock(), lease_until=clock() + timedelta(seconds=30), owner="dead-worker", limit=10
         )
         assert [r.id for r in claimed] == [record.id]

@@ -14,7 +14,7 @@ import pytest
 
 from app.services.pool_members import POOL_LABEL
 from app.storage.state import SandboxRecord, StateStore
-from app.storage.times import utcnow
+from app.storage.state.times import utcnow
 
 MEMBERS = 10
 CLAIMERS = 50
@@ -31,12 +31,12 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def _claim_one(store: StateStore, pool: str, session_id: str) -> str | None:
     """What PoolService._take does: read the ready members, try them in random order."""
     for _round in range(3):
-        ready = await store.list_sandboxes({POOL_LABEL: pool}, statuses=["warm"])
+        ready = await store.sandboxes.list({POOL_LABEL: pool}, statuses=["warm"])
         if not ready:
             return None
         random.shuffle(ready)
         for member in ready:
-            if await store.transition_member(
+            if await store.sandboxes.transition(
                 member.id, ["warm"], "running", session_id=session_id, add_labels={"claimed-by": session_id}
             ):
                 return member.id
@@ -52,7 +52,7 @@ async def test_fifty_claims_on_ten_members_take_each_member_once(state_url: str)
         now = utcnow()
         ids = [f"{pool}-m{i}" for i in range(MEMBERS)]
         for sandbox_id in ids:
-            await replicas[0].insert_sandbox(
+            await replicas[0].sandboxes.insert(
                 SandboxRecord(
                     id=sandbox_id, provider="fake", status="warm", created_at=now, updated_at=now,
                     provider_object_id=f"obj-{sandbox_id}", labels={POOL_LABEL: pool},
@@ -64,15 +64,15 @@ async def test_fifty_claims_on_ten_members_take_each_member_once(state_url: str)
         won = [r for r in results if r is not None]
         assert sorted(won) == sorted(ids)  # every member once, no member twice
         assert results.count(None) == CLAIMERS - MEMBERS
-        records = {r.id: r for r in await replicas[1].list_sandboxes({POOL_LABEL: pool})}
+        records = {r.id: r for r in await replicas[1].sandboxes.list({POOL_LABEL: pool})}
         sessions = {records[i].session_id for i in ids}
         assert len(sessions) == MEMBERS and all(records[i].status == "running" for i in ids)
         for sandbox_id in ids:  # the label went in with the claim, from the winner's session
             assert records[sandbox_id].labels["claimed-by"] == records[sandbox_id].session_id
-        claimed = await replicas[0].list_sandboxes({"claimed-by": records[ids[0]].session_id or ""})
+        claimed = await replicas[0].sandboxes.list({"claimed-by": records[ids[0]].session_id or ""})
         assert [r.id for r in claimed] == [ids[0]]
         # A claimed member is no longer anyone's to evict.
-        assert not await replicas[0].transition_member(ids[0], ["warm", "running"], "deleting")
+        assert not await replicas[0].sandboxes.transition(ids[0], ["warm", "running"], "deleting")
     finally:
         for store in replicas:
             await store.aclose()

@@ -19,8 +19,8 @@ from pydantic import SecretStr
 from app.client import ApiError, SandboxClient
 from app.settings import Settings
 from app.snapshots.manifest import SnapshotManifest
-from app.storage.state_snapshots import SnapshotRecord
-from app.storage.times import utcnow
+from app.storage.state.snapshots import SnapshotRecord
+from app.storage.state.times import utcnow
 from tests.fixtures.app import serve_in_process
 from tests.support_tree import build_sample_tree, tar_extract, tar_stream, tree_hash
 
@@ -273,7 +273,7 @@ async def test_hostile_archives_are_refused(service: Service, kind: str) -> None
     await services.blobs.put_bytes(manifest.blob_key, blob)
     await services.blobs.put_bytes(manifest.manifest_key, manifest.to_bytes())
     now = utcnow()
-    await services.store.insert_snapshot(
+    await services.store.snapshots.insert(
         SnapshotRecord(
             id=snapshot_id,
             sandbox_id="attacker",

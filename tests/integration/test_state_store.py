@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app.storage.state import SandboxRecord, StateStore
-from app.storage.state_builds import BuildRecord, RepoImageRecord
-from app.storage.times import utcnow
+from app.storage.state import BuildRecord, RepoImageRecord, SandboxRecord, StateStore
+from app.storage.state.times import utcnow
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -37,32 +36,32 @@ def record(sandbox_id: str, **fields: object) -> SandboxRecord:
 async def test_round_trip_and_label_queries(store: StateStore) -> None:
     prefix = uuid.uuid4().hex[:8]
     a, b = f"{prefix}-a", f"{prefix}-b"
-    await store.insert_sandbox(record(a, labels={"run": prefix, "kind": "x"}, provider_object_id=f"p-{a}"))
-    await store.insert_sandbox(record(b, labels={"run": prefix, "kind": "y"}, resources={"cpu": 1.5}))
-    got = await store.get_sandbox(a)
+    await store.sandboxes.insert(record(a, labels={"run": prefix, "kind": "x"}, provider_object_id=f"p-{a}"))
+    await store.sandboxes.insert(record(b, labels={"run": prefix, "kind": "y"}, resources={"cpu": 1.5}))
+    got = await store.sandboxes.get(a)
     assert got is not None and got.labels == {"run": prefix, "kind": "x"}
     assert got.created_at.tzinfo is not None
-    assert (await store.get_sandbox(f"p-{a}")) == got
-    assert [r.id for r in await store.list_sandboxes({"run": prefix})] == [a, b]
-    assert [r.id for r in await store.list_sandboxes({"run": prefix, "kind": "y"})] == [b]
-    updated = await store.update_sandbox(b, status="deleted", deleted_at=utcnow())
+    assert (await store.sandboxes.get(f"p-{a}")) == got
+    assert [r.id for r in await store.sandboxes.list({"run": prefix})] == [a, b]
+    assert [r.id for r in await store.sandboxes.list({"run": prefix, "kind": "y"})] == [b]
+    updated = await store.sandboxes.update(b, status="deleted", deleted_at=utcnow())
     assert updated is not None and updated.status == "deleted"
-    assert await store.get_sandbox(b) is None
-    assert (await store.get_sandbox(b, include_deleted=True)) is not None
-    assert [r.id for r in await store.list_sandboxes({"run": prefix})] == [a]
-    assert await store.update_sandbox("nope", status="x") is None
+    assert await store.sandboxes.get(b) is None
+    assert (await store.sandboxes.get(b, include_deleted=True)) is not None
+    assert [r.id for r in await store.sandboxes.list({"run": prefix})] == [a]
+    assert await store.sandboxes.update("nope", status="x") is None
 
 
 async def test_events_and_expiry(store: StateStore) -> None:
     sandbox_id = uuid.uuid4().hex
-    await store.insert_sandbox(record(sandbox_id, expires_at=utcnow() - timedelta(seconds=5)))
-    await store.add_event(sandbox_id, "created", provider_object_id="p1")
-    await store.add_event(sandbox_id, "stopped")
-    events = await store.list_events(sandbox_id)
+    await store.sandboxes.insert(record(sandbox_id, expires_at=utcnow() - timedelta(seconds=5)))
+    await store.sandboxes.add_event(sandbox_id, "created", provider_object_id="p1")
+    await store.sandboxes.add_event(sandbox_id, "stopped")
+    events = await store.sandboxes.list_events(sandbox_id)
     assert [e["kind"] for e in events] == ["created", "stopped"]
     assert events[0]["detail"] == {"provider_object_id": "p1"}
-    assert sandbox_id in {r.id for r in await store.expired_sandboxes(utcnow())}
-    counts = await store.count_by_status()
+    assert sandbox_id in {r.id for r in await store.sandboxes.expired(utcnow())}
+    counts = await store.sandboxes.count_by_status()
     assert counts["running"] >= 1
 
 
@@ -81,10 +80,10 @@ async def test_schema_is_upgraded_in_place(tmp_path: Path) -> None:
     store = StateStore(f"sqlite:///{path}")
     await store.open()
     try:
-        old = await store.get_sandbox("old-1")
+        old = await store.sandboxes.get("old-1")
         assert old is not None and old.session_id is None and old.labels in (None, {})
-        await store.update_sandbox("old-1", session_id="s-1")
-        assert (await store.get_sandbox("old-1")).session_id == "s-1"  # type: ignore[union-attr]
+        await store.sandboxes.update("old-1", session_id="s-1")
+        assert (await store.sandboxes.get("old-1")).session_id == "s-1"  # type: ignore[union-attr]
     finally:
         await store.aclose()
     with sqlite3.connect(path) as conn:
@@ -99,49 +98,49 @@ async def test_concurrent_read_then_write_transactions(store: StateStore) -> Non
 
     prefix = uuid.uuid4().hex[:8]
     ids = [f"{prefix}-{i}" for i in range(40)]
-    await asyncio.gather(*(store.insert_sandbox(record(i, labels={"run": prefix})) for i in ids))
+    await asyncio.gather(*(store.sandboxes.insert(record(i, labels={"run": prefix})) for i in ids))
     for _ in range(3):
         await asyncio.gather(
-            *(store.update_sandbox(i, status="stopped") for i in ids),
-            *(store.add_event(i, "poked") for i in ids),
-            *(store.get_sandbox(i) for i in ids),
+            *(store.sandboxes.update(i, status="stopped") for i in ids),
+            *(store.sandboxes.add_event(i, "poked") for i in ids),
+            *(store.sandboxes.get(i) for i in ids),
         )
-    assert {r.status for r in await store.list_sandboxes({"run": prefix}, include_deleted=True)} == {"stopped"}
+    assert {r.status for r in await store.sandboxes.list({"run": prefix}, include_deleted=True)} == {"stopped"}
 
 
 async def test_builds_logs_and_repo_images(store: StateStore) -> None:
     now = utcnow()
     build = BuildRecord(id="b1", repo_owner="o", repo_name="r", status="queued", created_at=now, updated_at=now)
-    stored, created = await store.insert_build(build)
+    stored, created = await store.builds.insert(build)
     assert created and stored.id == "b1"
-    again, created = await store.insert_build(BuildRecord(**{**build.__dict__, "repo_name": "other"}))
+    again, created = await store.builds.insert(BuildRecord(**{**build.__dict__, "repo_name": "other"}))
     assert not created and again.repo_name == "r"  # the first one stands
     # Conditional updates: a cancel and a finish cannot both win.
-    assert await store.update_build("b1", only_if_status=("queued", "building"), status="cancelled") is not None
-    assert await store.update_build("b1", only_if_status=("queued", "building"), status="ready") is None
-    assert (await store.get_build("b1")).status == "cancelled"  # type: ignore[union-attr]
+    assert await store.builds.update("b1", only_if_status=("queued", "building"), status="cancelled") is not None
+    assert await store.builds.update("b1", only_if_status=("queued", "building"), status="ready") is None
+    assert (await store.builds.get("b1")).status == "cancelled"  # type: ignore[union-attr]
 
-    await store.append_build_log("b1", "one\n", log_offset=4)
-    await store.append_build_log("b1", "", log_offset=9)  # the offset moves even without text
-    await store.append_build_log("b1", "two\n", log_offset=13)
-    assert await store.read_build_log("b1") == [(1, "one\n"), (2, "two\n")]
-    assert await store.read_build_log("b1", after_seq=1) == [(2, "two\n")]
-    record = await store.get_build("b1")
+    await store.builds.append_log("b1", "one\n", log_offset=4)
+    await store.builds.append_log("b1", "", log_offset=9)  # the offset moves even without text
+    await store.builds.append_log("b1", "two\n", log_offset=13)
+    assert await store.builds.read_log("b1") == [(1, "one\n"), (2, "two\n")]
+    assert await store.builds.read_log("b1", after_seq=1) == [(2, "two\n")]
+    record = await store.builds.get("b1")
     assert record is not None and (record.log_offset, record.log_bytes) == (13, 8)
 
     for index, image_id in enumerate(["rimg_0000000000000001", "rimg_0000000000000002"]):
         created_at = now + timedelta(seconds=index)
-        await store.insert_repo_image(
+        await store.repo_images.insert(
             RepoImageRecord(
                 id=image_id, build_id="b1", provider="local", kind="snapshot", ref=f"snap_{index}",
                 repo_owner="o", repo_name="r", base_sha="a" * 40, status="ready",
                 created_at=created_at, updated_at=created_at,
             )
         )  # fmt: skip
-    latest = await store.latest_repo_image("o", "r", "local")
+    latest = await store.repo_images.latest("o", "r", "local")
     assert latest is not None and latest.id == "rimg_0000000000000002"
-    assert await store.latest_repo_image("o", "r", "docker") is None
-    assert await store.mark_repo_image_deleted("rimg_0000000000000002")
-    assert not await store.mark_repo_image_deleted("rimg_0000000000000002")
-    latest = await store.latest_repo_image("o", "r", "local")
+    assert await store.repo_images.latest("o", "r", "docker") is None
+    assert await store.repo_images.mark_deleted("rimg_0000000000000002")
+    assert not await store.repo_images.mark_deleted("rimg_0000000000000002")
+    latest = await store.repo_images.latest("o", "r", "local")
     assert latest is not None and latest.id == "rimg_0000000000000001"

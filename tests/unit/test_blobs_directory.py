@@ -10,7 +10,8 @@ import pytest
 
 from app.errors import BadRequest, StorageUnavailable
 from app.settings import Settings
-from app.storage.blobs import DirectoryBlobStore, create_blob_store, validate_key
+from app.storage.blobs import DirectoryBlobStore, create_blob_store
+from app.storage.blobs.base import validate_key
 
 
 async def test_upload_in_progress_is_invisible_and_cleaned_on_cancel(tmp_path: Path) -> None:
@@ -64,7 +65,7 @@ def test_factory(tmp_path: Path) -> None:
     store = create_blob_store(Settings.load(data_dir=tmp_path, s3_bucket=None))
     assert isinstance(store, DirectoryBlobStore) and store.root == tmp_path / "blobs"
 
-    from app.storage.blobs_s3 import S3BlobStore
+    from app.storage.blobs.s3 import S3BlobStore
 
     s3 = create_blob_store(
         Settings.load(

@@ -12,7 +12,7 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 from app.errors import NotFound, StorageUnavailable
-from app.storage.blobs_s3 import S3BlobStore
+from app.storage.blobs.s3 import S3BlobStore
 
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -56,7 +56,7 @@ async def test_transient_errors_retried_then_succeed(store: S3BlobStore, caplog:
     stubber.add_client_error("head_object", "SlowDown", "Please reduce your request rate.", 503)
     stubber.add_client_error("head_object", "InternalError", "We encountered an internal error.", 500)
     stubber.add_response("head_object", {"ContentLength": 5})
-    with caplog.at_level(logging.INFO, logger="app.storage.blobs_s3"):
+    with caplog.at_level(logging.INFO, logger="app.storage.blobs.s3"):
         assert await store.size("k") == 5
     assert sum("retry" in r.getMessage() for r in caplog.records) == 2
     stubber.assert_no_pending_responses()

@@ -102,7 +102,7 @@ async def store(tmp_path: Path) -> AsyncIterator[StateStore]:
 
 @pytest.mark.parametrize("secret", [None, "short-secret"])
 async def test_refuses_to_start_without_a_usable_secret(tmp_path: Path, store: StateStore, secret: str | None) -> None:
-    outbox = CallbackOutbox(_settings(tmp_path, secret), store)
+    outbox = CallbackOutbox(_settings(tmp_path, secret), store.callbacks)
     with pytest.raises(ConfigError, match="INTERNAL_CALLBACK_SECRET"):
         outbox.validate()
     with pytest.raises(ConfigError):
@@ -110,11 +110,11 @@ async def test_refuses_to_start_without_a_usable_secret(tmp_path: Path, store: S
     with pytest.raises(ConfigError):
         await outbox.deliver_due()
     await outbox.aclose()
-    CallbackOutbox(_settings(tmp_path), store).validate()
+    CallbackOutbox(_settings(tmp_path), store.callbacks).validate()
 
 
 async def test_enqueue_and_list_refuse_bad_arguments(tmp_path: Path, store: StateStore) -> None:
-    outbox = CallbackOutbox(_settings(tmp_path), store)
+    outbox = CallbackOutbox(_settings(tmp_path), store.callbacks)
     with pytest.raises(BadRequest):
         await outbox.enqueue("https://cp.example.com/cb", {}, kind="build_failed", idempotency_key="")
     with pytest.raises(BadRequest):
@@ -144,7 +144,7 @@ async def test_signed_request_and_retry_after(tmp_path: Path, store: StateStore)
     policy = CallbackPolicy(base_seconds=0.01, cap_seconds=600)
     outbox = CallbackOutbox(
         _settings(tmp_path),
-        store,
+        store.callbacks,
         lambda: httpx.AsyncClient(transport=httpx.MockTransport(handler)),
         policy=policy,
     )

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from app.api.deps import ServicesDep
-from app.services.models import PoolDrained, PoolList, PoolView, PutPoolRequest
+from app.api.deps import PoolsDep
+from app.schemas.pools import PoolDrained, PoolList, PoolView, PutPoolRequest
 
 router = APIRouter(prefix="/v1/pools", tags=["pools"])
 
@@ -17,24 +17,26 @@ NamePath = Annotated[
 
 
 @router.put("/{name}")
-async def put_pool(name: NamePath, body: PutPoolRequest, services: ServicesDep) -> PoolView:
+async def put_pool(name: NamePath, body: PutPoolRequest, pools: PoolsDep) -> PoolView:
     """Create or reconfigure a pool; members are created (or evicted) in the background to match."""
-    return await services.pools.put(name, body)
+    state = await pools.put(name, body)
+    return PoolView.of(state.pool, state.members)
 
 
 @router.get("")
-async def list_pools(services: ServicesDep) -> PoolList:
+async def list_pools(pools: PoolsDep) -> PoolList:
     """Every pool with its members by state (ready, creating, claimed)."""
-    return PoolList(pools=await services.pools.list())
+    return PoolList(pools=[PoolView.of(s.pool, s.members) for s in await pools.list()])
 
 
 @router.get("/{name}")
-async def get_pool(name: NamePath, services: ServicesDep) -> PoolView:
+async def get_pool(name: NamePath, pools: PoolsDep) -> PoolView:
     """One pool with its members by state."""
-    return await services.pools.view(await services.pools.get(name))
+    state = await pools.state(await pools.get(name))
+    return PoolView.of(state.pool, state.members)
 
 
 @router.delete("/{name}")
-async def delete_pool(name: NamePath, services: ServicesDep) -> PoolDrained:
+async def delete_pool(name: NamePath, pools: PoolsDep) -> PoolDrained:
     """Delete the pool and its unclaimed members; claimed sandboxes keep running."""
-    return PoolDrained(name=name, deleted_members=await services.pools.delete(name))
+    return PoolDrained(name=name, deleted_members=await pools.delete(name))

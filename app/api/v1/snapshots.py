@@ -7,45 +7,23 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import SnapshotsDep
-from app.api.v1.sandboxes import to_view
-from app.services.models import CreateSnapshotRequest, RestoreRequest, SandboxView, SnapshotList, SnapshotView
-from app.storage.state_snapshots import SnapshotRecord
+from app.schemas.sandboxes import SandboxView
+from app.schemas.snapshots import CreateSnapshotRequest, RestoreRequest, SnapshotList, SnapshotView
 
 router = APIRouter(tags=["snapshots"])
-
-
-def snapshot_view(record: SnapshotRecord) -> SnapshotView:
-    repo = f"{record.repo_owner}/{record.repo_name}" if record.repo_owner and record.repo_name else None
-    return SnapshotView(
-        id=record.id,
-        sandbox_id=record.sandbox_id,
-        session_id=record.session_id,
-        provider=record.provider,
-        status=record.status,
-        reason=record.reason,
-        paths=record.paths,
-        size_bytes=record.size_bytes,
-        raw_size=record.raw_size,
-        file_count=record.file_count,
-        sha256=record.sha256,
-        git_head=record.git_head,
-        repo=repo,
-        error=record.error,
-        created_at=record.created_at,
-    )
 
 
 @router.post("/v1/sandboxes/{sandbox_id}/snapshots", status_code=201)
 async def create_snapshot(sandbox_id: str, body: CreateSnapshotRequest, snapshots: SnapshotsDep) -> SnapshotView:
     """Snapshot a running sandbox's workspace (and env server state) to the blob store."""
-    return snapshot_view(await snapshots.snapshot(sandbox_id, reason=body.reason, session_id=body.session_id))
+    return SnapshotView.of(await snapshots.snapshot(sandbox_id, reason=body.reason, session_id=body.session_id))
 
 
 @router.get("/v1/sandboxes/{sandbox_id}/snapshots")
 async def list_sandbox_snapshots(sandbox_id: str, snapshots: SnapshotsDep) -> SnapshotList:
     """Snapshots of one sandbox, newest first."""
     records = await snapshots.list(sandbox_id=sandbox_id)
-    return SnapshotList(snapshots=[snapshot_view(r) for r in records])
+    return SnapshotList(snapshots=[SnapshotView.of(r) for r in records])
 
 
 @router.get("/v1/snapshots")
@@ -56,21 +34,21 @@ async def list_snapshots(
 ) -> SnapshotList:
     """Snapshots filtered by sandbox or session, newest first."""
     records = await snapshots.list(sandbox_id=sandbox_id, session_id=session_id)
-    return SnapshotList(snapshots=[snapshot_view(r) for r in records])
+    return SnapshotList(snapshots=[SnapshotView.of(r) for r in records])
 
 
 @router.get("/v1/snapshots/{snapshot_id}")
 async def get_snapshot(snapshot_id: str, snapshots: SnapshotsDep) -> SnapshotView:
-    return snapshot_view(await snapshots.get(snapshot_id))
+    return SnapshotView.of(await snapshots.get(snapshot_id))
 
 
 @router.delete("/v1/snapshots/{snapshot_id}")
 async def delete_snapshot(snapshot_id: str, snapshots: SnapshotsDep) -> SnapshotView:
     """Delete the manifest (first: the snapshot stops existing) and the blob."""
-    return snapshot_view(await snapshots.delete(snapshot_id))
+    return SnapshotView.of(await snapshots.delete(snapshot_id))
 
 
 @router.post("/v1/snapshots/{snapshot_id}/restore", status_code=201)
 async def restore_snapshot(snapshot_id: str, body: RestoreRequest, snapshots: SnapshotsDep) -> SandboxView:
     """A new sandbox (on this service's provider) holding the snapshot's files."""
-    return to_view(await snapshots.restore(snapshot_id, body))
+    return SandboxView.of(await snapshots.restore(snapshot_id, body))

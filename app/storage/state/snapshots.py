@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import abc
+import builtins
 import dataclasses
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
-from app.storage.sessions import SessionFactory
-from app.storage.tables import SnapshotRow
-from app.storage.times import aware, utcnow
+from app.storage.state.database import Database
+from app.storage.state.rows import record_from_row, row_values
+from app.storage.state.tables import SnapshotRow
+from app.storage.state.times import utcnow
 
 
 @dataclasses.dataclass
@@ -36,49 +37,40 @@ class SnapshotRecord:
     repo_name: str | None = None
     error: str | None = None
 
-    @classmethod
-    def from_row(cls, row: SnapshotRow) -> SnapshotRecord:
-        values: dict[str, Any] = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
-        values["created_at"] = aware(values["created_at"])
-        values["updated_at"] = aware(values["updated_at"])
-        return cls(**values)
 
+class SnapshotStore:
+    """Snapshot records."""
 
-class SnapshotQueries(abc.ABC):
-    """Mixed into ``StateStore``: the snapshot table's reads and writes."""
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
-    @property
-    @abc.abstractmethod
-    def sessions(self) -> SessionFactory:
-        """The store's session factory."""
+    async def insert(self, record: SnapshotRecord) -> None:
+        async with self._db.sessions.begin() as session:
+            session.add(SnapshotRow(**row_values(record)))
 
-    async def insert_snapshot(self, record: SnapshotRecord) -> None:
-        async with self.sessions.begin() as session:
-            session.add(SnapshotRow(**dataclasses.asdict(record)))
-
-    async def update_snapshot(self, snapshot_id: str, **fields: Any) -> SnapshotRecord | None:
-        async with self.sessions.begin() as session:
+    async def update(self, snapshot_id: str, **fields: Any) -> SnapshotRecord | None:
+        async with self._db.sessions.begin() as session:
             row = await session.get(SnapshotRow, snapshot_id)
             if row is None:
                 return None
             for name, value in fields.items():
                 setattr(row, name, value)
             row.updated_at = utcnow()
-            return SnapshotRecord.from_row(row)
+            return record_from_row(SnapshotRecord, row)
 
-    async def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
-        async with self.sessions() as session:
+    async def get(self, snapshot_id: str) -> SnapshotRecord | None:
+        async with self._db.sessions() as session:
             row = await session.get(SnapshotRow, snapshot_id)
-            return SnapshotRecord.from_row(row) if row is not None else None
+            return record_from_row(SnapshotRecord, row) if row is not None else None
 
-    async def list_snapshots(
+    async def list(
         self,
         *,
         sandbox_id: str | None = None,
         session_id: str | None = None,
         statuses: list[str] | None = None,
         limit: int = 1000,
-    ) -> list[SnapshotRecord]:
+    ) -> builtins.list[SnapshotRecord]:
         query = select(SnapshotRow)
         if sandbox_id is not None:
             query = query.where(SnapshotRow.sandbox_id == sandbox_id)
@@ -87,5 +79,5 @@ class SnapshotQueries(abc.ABC):
         if statuses:
             query = query.where(SnapshotRow.status.in_(statuses))
         query = query.order_by(SnapshotRow.created_at.desc()).limit(limit)
-        async with self.sessions() as session:
-            return [SnapshotRecord.from_row(r) for r in (await session.execute(query)).scalars()]
+        async with self._db.sessions() as session:
+            return [record_from_row(SnapshotRecord, r) for r in (await session.execute(query)).scalars()]

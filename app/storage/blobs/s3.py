@@ -26,8 +26,8 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, Inc
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from app.errors import NotFound, SandboxControlError, StorageUnavailable
-from app.storage.blobs import CHUNK_SIZE, BackgroundCleanup, BlobStore, blob_not_found, check_range, validate_key
-from app.storage.blobs_s3_parts import PartBody, fill_part
+from app.storage.blobs.base import CHUNK_SIZE, BackgroundCleanup, BlobStore, blob_not_found, check_range, validate_key
+from app.storage.blobs.s3_parts import PartBody, fill_part
 
 if TYPE_CHECKING:
     from app.settings import Settings

@@ -6,11 +6,15 @@ unknown fields are refused like everywhere else.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
-from app.services.models import StrictModel
+from app.schemas.common import REPO_PART_PATTERN, SANDBOX_ID_PATTERN, StrictModel
+from app.storage.state.repo_images import RepoImageRecord
+from app.storage.state.sandboxes import SandboxRecord
 
-_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
+_NAME = REPO_PART_PATTERN
 
 
 class SessionConfigIn(StrictModel):
@@ -27,7 +31,7 @@ class CompatCreateSandbox(StrictModel):
     """``POST /api/create-sandbox``."""
 
     session_id: str = Field(min_length=1, max_length=256)
-    sandbox_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    sandbox_id: str | None = Field(default=None, pattern=SANDBOX_ID_PATTERN)
     repo_owner: str = Field(pattern=_NAME)
     repo_name: str = Field(pattern=_NAME)
     control_plane_url: str = Field(min_length=1, max_length=2048)
@@ -56,7 +60,7 @@ class CompatRestoreSandbox(StrictModel):
 
     snapshot_image_id: str = Field(min_length=1, max_length=128)
     session_config: SessionConfigIn
-    sandbox_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    sandbox_id: str | None = Field(default=None, pattern=SANDBOX_ID_PATTERN)
     control_plane_url: str = Field(min_length=1, max_length=2048)
     sandbox_auth_token: str = Field(min_length=1, max_length=4096)
     user_env_vars: dict[str, str] | None = None
@@ -86,3 +90,35 @@ class CompatDeleteProviderImage(StrictModel):
     """``POST /api/delete-provider-image``."""
 
     provider_image_id: str = Field(min_length=1, max_length=256)
+
+
+def sandbox_data(record: SandboxRecord) -> dict[str, Any]:
+    """``data`` of create-sandbox (restore-sandbox drops ``created_at``)."""
+    return {
+        "sandbox_id": record.id,
+        "provider_object_id": record.provider_object_id,
+        # Open-Inspect control planes read this name; it is the provider's id here too.
+        "modal_object_id": record.provider_object_id,
+        "status": record.status,
+        "created_at": record.created_at.timestamp(),
+    }
+
+
+def repo_image_data(image: RepoImageRecord) -> dict[str, Any]:
+    """``data`` of ``GET /api/snapshot``: a repository's latest ready repo image."""
+    return {
+        "provider_image_id": image.id,
+        "image_id": image.id,
+        "repo_owner": image.repo_owner,
+        "repo_name": image.repo_name,
+        "base_sha": image.base_sha,
+        "branch": image.branch,
+        "build_id": image.build_id,
+        "status": image.status,
+        "created_at": image.created_at.timestamp(),
+    }
+
+
+def ok(data: dict[str, Any] | None) -> dict[str, Any]:
+    """The compat envelope of a success."""
+    return {"success": True, "data": data}

@@ -14,7 +14,7 @@ the worker that took the row over.
 
 from __future__ import annotations
 
-import abc
+import builtins
 import dataclasses
 import json
 from collections.abc import Collection
@@ -24,9 +24,10 @@ from typing import Any
 from sqlalchemy import CursorResult, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.storage.sessions import SessionFactory
-from app.storage.tables import CallbackRow
-from app.storage.times import aware, utcnow
+from app.storage.state.database import Database
+from app.storage.state.rows import record_from_row, row_values
+from app.storage.state.tables import CallbackRow
+from app.storage.state.times import aware, utcnow
 
 PENDING, DELIVERED, GAVE_UP = "pending", "delivered", "gave_up"
 CALLBACK_STATUSES = (PENDING, DELIVERED, GAVE_UP)
@@ -58,13 +59,6 @@ class CallbackRecord:
         """The body, decoded."""
         return json.loads(self.body)
 
-    @classmethod
-    def from_row(cls, row: CallbackRow) -> CallbackRecord:
-        values: dict[str, Any] = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
-        for name in ("next_attempt_at", "created_at", "updated_at", "deadline_at", "lease_until", "delivered_at"):
-            values[name] = aware(values[name])
-        return cls(**values)
-
 
 def _claimable(now: datetime) -> Any:
     """Rows no live worker holds."""
@@ -75,53 +69,51 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
-class CallbackQueries(abc.ABC):
-    """Mixed into ``StateStore``: the callback outbox's reads and writes."""
+class CallbackStore:
+    """The callback outbox's rows: inserts, leased claims, outcomes."""
 
-    @property
-    @abc.abstractmethod
-    def sessions(self) -> SessionFactory:
-        """The store's session factory."""
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
-    async def insert_callback(self, record: CallbackRecord) -> tuple[CallbackRecord, bool]:
+    async def insert(self, record: CallbackRecord) -> tuple[CallbackRecord, bool]:
         """Insert ``record``; on a known idempotency key return the stored one instead.
 
         Returns ``(stored record, created)``. The unique index decides, so two
         replicas enqueuing the same key at once still make one row.
         """
         try:
-            async with self.sessions.begin() as session:
-                session.add(CallbackRow(**dataclasses.asdict(record)))
+            async with self._db.sessions.begin() as session:
+                session.add(CallbackRow(**row_values(record)))
             return record, True
         except IntegrityError:
-            existing = await self.get_callback_by_key(record.idempotency_key)
+            existing = await self.get_by_key(record.idempotency_key)
             if existing is None:  # the conflict was not the key: a real error
                 raise
             return existing, False
 
-    async def get_callback(self, callback_id: str) -> CallbackRecord | None:
-        async with self.sessions() as session:
+    async def get(self, callback_id: str) -> CallbackRecord | None:
+        async with self._db.sessions() as session:
             row = await session.get(CallbackRow, callback_id)
-            return CallbackRecord.from_row(row) if row is not None else None
+            return record_from_row(CallbackRecord, row) if row is not None else None
 
-    async def get_callback_by_key(self, idempotency_key: str) -> CallbackRecord | None:
+    async def get_by_key(self, idempotency_key: str) -> CallbackRecord | None:
         query = select(CallbackRow).where(CallbackRow.idempotency_key == idempotency_key)
-        async with self.sessions() as session:
+        async with self._db.sessions() as session:
             row = (await session.execute(query)).scalars().first()
-            return CallbackRecord.from_row(row) if row is not None else None
+            return record_from_row(CallbackRecord, row) if row is not None else None
 
-    async def list_callbacks(self, *, status: str | None = None, limit: int = 100) -> list[CallbackRecord]:
+    async def list(self, *, status: str | None = None, limit: int = 100) -> builtins.list[CallbackRecord]:
         """Newest first, optionally of one status."""
         query = select(CallbackRow)
         if status is not None:
             query = query.where(CallbackRow.status == status)
         query = query.order_by(CallbackRow.created_at.desc(), CallbackRow.id).limit(limit)
-        async with self.sessions() as session:
-            return [CallbackRecord.from_row(r) for r in (await session.execute(query)).scalars()]
+        async with self._db.sessions() as session:
+            return [record_from_row(CallbackRecord, r) for r in (await session.execute(query)).scalars()]
 
-    async def claim_due_callbacks(
+    async def claim_due(
         self, *, now: datetime, lease_until: datetime, owner: str, limit: int
-    ) -> list[CallbackRecord]:
+    ) -> builtins.list[CallbackRecord]:
         """Lease up to ``limit`` due, unleased, pending rows to ``owner`` (a fresh token per claim).
 
         ``attempts`` counts claims: a worker that dies mid-request did make an attempt.
@@ -133,11 +125,11 @@ class CallbackQueries(abc.ABC):
             _claimable(now),
         )
         candidates = select(CallbackRow.id).where(*due).order_by(CallbackRow.next_attempt_at).limit(limit)
-        async with self.sessions() as session:
+        async with self._db.sessions() as session:
             ids = list((await session.execute(candidates)).scalars())
         if not ids:
             return []
-        async with self.sessions.begin() as session:
+        async with self._db.sessions.begin() as session:
             # The due conditions are repeated: between the read above and this
             # write another replica may have claimed some of the rows.
             await session.execute(
@@ -152,13 +144,13 @@ class CallbackQueries(abc.ABC):
                 .execution_options(synchronize_session=False)
             )
         query = select(CallbackRow).where(CallbackRow.id.in_(ids), CallbackRow.lease_owner == owner)
-        async with self.sessions() as session:
+        async with self._db.sessions() as session:
             rows = (await session.execute(query.order_by(CallbackRow.next_attempt_at))).scalars()
-            return [CallbackRecord.from_row(r) for r in rows]
+            return [record_from_row(CallbackRecord, r) for r in rows]
 
-    async def finish_callback_attempt(self, callback_id: str, owner: str, **fields: Any) -> bool:
+    async def finish_attempt(self, callback_id: str, owner: str, **fields: Any) -> bool:
         """Record an attempt's outcome and drop the lease; False if ``owner`` no longer holds it."""
-        async with self.sessions.begin() as session:
+        async with self._db.sessions.begin() as session:
             result = await session.execute(
                 update(CallbackRow)
                 .where(CallbackRow.id == callback_id, CallbackRow.lease_owner == owner)
@@ -167,11 +159,11 @@ class CallbackQueries(abc.ABC):
             )
             return _rowcount(result) == 1
 
-    async def release_callback_leases(self, owners: Collection[str]) -> int:
+    async def release_leases(self, owners: Collection[str]) -> int:
         """Drop leases of claims that will not finish (shutdown), so another worker retries at once."""
         if not owners:
             return 0
-        async with self.sessions.begin() as session:
+        async with self._db.sessions.begin() as session:
             result = await session.execute(
                 update(CallbackRow)
                 .where(CallbackRow.lease_owner.in_(list(owners)), CallbackRow.status == PENDING)
@@ -180,17 +172,17 @@ class CallbackQueries(abc.ABC):
             )
             return _rowcount(result)
 
-    async def expire_overdue_callbacks(self, now: datetime) -> list[CallbackRecord]:
+    async def expire_overdue(self, now: datetime) -> builtins.list[CallbackRecord]:
         """Give up pending, unleased rows whose deadline passed (e.g. while no worker ran)."""
         overdue = (CallbackRow.status == PENDING, CallbackRow.deadline_at <= now, _claimable(now))
-        async with self.sessions() as session:
+        async with self._db.sessions() as session:
             ids = list((await session.execute(select(CallbackRow.id).where(*overdue))).scalars())
         if not ids:
             return []
         note = literal("deadline passed before delivery; last error: ") + func.coalesce(
             CallbackRow.last_error, literal("none")
         )
-        async with self.sessions.begin() as session:
+        async with self._db.sessions.begin() as session:
             await session.execute(
                 update(CallbackRow)
                 .where(CallbackRow.id.in_(ids), *overdue)
@@ -198,11 +190,11 @@ class CallbackQueries(abc.ABC):
                 .execution_options(synchronize_session=False)
             )
         query = select(CallbackRow).where(CallbackRow.id.in_(ids), CallbackRow.status == GAVE_UP)
-        async with self.sessions() as session:
-            return [CallbackRecord.from_row(r) for r in (await session.execute(query)).scalars()]
+        async with self._db.sessions() as session:
+            return [record_from_row(CallbackRecord, r) for r in (await session.execute(query)).scalars()]
 
-    async def next_callback_due_at(self, now: datetime) -> datetime | None:
+    async def next_due_at(self, now: datetime) -> datetime | None:
         """When the earliest unleased pending row falls due (None when there is none)."""
         query = select(func.min(CallbackRow.next_attempt_at)).where(CallbackRow.status == PENDING, _claimable(now))
-        async with self.sessions() as session:
+        async with self._db.sessions() as session:
             return aware((await session.execute(query)).scalar())

@@ -9,13 +9,9 @@ point finishes the job after it comes back (``resume``):
            ──▶ repo image saved (id recorded) ──▶ sandbox deleted ──▶ callback queued ──▶ ready
     any step fails, times out or is cancelled ──▶ sandbox deleted ──▶ failure callback ──▶ failed/cancelled
 
-The runtime runs as the sandbox's entry command under a small shell wrapper
-that writes its output to ``/tmp/sandbox-build/log`` and its exit status to
-``.../exit``, then idles. The build therefore goes on while the service is
-down, and the service reads the log (from the offset it recorded) and the exit
-status through ``exec``, on every provider alike. Lines are masked of the
-sandbox's secret values before they are stored; the result line
-(``SANDBOX_BUILD_COMPLETE``/``FAILED``) is read from the log file itself.
+The runtime runs as the sandbox's entry command under a recording wrapper,
+so the build goes on while the service is down; ``app.services.builds.follower``
+reads its log and result through ``exec``, on every provider alike.
 
 Callbacks go through the durable outbox (``CallbackOutbox``): the success
 body ``{build_id, provider_image_id, base_sha, build_duration_seconds}`` to
@@ -36,71 +32,34 @@ from app.errors import (
     BuildConflict,
     BuildNotFound,
     NotConfigured,
-    ProviderUnavailable,
     ReservedEnvNames,
     SandboxControlError,
     SandboxNotFound,
-    SandboxNotRunning,
 )
-from app.logging import Redactor, get_logger
+from app.logging import get_logger
 from app.providers.base import Provider
+from app.schemas.common import RESERVED_LABEL_PREFIX, validate_env
+from app.schemas.sandboxes import CreateSandboxRequest
+from app.services.builds.follower import ERROR_TAIL_CHARS, BuildFailed, BuildFollower, build_command
 from app.services.callbacks import CallbackOutbox, failure_url
 from app.services.hosts import check_url_allowed
-from app.services.models import RESERVED_LABEL_PREFIX, CreateSandboxRequest, validate_env
 from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService, describe_error, new_sandbox_id
-from app.services.secret_values import sandbox_secret_values
 from app.services.sessions import SessionService
 from app.settings import Settings
-from app.storage.state import StateStore
-from app.storage.state_builds import ACTIVE_BUILD_STATUSES, BuildRecord
-from app.storage.times import utcnow
-from sandbox_runtime.contract import BootMode, BuildResult, find_reserved_env_names, parse_build_result
+from app.storage.state.builds import ACTIVE_BUILD_STATUSES, BuildRecord, BuildStore
+from app.storage.state.times import utcnow
+from sandbox_runtime.contract import BootMode, find_reserved_env_names
 
 log = get_logger("builds")
 
 #: Label on build sandboxes, valued with the build id.
 BUILD_LABEL = RESERVED_LABEL_PREFIX + "build"
-#: Where the wrapper keeps the runtime's output and exit status inside the build sandbox.
-BUILD_DIR = "/tmp/sandbox-build"
-#: Runs the runtime with its output (and setup.sh's, followed as it is written) appended to
-#: ``$d/log``, records its exit status, then idles so the sandbox stays readable.
-_WRAPPER = (
-    'd="$0"; mkdir -p "$d"; : >"$d/log"; '
-    'h="${RUNTIME_RUN_DIR:-/tmp/sandbox-runtime}/hooks/setup.log"; '
-    'tail -n +1 -s 0.2 -F "$h" >>"$d/log" 2>/dev/null & t=$!; '
-    '"$@" >>"$d/log" 2>&1; s=$?; '
-    'sleep 0.5; kill "$t" 2>/dev/null; wait "$t" 2>/dev/null; '
-    'echo "$s" >"$d/exit.tmp"; mv "$d/exit.tmp" "$d/exit"; '
-    "while :; do sleep 3600; done"
-)
-#: First line: ``E<status>`` once the runtime exited, else ``R``; then log bytes from ``$1``, at most ``$2``.
-#: The exit file is looked at first: when it exists, the log is complete.
-_POLL = (
-    'if [ -e "$0/exit" ]; then printf "E%s\\n" "$(cat "$0/exit")"; else echo R; fi; '
-    'tail -c "+$(($1 + 1))" "$0/log" 2>/dev/null | head -c "$2"'
-)
-_RESULT = 'grep -a -E "^SANDBOX_BUILD_(COMPLETE|FAILED) " "$0/log" | tail -n 1'
-#: Bytes read per poll.
-READ_BYTES = 256 * 1024
-#: A partial line longer than this is stored without waiting for its end.
-MAX_PENDING_LINE = 64 * 1024
-#: Characters of the log's end quoted as the error of a build that printed no result.
-ERROR_TAIL_CHARS = 2000
 #: Extra lifetime of a build sandbox beyond the build timeout: the reaper's backstop.
 SANDBOX_TTL_MARGIN = 600
 #: Idempotency keys: one callback per build and outcome.
 SUCCESS_KEY = "build:{id}:ready"
 FAILURE_KEY = "build:{id}:failed"
-
-
-def build_command(runtime: list[str]) -> list[str]:
-    """The build sandbox's entry command: ``runtime`` under the recording wrapper."""
-    return ["/bin/sh", "-c", _WRAPPER, BUILD_DIR, *runtime]
-
-
-class BuildFailed(Exception):
-    """A build cannot produce an image; the message is what the failure callback says."""
 
 
 class BuildService:
@@ -109,7 +68,7 @@ class BuildService:
     def __init__(
         self,
         settings: Settings,
-        store: StateStore,
+        records: BuildStore,
         provider: Provider,
         sandboxes: SandboxService,
         sessions: SessionService,
@@ -117,13 +76,20 @@ class BuildService:
         outbox: CallbackOutbox | None,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.records = records
         self.provider = provider
         self.sandboxes = sandboxes
         self.sessions = sessions
         self.repo_images = repo_images
         self.outbox = outbox
         self._slots = asyncio.Semaphore(settings.build_concurrency)
+        self._follower = BuildFollower(
+            provider.exec,
+            records,
+            timeout_seconds=settings.build_timeout_seconds,
+            poll_seconds=settings.build_poll_seconds,
+            max_log_bytes=settings.build_log_max_bytes,
+        )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = False
 
@@ -172,7 +138,7 @@ class BuildService:
             created_at=now,
             updated_at=now,
         )
-        stored, created = await self.store.insert_build(record)
+        stored, created = await self.records.insert(record)
         if not created:
             if (stored.repo_owner, stored.repo_name, stored.branch, stored.callback_url) != (
                 repo_owner,
@@ -196,7 +162,7 @@ class BuildService:
     # -- reading -----------------------------------------------------------
 
     async def get(self, build_id: str) -> BuildRecord:
-        record = await self.store.get_build(build_id)
+        record = await self.records.get(build_id)
         if record is None:
             raise BuildNotFound(f"build {build_id!r} not found", build_id=build_id)
         return record
@@ -204,7 +170,7 @@ class BuildService:
     async def log_chunks(self, build_id: str, *, after_seq: int = 0) -> list[tuple[int, str]]:
         """Stored log chunks after ``after_seq`` as (seq, text)."""
         await self.get(build_id)
-        return await self.store.read_build_log(build_id, after_seq=after_seq)
+        return await self.records.read_log(build_id, after_seq=after_seq)
 
     async def follow(
         self, build_id: str, *, after_seq: int = 0, poll_seconds: float = 0.5
@@ -214,7 +180,7 @@ class BuildService:
         while True:
             # The status is read before the chunks: once it is final, these chunks are the last.
             record = await self.get(build_id)
-            while chunks := await self.store.read_build_log(build_id, after_seq=after_seq):
+            while chunks := await self.records.read_log(build_id, after_seq=after_seq):
                 for seq, text in chunks:
                     after_seq = seq
                     yield seq, text
@@ -230,7 +196,7 @@ class BuildService:
         record = await self.get(build_id)
         if not record.active:
             return record
-        cancelled = await self.store.update_build(
+        cancelled = await self.records.update(
             build_id, only_if_status=ACTIVE_BUILD_STATUSES, status="cancelled", error="build cancelled"
         )
         if cancelled is None:  # it finished meanwhile
@@ -249,10 +215,10 @@ class BuildService:
     async def resume(self) -> int:
         """After a start: pick up every unfinished build, clean up after finished ones."""
         resumed = 0
-        for record in await self.store.list_builds(statuses=ACTIVE_BUILD_STATUSES):
+        for record in await self.records.list(statuses=ACTIVE_BUILD_STATUSES):
             self._spawn(record.id)
             resumed += 1
-        for record in await self.store.list_builds(statuses=("failed", "cancelled")):
+        for record in await self.records.list(statuses=("failed", "cancelled")):
             if record.finished_at is None:  # the service stopped half-way through ending it
                 await self._end(record.id, record.status, record.error or record.status)
         if resumed:
@@ -288,10 +254,10 @@ class BuildService:
             build = await self.get(build_id)
             if sandbox_ref is None or not build.active:
                 return
-            base_sha = await self._watch(build, sandbox_ref)
+            base_sha = await self._follower.watch(build, sandbox_ref)
             sandbox = await self.sandboxes.get(build.sandbox_id or "")
             image = await self.repo_images.save(sandbox, build_id=build.id, base_sha=base_sha, branch=build.branch)
-            updated = await self.store.update_build(
+            updated = await self.records.update(
                 build.id, only_if_status=("building",), repo_image_id=image.id, base_sha=base_sha
             )
             if updated is None:  # cancelled while the image was saved
@@ -303,7 +269,7 @@ class BuildService:
     async def _ensure_sandbox(self, build: BuildRecord) -> str | None:
         """The running build sandbox's provider ref: the recorded one, or a new one; None once cancelled."""
         if build.sandbox_id is not None:
-            existing = await self.store.get_sandbox(build.sandbox_id)
+            existing = await self.sandboxes.find(build.sandbox_id)
             if existing is not None and existing.status == "running" and existing.provider_object_id:
                 return existing.provider_object_id
             if build.pending_env is None:
@@ -316,7 +282,7 @@ class BuildService:
         started = utcnow()
         deadline = started + timedelta(seconds=self.settings.build_timeout_seconds)
         # Recorded before the create, so a crash in between leaves a name to clean up.
-        marked = await self.store.update_build(
+        marked = await self.records.update(
             build.id,
             only_if_status=ACTIVE_BUILD_STATUSES,
             status="building",
@@ -347,78 +313,10 @@ class BuildService:
             repo_owner=build.repo_owner,
             repo_name=build.repo_name,
         )
-        await self.store.update_build(build.id, pending_env=None)
+        await self.records.update(build.id, pending_env=None)
         log.info("build.started", build_id=build.id, sandbox_id=sandbox_id)
         assert record.provider_object_id is not None
         return record.provider_object_id
-
-    async def _watch(self, build: BuildRecord, ref: str) -> str:
-        """Follow the build's log until the runtime exits; returns the head sha or raises ``BuildFailed``."""
-        redactor = Redactor(await sandbox_secret_values(self.provider, ref))
-        offset = build.log_offset
-        kept = build.log_bytes
-        pending = b""
-        deadline = build.deadline_at or (utcnow() + timedelta(seconds=self.settings.build_timeout_seconds))
-        while True:
-            if utcnow() >= deadline:
-                raise BuildFailed(f"build timed out after {self.settings.build_timeout_seconds} s")
-            exit_status, data = await self._poll(ref, offset)
-            pending += data
-            offset += len(data)
-            finished = exit_status is not None and len(data) < READ_BYTES
-            # Whole lines only (a secret split across two reads would escape the mask).
-            cut = len(pending) if finished or len(pending) > MAX_PENDING_LINE else pending.rfind(b"\n") + 1
-            if cut:
-                text = redactor.scrub(pending[:cut].decode(errors="replace"))
-                pending = pending[cut:]
-                text, kept = self._capped(text, kept)
-                await self.store.append_build_log(build.id, text, log_offset=offset - len(pending))
-            if finished:
-                break
-            if len(data) < READ_BYTES:
-                await asyncio.sleep(self.settings.build_poll_seconds)
-        result = await self._result(ref)
-        if result is not None and result.success and result.head_sha:
-            log.info("build.completed", build_id=build.id, head_sha=result.head_sha)
-            return result.head_sha
-        if result is not None and result.error:
-            raise BuildFailed(redactor.scrub(result.error))
-        tail = await self.store.read_build_log(build.id, after_seq=0)
-        text = "".join(chunk for _seq, chunk in tail)[-ERROR_TAIL_CHARS:]
-        raise BuildFailed(f"build exited with status {exit_status} without a result: {text}".strip())
-
-    def _capped(self, text: str, kept: int) -> tuple[str, int]:
-        limit = self.settings.build_log_max_bytes
-        if kept >= limit:
-            return "", kept
-        data = text.encode()
-        if kept + len(data) > limit:
-            text = data[: limit - kept].decode(errors="ignore") + "\n[log truncated: SANDBOX_BUILD_LOG_MAX_BYTES]\n"
-        return text, kept + len(text.encode())
-
-    async def _poll(self, ref: str, offset: int) -> tuple[int | None, bytes]:
-        try:
-            result = await self.provider.exec(
-                ref, ["sh", "-c", _POLL, BUILD_DIR, str(offset), str(READ_BYTES)], timeout=60
-            )
-        except (SandboxNotFound, SandboxNotRunning) as exc:
-            raise BuildFailed(f"the build sandbox stopped: {exc.message}") from None
-        except ProviderUnavailable as exc:
-            # Transient: the build goes on in its sandbox; the deadline bounds the waiting.
-            log.warning("build.poll_failed", error=exc.message)
-            return None, b""
-        head, _, data = result.stdout.partition(b"\n")
-        status = head.decode(errors="replace")
-        if status.startswith("E"):
-            try:
-                return int(status[1:] or "1"), data
-            except ValueError:
-                return 1, data
-        return None, data
-
-    async def _result(self, ref: str) -> BuildResult | None:
-        result = await self.provider.exec(ref, ["sh", "-c", _RESULT, BUILD_DIR], timeout=60)
-        return parse_build_result(result.stdout.decode(errors="replace"))
 
     # -- ending ------------------------------------------------------------
 
@@ -440,13 +338,13 @@ class BuildService:
                 kind="build_ready",
                 idempotency_key=SUCCESS_KEY.format(id=build.id),
             )
-        await self.store.update_build(
+        await self.records.update(
             build.id, only_if_status=ACTIVE_BUILD_STATUSES, status="ready", finished_at=utcnow(), error=None
         )
         log.info("build.ready", build_id=build.id, repo_image_id=build.repo_image_id, seconds=duration)
 
     async def _fail(self, build_id: str, error: str) -> None:
-        failed = await self.store.update_build(
+        failed = await self.records.update(
             build_id, only_if_status=ACTIVE_BUILD_STATUSES, status="failed", error=error[-8000:]
         )
         if failed is None:  # cancelled or finished by someone else
@@ -468,7 +366,7 @@ class BuildService:
                 kind="build_failed",
                 idempotency_key=FAILURE_KEY.format(id=build.id),
             )
-        await self.store.update_build(build_id, finished_at=build.finished_at or utcnow(), pending_env=None)
+        await self.records.update(build_id, finished_at=build.finished_at or utcnow(), pending_env=None)
 
     async def _delete_sandbox(self, sandbox_id: str) -> None:
         try:
@@ -477,21 +375,3 @@ class BuildService:
             pass
         except SandboxControlError as exc:  # the TTL reaper is the backstop
             log.warning("build.sandbox_delete_failed", sandbox_id=sandbox_id, error=str(exc))
-
-
-def parse_last_event_id(value: str | None) -> int:
-    """The ``Last-Event-ID`` of an SSE reconnect (a log chunk's seq); 0 when absent or invalid."""
-    if value and value.strip().isdigit():
-        return int(value.strip())
-    return 0
-
-
-def sse_event(data: str, *, event: str | None = None, event_id: int | None = None) -> str:
-    """One server-sent event; multi-line data becomes several ``data:`` lines."""
-    lines = []
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    if event is not None:
-        lines.append(f"event: {event}")
-    lines += [f"data: {line}" for line in data.split("\n")]
-    return "\n".join(lines) + "\n\n"

@@ -1,0 +1,192 @@
+"""Sandboxes, their labels and their events in the state store.
+
+A warm pool member changes hands only through :meth:`SandboxStore.transition`:
+an ``UPDATE ... WHERE id = ? AND status IN (...) AND session_id IS NULL`` whose
+row count says whether *this* caller won. The database serialises concurrent
+updates of one row (SQLite by its write lock, PostgreSQL by the row lock and
+the re-check of the ``WHERE`` clause after the winner commits), so two claims,
+or a claim and an eviction, can never both take the same sandbox, whichever
+replica they run in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import dataclasses
+import random
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, exists, func, select, update
+from sqlalchemy.exc import OperationalError
+
+from app.storage.state.database import Database
+from app.storage.state.rows import record_from_row, row_values
+from app.storage.state.tables import SandboxEventRow, SandboxLabelRow, SandboxRow
+from app.storage.state.times import aware, utcnow
+
+#: Attempts of a member transition that SQLite reports as locked.
+_LOCKED_RETRIES = 6
+
+
+@dataclasses.dataclass
+class SandboxRecord:
+    """A sandbox as the service knows it."""
+
+    id: str
+    provider: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    provider_object_id: str | None = None
+    image: str | None = None
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    resources: dict[str, Any] = dataclasses.field(default_factory=dict)
+    network: str | None = None
+    command: list[str] | None = None
+    env_names: list[str] | None = None
+    ttl_seconds: int | None = None
+    expires_at: datetime | None = None
+    repo_owner: str | None = None
+    repo_name: str | None = None
+    session_id: str | None = None
+    error: str | None = None
+    deleted_at: datetime | None = None
+
+
+class SandboxStore:
+    """Sandbox rows, label rows (indexed filters) and the event trail."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def insert(self, record: SandboxRecord) -> None:
+        async with self._db.sessions.begin() as session:
+            session.add(SandboxRow(**row_values(record)))
+            await session.flush()  # the labels' foreign key needs the sandbox row first
+            for key, value in record.labels.items():
+                session.add(SandboxLabelRow(sandbox_id=record.id, key=key, value=value))
+
+    async def update(self, sandbox_id: str, **fields: Any) -> SandboxRecord | None:
+        """Update columns of one sandbox; returns the new record (None if unknown)."""
+        async with self._db.sessions.begin() as session:
+            row = await session.get(SandboxRow, sandbox_id)
+            if row is None:
+                return None
+            for name, value in fields.items():
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+            return record_from_row(SandboxRecord, row)
+
+    async def get(self, any_id: str, *, include_deleted: bool = False) -> SandboxRecord | None:
+        """Look a sandbox up by its id or its provider object id."""
+        async with self._db.sessions() as session:
+            row = await session.get(SandboxRow, any_id)
+            if row is None:
+                query = select(SandboxRow).where(SandboxRow.provider_object_id == any_id)
+                row = (await session.execute(query.order_by(SandboxRow.created_at.desc()))).scalars().first()
+            if row is None or (row.status == "deleted" and not include_deleted):
+                return None
+            return record_from_row(SandboxRecord, row)
+
+    async def list(
+        self,
+        labels: Mapping[str, str] | None = None,
+        *,
+        statuses: Sequence[str] | None = None,
+        include_deleted: bool = False,
+        limit: int = 1000,
+    ) -> list[SandboxRecord]:
+        query = select(SandboxRow)
+        for key, value in (labels or {}).items():
+            query = query.where(
+                exists().where(
+                    SandboxLabelRow.sandbox_id == SandboxRow.id,
+                    SandboxLabelRow.key == key,
+                    SandboxLabelRow.value == value,
+                )
+            )
+        if statuses:
+            query = query.where(SandboxRow.status.in_(list(statuses)))
+        elif not include_deleted:
+            query = query.where(SandboxRow.status != "deleted")
+        query = query.order_by(SandboxRow.created_at).limit(limit)
+        async with self._db.sessions() as session:
+            return [record_from_row(SandboxRecord, r) for r in (await session.execute(query)).scalars()]
+
+    async def expired(self, now: datetime) -> builtins.list[SandboxRecord]:
+        """Live sandboxes whose TTL ran out by ``now``."""
+        query = select(SandboxRow).where(
+            SandboxRow.expires_at.is_not(None), SandboxRow.expires_at <= now, SandboxRow.status != "deleted"
+        )
+        async with self._db.sessions() as session:
+            return [record_from_row(SandboxRecord, r) for r in (await session.execute(query)).scalars()]
+
+    async def count_by_status(self) -> dict[str, int]:
+        async with self._db.sessions() as session:
+            rows = await session.execute(select(SandboxRow.status, func.count()).group_by(SandboxRow.status))
+            return {status: int(count) for status, count in rows}
+
+    async def transition(
+        self,
+        sandbox_id: str,
+        from_statuses: Sequence[str],
+        to_status: str,
+        *,
+        add_labels: Mapping[str, str] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Move an unclaimed sandbox from one of ``from_statuses`` to ``to_status``; True if this call did.
+
+        ``fields`` (e.g. ``session_id``) are set in the same statement, and
+        ``add_labels`` in the same transaction, so a claim is all or nothing.
+        """
+        now = utcnow()
+        statement = (
+            update(SandboxRow)
+            .where(
+                SandboxRow.id == sandbox_id,
+                SandboxRow.status.in_(list(from_statuses)),
+                SandboxRow.session_id.is_(None),
+            )
+            .values(status=to_status, updated_at=now, **fields)
+            .execution_options(synchronize_session=False)
+        )
+        delay = 0.05
+        for attempt in range(_LOCKED_RETRIES):
+            try:
+                async with self._db.sessions.begin() as session:
+                    # The UPDATE comes first so SQLite takes its write lock at once (a read
+                    # first would make the lock upgrade fail fast instead of waiting).
+                    result = cast(CursorResult[Any], await session.execute(statement))
+                    if result.rowcount != 1:
+                        return False
+                    if add_labels:
+                        row = await session.get(SandboxRow, sandbox_id)
+                        assert row is not None
+                        row.labels = {**row.labels, **add_labels}
+                        for key, value in add_labels.items():
+                            await session.merge(SandboxLabelRow(sandbox_id=sandbox_id, key=key, value=value))
+                    return True
+            except OperationalError as exc:
+                # SQLite under a burst of claims: the busy timeout can run out while
+                # many writers queue. Nothing was committed, so trying again is safe.
+                if "locked" not in str(exc) or attempt == _LOCKED_RETRIES - 1:
+                    raise
+                await asyncio.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 1.0)
+        return False  # pragma: no cover - the loop returns or raises
+
+    # -- events ----------------------------------------------------------
+
+    async def add_event(self, sandbox_id: str, kind: str, **detail: Any) -> None:
+        async with self._db.sessions.begin() as session:
+            session.add(SandboxEventRow(sandbox_id=sandbox_id, at=utcnow(), kind=kind, detail=detail))
+
+    async def list_events(self, sandbox_id: str) -> builtins.list[dict[str, Any]]:
+        query = select(SandboxEventRow).where(SandboxEventRow.sandbox_id == sandbox_id).order_by(SandboxEventRow.id)
+        async with self._db.sessions() as session:
+            rows = (await session.execute(query)).scalars()
+            return [{"at": aware(r.at), "kind": r.kind, "detail": r.detail} for r in rows]

@@ -1,0 +1,134 @@
+"""The lifespan of one app: build every service from the settings, start the background work, stop it.
+
+Nothing here is a module global: ``lifespan(settings, metrics)`` returns the
+FastAPI lifespan for one app instance, and each test builds its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.logging import configure_logging, get_logger
+from app.metrics import Metrics
+from app.providers.instrumented import InstrumentedProvider
+from app.providers.registry import create_provider
+from app.services.background import Periodic
+from app.services.builds import BuildService
+from app.services.callbacks import CallbackOutbox
+from app.services.container import Services
+from app.services.launcher import SandboxLauncher
+from app.services.pools import PoolService
+from app.services.repo_images import RepoImageService
+from app.services.sandboxes import SandboxService
+from app.services.sessions import SessionService, github_tokens_from
+from app.services.snapshots import SnapshotService
+from app.settings import Settings
+from app.storage.blobs import create_blob_store
+from app.storage.state import StateStore
+
+log = get_logger("app")
+
+
+def known_secrets(settings: Settings, api_secrets: list[bytes]) -> list[str]:
+    """Every secret value the service holds, so the log redactor can mask them wherever they appear."""
+    values = [s.decode() for s in api_secrets]
+    for secret in (
+        settings.s3_secret_key,
+        settings.s3_access_key,
+        settings.internal_callback_secret,
+        settings.github_app_private_key,
+        settings.vcs_clone_token,
+        settings.daytona_api_key,
+        settings.modal_token_secret,
+    ):
+        if secret is not None:
+            values.append(secret.get_secret_value())
+    return values
+
+
+async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitStack) -> Services:
+    """Open the stores and the provider and build the services; ``stack`` closes them in reverse."""
+    store = StateStore(settings.effective_state_url)
+    await store.open()
+    stack.push_async_callback(store.aclose)
+    provider = InstrumentedProvider(create_provider(settings.provider, settings), metrics)
+    await provider.aopen()
+    stack.push_async_callback(provider.aclose)
+    blobs = create_blob_store(settings)
+    await blobs.open()
+    stack.push_async_callback(blobs.aclose)
+    tokens = github_tokens_from(settings)
+    if tokens is not None:
+        stack.push_async_callback(tokens.aclose)
+
+    sandboxes = SandboxService(settings, store.sandboxes, provider)
+    snapshots = SnapshotService(settings, store.snapshots, blobs, provider, sandboxes)
+    repo_images = RepoImageService(store.repo_images, provider, sandboxes, snapshots)
+    sessions = SessionService(settings, sandboxes, snapshots, provider, tokens, repo_images)
+    pools = PoolService(settings, store.pools, store.sandboxes, sandboxes, sessions, provider)
+    outbox = None
+    if settings.internal_callback_secret is not None:
+        outbox = CallbackOutbox(settings, store.callbacks)
+        outbox.validate()  # a weak secret stops the start, not the first callback
+        stack.push_async_callback(outbox.aclose)
+    builds = BuildService(settings, store.builds, provider, sandboxes, sessions, repo_images, outbox)
+    stack.push_async_callback(builds.aclose)
+    return Services(
+        settings=settings,
+        metrics=metrics,
+        store=store,
+        provider=provider,
+        blobs=blobs,
+        sandboxes=sandboxes,
+        snapshots=snapshots,
+        sessions=sessions,
+        pools=pools,
+        repo_images=repo_images,
+        builds=builds,
+        launcher=SandboxLauncher(sandboxes, snapshots, sessions, pools, repo_images),
+        callbacks=outbox,
+    )
+
+
+async def start_background(services: Services, stack: AsyncExitStack) -> None:
+    """Reconcile, then start the pool maintainer, the callback worker, build resumption and the periodic jobs."""
+    settings = services.settings
+    counts = await services.sandboxes.reconcile()
+    log.info("service.started", provider=settings.provider, reconciled=counts)
+    # After the reconciler, so the first pass sees the provider's truth about members.
+    services.pools.maintainer.start()
+    stack.push_async_callback(services.pools.maintainer.aclose)
+    if services.callbacks is not None:
+        services.callbacks.start()  # callbacks due while the service was down go out now
+    await services.builds.resume()
+    for job in (
+        Periodic("reap", settings.reaper_interval_seconds, services.sandboxes.reap_expired),
+        Periodic("reconcile", settings.reconcile_interval_seconds, services.sandboxes.reconcile),
+    ):
+        job.start()
+        stack.push_async_callback(job.aclose)
+
+
+def lifespan(
+    settings: Settings, metrics: Metrics, api_secrets: list[bytes]
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The lifespan of an app serving ``settings``: services on ``app.state.services`` while it runs."""
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level, known_secrets(settings, api_secrets))
+        if settings.loop_debug_slow_ms:
+            loop = asyncio.get_running_loop()
+            loop.set_debug(True)
+            loop.slow_callback_duration = settings.loop_debug_slow_ms / 1000
+        async with AsyncExitStack() as stack:
+            app.state.services = await build_services(settings, metrics, stack)
+            await start_background(app.state.services, stack)
+            yield
+            log.info("service.stopping")
+
+    return run
