@@ -21,7 +21,7 @@ from app.snapshots.reader import restore_snapshot
 from app.snapshots.writer import write_snapshot
 from app.storage.blobs import BlobStore, DirectoryBlobStore
 from tests.support_tree import build_sample_tree, tar_extract, tar_stream, tree_entries
-from tests.unit.test_snapshot_fanout import build_wide_tree
+from tests.unit.snapshots.test_fanout import build_wide_tree
 
 WORKSPACE = "/workspace"
 

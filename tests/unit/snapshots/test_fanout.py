@@ -18,7 +18,7 @@ from app.snapshots.safe_tar import UnsafeEntry
 from app.snapshots.writer import write_snapshot
 from app.storage.blobs import BlobStore, DirectoryBlobStore
 from tests.support_tree import build_sample_tree, tar_extract, tar_stream, tree_entries
-from tests.unit.test_snapshot_safe_tar import HOSTILE, Member, member, put_raw_snapshot, root
+from tests.unit.snapshots.test_safe_tar import HOSTILE, Member, member, put_raw_snapshot, root
 
 WORKSPACE = "/workspace"
 
