@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, IncompleteReadError, NoCredentialsError
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import ClientError
 
 from app.errors import NotFound, SandboxControlError, StorageUnavailable
 from app.storage.blobs.base import CHUNK_SIZE, BackgroundCleanup, BlobStore, blob_not_found, check_range, validate_key
+from app.storage.blobs.s3_errors import AUTH_CODES, error_code, is_transient, translate
 from app.storage.blobs.s3_parts import PartBody, fill_part
 
 if TYPE_CHECKING:
@@ -42,32 +42,6 @@ MIN_PART_SIZE = 5 << 20
 MAX_PARTS = 10_000
 #: Resumptions of one download after its connection broke mid-body.
 MAX_RESUMES = 5
-
-_TRANSIENT_CODES = {
-    "SlowDown", "RequestTimeout", "RequestTimeoutException", "Throttling", "ThrottlingException",
-    "RequestLimitExceeded", "TooManyRequests", "InternalError", "ServiceUnavailable", "OperationAborted",
-}  # fmt: skip
-_AUTH_CODES = {
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-    "InvalidSecurity", "AuthorizationHeaderMalformed", "AccountProblem", "AllAccessDisabled",
-}  # fmt: skip
-_MISSING_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
-
-
-def _error_code(exc: ClientError) -> tuple[str, int]:
-    error = exc.response.get("Error", {})
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    return str(error.get("Code", "")), int(status or 0)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for failures that a later attempt may not meet."""
-    if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError)):
-        return True
-    if isinstance(exc, ClientError):
-        code, status = _error_code(exc)
-        return code in _TRANSIENT_CODES or status >= 500 or status == 429
-    return False
 
 
 class S3BlobStore(BlobStore):
@@ -144,28 +118,7 @@ class S3BlobStore(BlobStore):
         return f"{target} at {self.endpoint_url}" if self.endpoint_url else target
 
     def _translate(self, exc: BaseException, what: str, key: str | None) -> SandboxControlError:
-        if isinstance(exc, SandboxControlError):
-            return exc
-        if isinstance(exc, NoCredentialsError):
-            return StorageUnavailable(
-                f"no S3 credentials configured for {self._where()}: set S3_ACCESS_KEY and S3_SECRET_KEY"
-            )
-        if isinstance(exc, ClientError):
-            code, status = _error_code(exc)
-            if code in _MISSING_CODES and key is not None:
-                return blob_not_found(key)
-            if code == "NoSuchBucket":
-                return StorageUnavailable(f"S3 bucket {self.bucket!r} does not exist ({self._where()})")
-            if code in _AUTH_CODES or status == 403:
-                # The error body may quote the access key id; report only the code.
-                return StorageUnavailable(
-                    f"S3 refused the credentials for {self._where()} ({code or status}): "
-                    "check S3_ACCESS_KEY, S3_SECRET_KEY and the bucket policy"
-                )
-            return StorageUnavailable(f"S3 {what} failed for {self._where(key)}: {code or status}")
-        if isinstance(exc, BotoCoreError):
-            return StorageUnavailable(f"S3 {what} failed for {self._where(key)}: {exc}")
-        return StorageUnavailable(f"S3 {what} failed for {self._where(key)}: {type(exc).__name__}: {exc}")
+        return translate(exc, what, bucket=self.bucket, where=self._where, key=key)
 
     def _backoff(self, attempt: int) -> float:
         # Exponential with "equal jitter": spreads replicas retrying the same outage.
@@ -197,7 +150,7 @@ class S3BlobStore(BlobStore):
             return
         except StorageUnavailable as exc:
             cause = exc.__cause__
-            if not (isinstance(cause, ClientError) and _error_code(cause)[0] in {"404", "NoSuchBucket", "NotFound"}):
+            if not (isinstance(cause, ClientError) and error_code(cause)[0] in {"404", "NoSuchBucket", "NotFound"}):
                 raise
         if not self._create_bucket:
             raise StorageUnavailable(
@@ -212,12 +165,12 @@ class S3BlobStore(BlobStore):
             await self._call("create_bucket", self._client.create_bucket, **kwargs)
         except StorageUnavailable as exc:
             cause = exc.__cause__
-            code = _error_code(cause)[0] if isinstance(cause, ClientError) else ""
+            code = error_code(cause)[0] if isinstance(cause, ClientError) else ""
             if code == "BucketAlreadyOwnedByYou":
                 return  # another replica won the race
             if code == "BucketAlreadyExists":
                 raise StorageUnavailable(f"S3 bucket name {self.bucket!r} is taken by another account") from cause
-            if code in _AUTH_CODES:
+            if code in AUTH_CODES:
                 raise StorageUnavailable(
                     f"S3 bucket {self.bucket!r} does not exist and these credentials may not create it "
                     f"({code}): create it or grant s3:CreateBucket"
@@ -343,7 +296,7 @@ class S3BlobStore(BlobStore):
                 answer = await self._call("get_object", self._client.get_object, key=key, **kwargs)
             except StorageUnavailable as exc:
                 cause = exc.__cause__
-                if isinstance(cause, ClientError) and _error_code(cause)[0] == "InvalidRange":
+                if isinstance(cause, ClientError) and error_code(cause)[0] == "InvalidRange":
                     return  # start at or past the end: an empty range, as for a file
                 raise
             etag = answer.get("ETag")
