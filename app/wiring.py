@@ -22,6 +22,7 @@ from app.services.callbacks import CallbackOutbox
 from app.services.container import Services
 from app.services.launcher import SandboxLauncher
 from app.services.pools import PoolService
+from app.services.reconciler import Reconciler
 from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService
 from app.services.sessions import SessionService, github_tokens_from
@@ -84,6 +85,7 @@ async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitS
         provider=provider,
         blobs=blobs,
         sandboxes=sandboxes,
+        reconciler=Reconciler(store.sandboxes, provider, busy=sandboxes.is_creating, delete=sandboxes.delete),
         snapshots=snapshots,
         sessions=sessions,
         pools=pools,
@@ -97,7 +99,7 @@ async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitS
 async def start_background(services: Services, stack: AsyncExitStack) -> None:
     """Reconcile, then start the pool maintainer, the callback worker, build resumption and the periodic jobs."""
     settings = services.settings
-    counts = await services.sandboxes.reconcile()
+    counts = await services.reconciler.reconcile()
     log.info("service.started", provider=settings.provider, reconciled=counts)
     # After the reconciler, so the first pass sees the provider's truth about members.
     services.pools.maintainer.start()
@@ -106,8 +108,8 @@ async def start_background(services: Services, stack: AsyncExitStack) -> None:
         services.callbacks.start()  # callbacks due while the service was down go out now
     await services.builds.resume()
     for job in (
-        Periodic("reap", settings.reaper_interval_seconds, services.sandboxes.reap_expired),
-        Periodic("reconcile", settings.reconcile_interval_seconds, services.sandboxes.reconcile),
+        Periodic("reap", settings.reaper_interval_seconds, services.reconciler.reap_expired),
+        Periodic("reconcile", settings.reconcile_interval_seconds, services.reconciler.reconcile),
     ):
         job.start()
         stack.push_async_callback(job.aclose)

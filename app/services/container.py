@@ -10,6 +10,7 @@ from app.services.builds import BuildService
 from app.services.callbacks import CallbackOutbox
 from app.services.launcher import SandboxLauncher
 from app.services.pools import PoolService
+from app.services.reconciler import Reconciler
 from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService
 from app.services.sessions import SessionService
@@ -29,6 +30,7 @@ class Services:
     provider: Provider
     blobs: BlobStore
     sandboxes: SandboxService
+    reconciler: Reconciler
     snapshots: SnapshotService
     sessions: SessionService
     pools: PoolService

@@ -179,6 +179,10 @@ class SandboxService:
             raise SandboxNotFound(f"sandbox {any_id!r} not found", sandbox_id=any_id)
         return record
 
+    def is_creating(self, sandbox_id: str) -> bool:
+        """True while this process creates (or deletes, starts, stops) ``sandbox_id``."""
+        return self._locks.busy(sandbox_id)
+
     async def find(self, any_id: str, *, include_deleted: bool = False) -> SandboxRecord | None:
         """A sandbox by either id, or None; ``include_deleted`` also finds deleted ones."""
         return await self.records.get(any_id, include_deleted=include_deleted)
@@ -319,76 +323,6 @@ class SandboxService:
             await self.provider.exec(ref, ["rm", "-f", "--", path], timeout=30)
         except SandboxControlError as exc:
             log.warning("sandbox.upload_cleanup_failed", error=str(exc))
-
-    # -- background duties -------------------------------------------------
-
-    async def reap_expired(self) -> int:
-        """Delete sandboxes past their TTL; returns how many were reaped."""
-        reaped = 0
-        for record in await self.records.expired(utcnow()):
-            try:
-                await self.delete(record.id)
-                await self.records.add_event(record.id, "reaped", expires_at=str(record.expires_at))
-                reaped += 1
-            except SandboxControlError as exc:
-                log.warning("sandbox.reap_failed", sandbox_id=record.id, error=str(exc))
-        return reaped
-
-    async def reconcile(self) -> dict[str, int]:
-        """Align the store with the provider after a restart or a crash.
-
-        Records still ``creating`` are adopted when the provider has the
-        sandbox, else marked failed; statuses are refreshed (a ``warm`` pool
-        member the provider reports running stays ``warm``); sandboxes the
-        provider lost are marked deleted; managed provider sandboxes with no
-        live record (a crash between create and record) are deleted.
-        """
-        counts = {"adopted": 0, "updated": 0, "vanished": 0, "orphans_deleted": 0}
-        live = {p.labels.get(ID_LABEL, ""): p for p in await self.provider.list({MANAGED_LABEL: "true"})}
-        for record in await self.records.list():
-            found = live.pop(record.id, None)
-            if record.provider_object_id is None and record.status in ("creating", "failed"):
-                if self._locks.busy(record.id):  # a create in progress in this process
-                    continue
-                if found is not None and record.status == "creating":
-                    await self.records.update(
-                        record.id, provider_object_id=found.provider_object_id, status=found.status
-                    )
-                    await self.records.add_event(record.id, "adopted")
-                    counts["adopted"] += 1
-                elif found is not None:  # a failed create whose cleanup failed: finish it
-                    live[record.id] = found
-                elif record.status == "creating":
-                    await self.records.update(record.id, status="failed", error="creation was interrupted")
-                continue
-            if found is None:
-                if record.status in ("running", "stopped", "warm", "deleting"):
-                    await self.records.update(record.id, status="deleted", deleted_at=utcnow())
-                    await self.records.add_event(record.id, "vanished")
-                    counts["vanished"] += 1
-                continue
-            if record.status == "warm":
-                # A warm pool member runs its runtime, waiting for a claim: the provider
-                # says "running" and that is no change. Anything else means it can no longer
-                # be claimed; conditional, so a claim that just won keeps its sandbox.
-                if found.status != "running" and await self.records.transition(record.id, ["warm"], found.status):
-                    await self.records.add_event(record.id, "status_changed", old=record.status, new=found.status)
-                    counts["updated"] += 1
-                continue
-            if found.status != record.status and record.status in ("running", "stopped", "failed"):
-                await self.records.update(record.id, status=found.status)
-                await self.records.add_event(record.id, "status_changed", old=record.status, new=found.status)
-                counts["updated"] += 1
-        for sandbox_id, orphan in live.items():
-            # Left in ``live``: no record in a live state. Skip creates in flight here.
-            if self._locks.busy(sandbox_id):
-                continue
-            try:
-                await self.provider.delete(orphan.provider_object_id)
-                counts["orphans_deleted"] += 1
-            except SandboxNotFound:
-                pass
-        return counts
 
 
 def describe_error(exc: BaseException) -> str:

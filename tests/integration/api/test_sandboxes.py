@@ -270,7 +270,7 @@ async def test_ttl_reaper_deletes_expired(service: Service) -> None:
     from app.storage.state.times import utcnow
 
     await services.store.sandboxes.update(sandbox["id"], expires_at=utcnow() - timedelta(seconds=1))
-    assert await services.sandboxes.reap_expired() == 1
+    assert await services.reconciler.reap_expired() == 1
     with pytest.raises(ApiError):
         await client.get(sandbox["id"])
     events = [e["kind"] for e in await services.store.sandboxes.list_events(sandbox["id"])]
