@@ -21,6 +21,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Sandbox Control", version="0.1.0", lifespan=lifespan(settings, metrics, api_secrets), docs_url="/docs"
     )
+    app.state.compat_ignored_fields = compat.IgnoredFields()
     install_error_handlers(app)
     for module in (health, sandboxes, snapshots, pools, builds, compat):
         app.include_router(module.router)

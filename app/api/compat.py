@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from app.api.deps import BuildsDep, LauncherDep, PoolsDep, RepoImagesDep, SnapshotsDep
+from app.logging import get_logger
 from app.schemas.common import REPO_PART_PATTERN
 from app.schemas.compat import (
     CompatBuildRepoImage,
     CompatCreateSandbox,
     CompatDeleteProviderImage,
+    CompatModel,
     CompatRestoreSandbox,
     CompatSnapshotSandbox,
     CompatWarmSandbox,
@@ -26,32 +28,59 @@ from app.schemas.compat import (
 )
 
 router = APIRouter(prefix="/api", tags=["compat"])
+log = get_logger("compat")
+
+
+class IgnoredFields:
+    """Field names a control plane sent that this service ignores, each logged once (at debug).
+
+    Bounded: a client inventing names cannot grow it without limit.
+    """
+
+    LIMIT = 1000
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def note(self, body: CompatModel, path: str) -> None:
+        for name in body.ignored_fields():
+            if name not in self._seen and len(self._seen) < self.LIMIT:
+                self._seen.add(name)
+                log.debug("compat.field_ignored", field=name, path=path)
+
+
+def _ignoring(request: Request, body: CompatModel) -> None:
+    ignored: IgnoredFields = request.app.state.compat_ignored_fields
+    ignored.note(body, request.url.path)
 
 
 @router.post("/create-sandbox")
-async def create_sandbox(body: CompatCreateSandbox, launcher: LauncherDep) -> dict[str, Any]:
+async def create_sandbox(request: Request, body: CompatCreateSandbox, launcher: LauncherDep) -> dict[str, Any]:
     """A session sandbox: clone, env server, bridge; `ready` follows on the control plane's WebSocket.
 
     A ready warm-pool member of the repository is claimed when there is one.
     With ``repo_image_id`` it boots from that repo image (fetch and reset to
     the branch head; setup.sh already ran in the build).
     """
+    _ignoring(request, body)
     return ok(sandbox_data(await launcher.create_session(body)))
 
 
 @router.post("/warm-sandbox")
-async def warm_sandbox(body: CompatWarmSandbox, pools: PoolsDep) -> dict[str, Any]:
+async def warm_sandbox(request: Request, body: CompatWarmSandbox, pools: PoolsDep) -> dict[str, Any]:
     """Warm one sandbox of the repository (through its pool) for a session that is about to come.
 
     ``status`` is ``warm`` when a booted member is waiting, ``warming`` while one boots.
     """
+    _ignoring(request, body)
     record = await pools.warm_repo(body.repo_owner, body.repo_name, body.control_plane_url)
     return ok({"sandbox_id": record.id, "status": "warm" if record.status == "warm" else "warming"})
 
 
 @router.post("/snapshot-sandbox")
-async def snapshot_sandbox(body: CompatSnapshotSandbox, snapshots: SnapshotsDep) -> dict[str, Any]:
+async def snapshot_sandbox(request: Request, body: CompatSnapshotSandbox, snapshots: SnapshotsDep) -> dict[str, Any]:
     """Snapshot a sandbox named by its logical or its provider id."""
+    _ignoring(request, body)
     record = await snapshots.snapshot(body.sandbox_id, reason=body.reason, session_id=body.session_id)
     return ok(
         {"image_id": record.id, "sandbox_id": record.sandbox_id, "session_id": record.session_id, "reason": body.reason}
@@ -59,16 +88,18 @@ async def snapshot_sandbox(body: CompatSnapshotSandbox, snapshots: SnapshotsDep)
 
 
 @router.post("/restore-sandbox")
-async def restore_sandbox(body: CompatRestoreSandbox, launcher: LauncherDep) -> dict[str, Any]:
+async def restore_sandbox(request: Request, body: CompatRestoreSandbox, launcher: LauncherDep) -> dict[str, Any]:
     """A new session sandbox from a snapshot; the conversation continues."""
+    _ignoring(request, body)
     data = sandbox_data(await launcher.restore_session(body))
     data.pop("created_at")
     return ok(data)
 
 
 @router.post("/build-repo-image")
-async def build_repo_image(body: CompatBuildRepoImage, builds: BuildsDep) -> dict[str, Any]:
+async def build_repo_image(request: Request, body: CompatBuildRepoImage, builds: BuildsDep) -> dict[str, Any]:
     """Queue a repo image build; answered at once, the result comes by signed callback."""
+    _ignoring(request, body)
     record = await builds.submit(
         build_id=body.build_id,
         repo_owner=body.repo_owner,
@@ -82,8 +113,11 @@ async def build_repo_image(body: CompatBuildRepoImage, builds: BuildsDep) -> dic
 
 
 @router.post("/delete-provider-image")
-async def delete_provider_image(body: CompatDeleteProviderImage, repo_images: RepoImagesDep) -> dict[str, Any]:
-    """Delete a repo image; ``deleted`` is true only if it existed and is gone."""
+async def delete_provider_image(
+    request: Request, body: CompatDeleteProviderImage, repo_images: RepoImagesDep
+) -> dict[str, Any]:
+    """Delete a repo image; ``deleted`` is true only if it existed and is gone (false for ids not held here)."""
+    _ignoring(request, body)
     deleted = await repo_images.delete(body.provider_image_id)
     return ok({"provider_image_id": body.provider_image_id, "deleted": deleted})
 
@@ -91,9 +125,12 @@ async def delete_provider_image(body: CompatDeleteProviderImage, repo_images: Re
 @router.get("/snapshot")
 async def latest_repo_image(
     repo_images: RepoImagesDep,
+    builds: BuildsDep,
     repo_owner: str = Query(pattern=REPO_PART_PATTERN),
     repo_name: str = Query(pattern=REPO_PART_PATTERN),
 ) -> dict[str, Any]:
-    """The latest ready repo image of a repository, or ``null``."""
+    """The latest ready repo image of a repository (the reference's ``Snapshot`` shape), or ``null``."""
     image = await repo_images.latest(repo_owner, repo_name)
-    return ok(repo_image_data(image) if image is not None else None)
+    if image is None:
+        return ok(None)
+    return ok(repo_image_data(image, await builds.find(image.build_id)))

@@ -44,6 +44,39 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str
     return f"invalid request: {text}", problems
 
 
+#: Paths of the Open-Inspect compatible API, whose invalid input is a 400 in the reference's words.
+COMPAT_PREFIX = "/api/"
+_TYPE_WORDS = {
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "bool_type": "must be a boolean",
+    "float_type": "must be a number",
+}
+
+
+def compat_message(exc: RequestValidationError) -> str:
+    """The first problem, worded as the reference service words it (``snapshot_image_id is required``)."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid request"
+    err = errors[0]
+    location = [str(part) for part in err.get("loc", ()) if part != "body"]
+    field = ".".join(location)
+    kind = str(err.get("type", ""))
+    if not field or kind == "json_invalid":
+        return "request body must be a JSON object"
+    if kind in ("missing", "string_too_short"):
+        return f"{field} is required"
+    if kind == "value_error":
+        return str(err.get("msg", "")).removeprefix("Value error, ")
+    if kind in _TYPE_WORDS:
+        return f"{field} {_TYPE_WORDS[kind]}"
+    return f"{field} has an invalid value: {err.get('msg', 'invalid')}"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map our exceptions, validation errors and framework HTTP errors to the envelope."""
 
@@ -53,8 +86,10 @@ def install_error_handlers(app: FastAPI) -> None:
             log.warning("request.failed", code=exc.code, error=exc.message)
         return error_response(exc)
 
-    async def on_validation(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        if request.url.path.startswith(COMPAT_PREFIX):
+            return JSONResponse(error_body(compat_message(exc), "bad_request"), status_code=400)
         message, problems = _validation_message(exc)
         return JSONResponse(error_body(message, "validation_error", problems=problems), status_code=422)
 

@@ -101,6 +101,7 @@ class SandboxLauncher:
             ttl_seconds=body.timeout_seconds,
             repo_image=repo_image,
             repo_image_sha=body.repo_image_sha,
+            resources=body.resources(),
         )
         return await self.pools.launch(launch)
 
@@ -108,12 +109,13 @@ class SandboxLauncher:
         """``POST /api/restore-sandbox``: always cold (a warm member holds none of the snapshot)."""
         config = body.session_config
         launch = SessionLaunch.build(
-            **config.model_dump(),
+            **config.session_fields(),
             control_plane_url=body.control_plane_url,
             sandbox_auth_token=body.sandbox_auth_token,
             sandbox_id=body.sandbox_id,
             user_env=dict(body.user_env_vars or {}),
             snapshot_id=body.snapshot_image_id,
             ttl_seconds=body.timeout_seconds,
+            resources=body.resources(),
         )
         return await self.sessions.launch(launch)

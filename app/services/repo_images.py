@@ -8,7 +8,8 @@ A build's sandbox becomes a repo image in the provider's best form:
   (``reason="repo_image"``), restored into a new sandbox at create.
 
 Either way the record's id (``rimg_<16 hex>``) is what callers see as
-``provider_image_id``; ids of any other shape are not ours and are refused.
+``provider_image_id``; ids of any other shape are not ours (refused where an
+image is used, answered ``deleted: false`` where one is deleted).
 """
 
 from __future__ import annotations
@@ -109,8 +110,14 @@ class RepoImageService:
         return await self.records.latest(repo_owner, repo_name, self.provider.name)
 
     async def delete(self, image_id: str) -> bool:
-        """Delete the image or blob; True only if it existed and is gone now."""
-        check_repo_image_id(image_id, field="provider_image_id")
+        """Delete the image or blob; True only if it existed and is gone now.
+
+        Idempotent for callers: an id this service never issued (another
+        service's image, an S3 key) is simply not held here, so False.
+        """
+        if not REPO_IMAGE_ID.fullmatch(image_id):
+            log.info("repo_image.delete_unknown", provider_image_id=image_id[:256])
+            return False
         record = await self.records.get(image_id)
         if record is None or record.status != "ready":
             return False

@@ -167,6 +167,10 @@ class BuildService:
             raise BuildNotFound(f"build {build_id!r} not found", build_id=build_id)
         return record
 
+    async def find(self, build_id: str) -> BuildRecord | None:
+        """A build by id, or None."""
+        return await self.records.get(build_id)
+
     async def log_chunks(self, build_id: str, *, after_seq: int = 0) -> list[tuple[int, str]]:
         """Stored log chunks after ``after_seq`` as (seq, text)."""
         await self.get(build_id)
