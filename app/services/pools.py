@@ -7,12 +7,15 @@ sandbox (a temp file renamed into place, so the runtime never reads half a
 claim). The runtime merges the claim's env over its own and starts the env
 server and the bridge; clone and setup.sh were done while it was warm.
 
-Ids: the claimed sandbox keeps the id it was created with, and that is the id
-every answer reports and the bridge sends (``X-Sandbox-ID``, ``ready.sandboxId``).
-A ``sandbox_id`` the caller asked for is recorded as the label
-``sandbox-control.requested-id`` (and must not name an existing sandbox). Renaming
-the record instead would race the reconciler, which knows the sandbox by the
-id label the provider object carries.
+Ids: a claim with a ``sandbox_id`` binds that id to the sandbox, in the same
+conditional update that takes the member: from then on every answer, lookup,
+event and snapshot record uses it, and the claim tells the runtime, so the
+bridge sends it too (``X-Sandbox-ID``, ``ready.sandboxId``, heartbeats): a
+control plane checks the handshake against the id it asked for. The member's
+former id stays its stable key, which its provider object is labelled with,
+so the reconciler still matches the two, and lookups by the former id or the
+provider object id still find it. Without a ``sandbox_id`` the member keeps
+its own id.
 
 Anything that stops a claim (no pool, no ready member, a failed hand-over)
 falls back to a cold create, so a caller never sees the pool fail.
@@ -27,10 +30,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 
-from app.errors import BadRequest, Conflict, NotFound, SandboxControlError
+from app.errors import BadRequest, NotFound, SandboxControlError
 from app.logging import get_logger
 from app.providers.base import Provider, Resources
-from app.schemas.common import RESERVED_LABEL_PREFIX, RepoRef
+from app.schemas.common import RepoRef
 from app.schemas.pools import PutPoolRequest
 from app.services.hosts import check_url_allowed
 from app.services.pool_members import POOL_LABEL, PoolMaintainer
@@ -42,7 +45,6 @@ from app.storage.state.sandboxes import SandboxRecord, SandboxStore
 from app.storage.state.times import utcnow
 from sandbox_runtime import contract as c
 
-REQUESTED_ID_LABEL = RESERVED_LABEL_PREFIX + "requested-id"
 #: How many times a claim re-reads the ready members after losing every race on them.
 _CLAIM_ROUNDS = 3
 
@@ -208,8 +210,8 @@ class PoolService:
 
     async def claim(self, pool: PoolRecord, launch: SessionLaunch) -> SandboxRecord | None:
         """Take one ready member of ``pool`` for ``launch``; None when there is none to take."""
-        if launch.sandbox_id and await self.sandboxes.find(launch.sandbox_id) is not None:
-            raise Conflict(f"sandbox {launch.sandbox_id!r} already exists", sandbox_id=launch.sandbox_id)
+        if launch.sandbox_id:
+            await self.sandboxes.check_id_free(launch.sandbox_id)
         won = await self._take(pool, launch)
         if won is None:
             log.info("pool.empty", pool=pool.name, session_id=launch.session.session_id)
@@ -235,8 +237,6 @@ class PoolService:
         if ttl and ttl > self.settings.max_ttl_seconds:
             raise BadRequest(f"ttl_seconds exceeds the maximum of {self.settings.max_ttl_seconds}", field="ttl_seconds")
         labels = dict(launch.labels)
-        if launch.sandbox_id:
-            labels[REQUESTED_ID_LABEL] = launch.sandbox_id
         for _round in range(_CLAIM_ROUNDS):
             ready = await self.member_records.list({POOL_LABEL: pool.name}, statuses=["warm"], limit=100)
             if not ready:
@@ -252,8 +252,9 @@ class PoolService:
                     ttl_seconds=ttl,
                     expires_at=utcnow() + timedelta(seconds=ttl) if ttl else None,
                     add_labels=labels,
+                    new_id=launch.sandbox_id,
                 ):
-                    return member
+                    return await self.sandboxes.get(launch.sandbox_id or member.id)
         return None
 
     async def _hand_over(self, member: SandboxRecord, launch: SessionLaunch) -> None:

@@ -66,7 +66,7 @@ class Reconciler:
         counts = {"adopted": 0, "updated": 0, "vanished": 0, "orphans_deleted": 0}
         live = {p.labels.get(ID_LABEL, ""): p for p in await self._provider.list({MANAGED_LABEL: "true"})}
         for record in await self._records.list():
-            found = live.pop(record.id, None)
+            found = live.pop(record.stable_key, None)
             if record.provider_object_id is None and record.status in ("creating", "failed"):
                 if self._busy(record.id):  # a create in progress in this process
                     continue
@@ -77,7 +77,7 @@ class Reconciler:
                     await self._records.add_event(record.id, "adopted")
                     counts["adopted"] += 1
                 elif found is not None:  # a failed create whose cleanup failed: finish it
-                    live[record.id] = found
+                    live[record.stable_key] = found
                 elif record.status == "creating":
                     await self._records.update(record.id, status="failed", error="creation was interrupted")
                 continue

@@ -106,9 +106,7 @@ class SandboxService:
         self._check_spec(request)
         labels = {**request.labels, **(service_labels or {})}
         sandbox_id = request.sandbox_id or new_sandbox_id()
-        existing = await self.records.get(sandbox_id)
-        if existing is not None:
-            raise Conflict(f"sandbox {sandbox_id!r} already exists", sandbox_id=sandbox_id)
+        await self.check_id_free(sandbox_id)
         now = utcnow()
         ttl = request.ttl_seconds or self.settings.default_ttl_seconds
         record = SandboxRecord(
@@ -129,9 +127,8 @@ class SandboxService:
         )
         try:
             await self.records.insert(record)
-        except Exception as exc:  # a concurrent create with the same id wins the primary key
-            if await self.records.get(sandbox_id) is not None:
-                raise Conflict(f"sandbox {sandbox_id!r} already exists", sandbox_id=sandbox_id) from exc
+        except Exception:  # a concurrent create with the same id wins the primary key
+            await self.check_id_free(sandbox_id)
             raise
         spec = SandboxSpec(
             sandbox_id=sandbox_id,
@@ -178,6 +175,23 @@ class SandboxService:
         if record is None:
             raise SandboxNotFound(f"sandbox {any_id!r} not found", sandbox_id=any_id)
         return record
+
+    async def check_id_free(self, sandbox_id: str) -> None:
+        """Raise ``Conflict`` when ``sandbox_id`` names a sandbox, live or deleted.
+
+        Ids are never reused: snapshots, events and a control plane's records
+        keep naming the sandbox that had the id, so a second one would be
+        ambiguous. A claimed pool member's former id counts as taken too.
+        """
+        existing = await self.records.get(sandbox_id, include_deleted=True)
+        if existing is None:
+            return
+        if existing.status == "deleted":
+            raise Conflict(
+                f"sandbox id {sandbox_id!r} belonged to a sandbox that was deleted; ids are not reused",
+                sandbox_id=sandbox_id,
+            )
+        raise Conflict(f"sandbox {sandbox_id!r} already exists", sandbox_id=sandbox_id)
 
     def is_creating(self, sandbox_id: str) -> bool:
         """True while this process creates (or deletes, starts, stops) ``sandbox_id``."""

@@ -93,10 +93,16 @@ async def test_pool_warms_and_a_claim_becomes_the_session(
             response = await raw.post("/api/create-sandbox", json=body, headers=auth())
             assert response.status_code == 200, response.text
             data = response.json()["data"]
-            assert data["sandbox_id"] in members and data["status"] == "running"
-            ready = await control_plane.wait_for("ready", timeout=90, sandboxId=data["sandbox_id"])
+            # The claim binds the caller's id: the control plane checks it on the handshake.
+            assert data["sandbox_id"] == "oi-sandbox-1" and data["status"] == "running"
+            ready = await control_plane.wait_for("ready", timeout=90, sandboxId="oi-sandbox-1")
             assert ready["opencodeSessionId"]
-            assert control_plane.handshakes[-1]["X-Sandbox-ID"] == data["sandbox_id"]
+            assert control_plane.handshakes[-1]["X-Sandbox-ID"] == "oi-sandbox-1"
+            record = await app.state.services.sandboxes.get("oi-sandbox-1")
+            assert record.key in members  # the member's former id is its stable key
+            for alias in (record.key, record.provider_object_id):
+                found = (await raw.get(f"/v1/sandboxes/{alias}", headers=auth())).json()
+                assert found["id"] == "oi-sandbox-1"
 
             check = await raw.post(
                 f"/v1/sandboxes/{data['sandbox_id']}/exec",
@@ -106,7 +112,10 @@ async def test_pool_warms_and_a_claim_becomes_the_session(
             assert check.json()["stdout"].split() == ["1", "built"]  # setup.sh ran once, at warm-up
             claimed = (await raw.get(f"/v1/sandboxes/{data['sandbox_id']}", headers=auth())).json()
             assert claimed["session_id"] == "sess-pool"
-            assert claimed["labels"]["sandbox-control.requested-id"] == "oi-sandbox-1"
+            events = [
+                e["kind"] for e in (await raw.get("/v1/sandboxes/oi-sandbox-1/events", headers=auth())).json()["events"]
+            ]
+            assert events[0] == "created" and "pool_member_ready" in events and events[-1] == "claimed"
 
             view = await wait_pool(raw, auth, "app", ready=2, claimed=1)  # refilled behind the claim
             assert view["creating"] == 0

@@ -39,7 +39,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _upgrade(connection: Connection) -> None:
-    """Create missing tables, then add missing nullable columns to existing ones."""
+    """Create missing tables, add missing nullable columns to existing ones, then their missing indexes."""
     Base.metadata.create_all(connection)
     inspector = inspect(connection)
     for table in Base.metadata.sorted_tables:
@@ -48,6 +48,10 @@ def _upgrade(connection: Connection) -> None:
             if column.name not in present:
                 ddl_type = column.type.compile(dialect=connection.dialect)
                 connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl_type}'))
+        indexed = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexed:
+                index.create(connection)
     row = connection.execute(select(SchemaVersionRow).where(SchemaVersionRow.id == 1)).first()
     if row is None:
         connection.execute(insert(SchemaVersionRow).values(id=1, version=SCHEMA_VERSION))

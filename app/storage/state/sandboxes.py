@@ -1,5 +1,10 @@
 """Sandboxes, their labels and their events in the state store.
 
+A sandbox has a public ``id`` and a stable ``key`` (the id it was created
+with, which its provider object carries as a label). A claimed warm pool
+member is renamed to the caller's id (:meth:`SandboxStore.transition` with
+``new_id``); lookups by either id, or by the provider object id, find it.
+
 A warm pool member changes hands only through :meth:`SandboxStore.transition`:
 an ``UPDATE ... WHERE id = ? AND status IN (...) AND session_id IS NULL`` whose
 row count says whether *this* caller won. The database serialises concurrent
@@ -19,9 +24,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, exists, func, select, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import CursorResult, delete, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 
+from app.errors import Conflict
 from app.storage.state.database import Database
 from app.storage.state.rows import record_from_row, row_values
 from app.storage.state.tables import SandboxEventRow, SandboxLabelRow, SandboxRow
@@ -54,6 +60,17 @@ class SandboxRecord:
     session_id: str | None = None
     error: str | None = None
     deleted_at: datetime | None = None
+    #: The stable id the provider object is labelled with; None (old rows) means ``id``.
+    key: str | None = None
+
+    @property
+    def stable_key(self) -> str:
+        """The id the provider object carries: what the reconciler matches on."""
+        return self.key or self.id
+
+
+class _LostRace(Exception):
+    """Inside a transaction: the conditional update matched no row; roll back."""
 
 
 class SandboxStore:
@@ -64,7 +81,7 @@ class SandboxStore:
 
     async def insert(self, record: SandboxRecord) -> None:
         async with self._db.sessions.begin() as session:
-            session.add(SandboxRow(**row_values(record)))
+            session.add(SandboxRow(**{**row_values(record), "key": record.stable_key}))
             await session.flush()  # the labels' foreign key needs the sandbox row first
             for key, value in record.labels.items():
                 session.add(SandboxLabelRow(sandbox_id=record.id, key=key, value=value))
@@ -81,11 +98,11 @@ class SandboxStore:
             return record_from_row(SandboxRecord, row)
 
     async def get(self, any_id: str, *, include_deleted: bool = False) -> SandboxRecord | None:
-        """Look a sandbox up by its id or its provider object id."""
+        """Look a sandbox up by its id, its stable key (a claimed member's former id) or its provider object id."""
         async with self._db.sessions() as session:
             row = await session.get(SandboxRow, any_id)
             if row is None:
-                query = select(SandboxRow).where(SandboxRow.provider_object_id == any_id)
+                query = select(SandboxRow).where(or_(SandboxRow.key == any_id, SandboxRow.provider_object_id == any_id))
                 row = (await session.execute(query.order_by(SandboxRow.created_at.desc()))).scalars().first()
             if row is None or (row.status == "deleted" and not include_deleted):
                 return None
@@ -136,40 +153,62 @@ class SandboxStore:
         to_status: str,
         *,
         add_labels: Mapping[str, str] | None = None,
+        new_id: str | None = None,
         **fields: Any,
     ) -> bool:
         """Move an unclaimed sandbox from one of ``from_statuses`` to ``to_status``; True if this call did.
 
         ``fields`` (e.g. ``session_id``) are set in the same statement, and
         ``add_labels`` in the same transaction, so a claim is all or nothing.
+        ``new_id`` renames the sandbox in that transaction (its labels and
+        events follow; its key stays). Raises ``Conflict`` when ``new_id``
+        names another sandbox, by id or by key.
         """
-        now = utcnow()
-        statement = (
-            update(SandboxRow)
-            .where(
-                SandboxRow.id == sandbox_id,
-                SandboxRow.status.in_(list(from_statuses)),
-                SandboxRow.session_id.is_(None),
-            )
-            .values(status=to_status, updated_at=now, **fields)
-            .execution_options(synchronize_session=False)
-        )
+        renaming = new_id is not None and new_id != sandbox_id
+        conditions = [
+            SandboxRow.id == sandbox_id,
+            SandboxRow.status.in_(list(from_statuses)),
+            SandboxRow.session_id.is_(None),
+        ]
+        values: dict[str, Any] = {"status": to_status, "updated_at": utcnow(), **fields}
+        if renaming:
+            taken = select(SandboxRow.id).where(or_(SandboxRow.id == new_id, SandboxRow.key == new_id))
+            conditions.append(~exists(taken.scalar_subquery()))
+            values.update(id=new_id, key=func.coalesce(SandboxRow.key, sandbox_id))
+        statement = update(SandboxRow).where(*conditions).values(**values).execution_options(synchronize_session=False)
+        final_id = new_id if renaming and new_id is not None else sandbox_id
         delay = 0.05
         for attempt in range(_LOCKED_RETRIES):
             try:
                 async with self._db.sessions.begin() as session:
-                    # The UPDATE comes first so SQLite takes its write lock at once (a read
+                    # A write comes first so SQLite takes its write lock at once (a read
                     # first would make the lock upgrade fail fast instead of waiting).
+                    if renaming:
+                        # Label rows point at the old id: dropped and written again under the new one.
+                        await session.execute(delete(SandboxLabelRow).where(SandboxLabelRow.sandbox_id == sandbox_id))
                     result = cast(CursorResult[Any], await session.execute(statement))
                     if result.rowcount != 1:
-                        return False
+                        raise _LostRace
+                    row = await session.get(SandboxRow, final_id, populate_existing=True)
+                    assert row is not None
                     if add_labels:
-                        row = await session.get(SandboxRow, sandbox_id)
-                        assert row is not None
                         row.labels = {**row.labels, **add_labels}
-                        for key, value in add_labels.items():
-                            await session.merge(SandboxLabelRow(sandbox_id=sandbox_id, key=key, value=value))
+                    if renaming:
+                        await session.execute(
+                            update(SandboxEventRow)
+                            .where(SandboxEventRow.sandbox_id == sandbox_id)
+                            .values(sandbox_id=final_id)
+                            .execution_options(synchronize_session=False)
+                        )
+                    for key, value in (row.labels if renaming else add_labels or {}).items():
+                        await session.merge(SandboxLabelRow(sandbox_id=final_id, key=key, value=value))
                     return True
+            except _LostRace:
+                if renaming and await self.get(new_id or "", include_deleted=True) is not None:
+                    raise Conflict(f"sandbox {new_id!r} already exists", sandbox_id=new_id) from None
+                return False
+            except IntegrityError:
+                raise Conflict(f"sandbox {new_id!r} already exists", sandbox_id=new_id) from None
             except OperationalError as exc:
                 # SQLite under a burst of claims: the busy timeout can run out while
                 # many writers queue. Nothing was committed, so trying again is safe.

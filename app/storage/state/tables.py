@@ -18,9 +18,17 @@ class Base(DeclarativeBase):
 
 
 class SandboxRow(Base):
+    """A sandbox. ``id`` is its public id; ``key`` the stable one its provider object is labelled with.
+
+    They differ only for a warm pool member claimed under the caller's id (the
+    claim renames ``id``); ``key`` never changes, so the reconciler matches the
+    provider's objects by it. NULL in rows older than the column: read as ``id``.
+    """
+
     __tablename__ = "sandboxes"
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str | None] = mapped_column(String(128), index=True)
     provider: Mapped[str] = mapped_column(String(32))
     provider_object_id: Mapped[str | None] = mapped_column(String(256), index=True)
     status: Mapped[str] = mapped_column(String(16), index=True)

@@ -76,6 +76,20 @@ async def test_logical_id_and_duplicates(service: Service) -> None:
     assert (err.value.status, err.value.code) == (409, "conflict")
 
 
+async def test_the_id_of_a_deleted_sandbox_is_not_reused(service: Service) -> None:
+    app, _, client = service
+    first = await client.create(sandbox_id="task-7", labels={"run": "1"})
+    await client.delete("task-7")
+    with pytest.raises(ApiError) as err:
+        await client.create(sandbox_id="task-7")
+    assert (err.value.status, err.value.code) == (409, "conflict")
+    assert "deleted" in err.value.message and "not reused" in err.value.message
+    # The deleted record still names the first sandbox (its snapshots and events stay unambiguous).
+    record = await app.state.services.store.sandboxes.get("task-7", include_deleted=True)
+    assert record.status == "deleted" and record.provider_object_id == first["provider_object_id"]
+    assert await app.state.services.provider.list({}) == []
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
