@@ -3,6 +3,10 @@
 The URL comes from ``SANDBOX_URL`` (default ``http://127.0.0.1:8080``), the
 secret from ``SANDBOX_API_SECRET`` or the data dir's generated secret file.
 Every failure prints one readable line and exits non-zero.
+
+Start-up time matters for a command run once per shell line: the client
+(httpx) and the server (FastAPI, the settings) are imported only by the
+commands that use them, never by ``import app.cli``.
 """
 
 from __future__ import annotations
@@ -10,16 +14,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from app.auth import make_token
-from app.client import ApiError, SandboxClient
-from app.settings import ConfigError, Settings, ensure_secret_file
+from app.secret_file import SECRET_FILE_NAME, data_dir_from_env, resolve_secrets
+
+if TYPE_CHECKING:
+    from app.client import SandboxClient
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -28,18 +33,14 @@ class CliError(Exception):
     """A user-facing failure: printed as one line."""
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {}
-    if getattr(args, "data_dir", None):
-        overrides["data_dir"] = Path(args.data_dir)
-    return Settings.load(**overrides)
-
-
-def _secret(settings: Settings) -> bytes:
-    found = settings.resolved_secrets()
+def _secret(args: argparse.Namespace) -> bytes:
+    """The secret that signs our requests: the environment's, else the data dir's file."""
+    data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else data_dir_from_env(os.environ)
+    found = resolve_secrets(os.environ, data_dir)
     if not found:
         raise CliError(
-            f"no API secret: set SANDBOX_API_SECRET or run `sandboxctl serve` once (creates {settings.secret_file})"
+            "no API secret: set SANDBOX_API_SECRET or run `sandboxctl serve` once "
+            f"(creates {data_dir / SECRET_FILE_NAME})"
         )
     return found[0]
 
@@ -66,8 +67,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.settings import ConfigError, Settings, ensure_secret_file
 
-    settings = _settings(args)
+    overrides: dict[str, Any] = {"data_dir": Path(args.data_dir)} if args.data_dir else {}
+    try:
+        settings = Settings.load(**overrides)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
     if ensure_secret_file(settings):
         sys.stderr.write(f"generated an API secret in {settings.secret_file}\n")
     host = args.host or settings.host
@@ -77,20 +83,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"serving on http://{host}:{port} (provider {settings.provider}); "
         f"get a token with: sandboxctl token   (SANDBOX_DATA_DIR={settings.data_dir})\n"
     )
-    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10)
-    return 0
+    # The lifespan logs a failed start as one line; uvicorn would add the whole traceback.
+    logging.getLogger("uvicorn.error").addFilter(_DropTracebacks())
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10))
+    server.run()  # a failed start exits non-zero from inside uvicorn
+    return 0 if server.started else 1
+
+
+class _DropTracebacks(logging.Filter):
+    """Keeps uvicorn from logging a startup traceback (it is logged at debug by the lifespan)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Traceback") and not (record.exc_info and record.levelno >= logging.ERROR)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    print(make_token(_secret(_settings(args))))
+    print(make_token(_secret(args)))
     return 0
 
 
-async def _with_client(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    url = args.url or os.environ.get("SANDBOX_URL") or DEFAULT_URL
-    async with SandboxClient(url, _secret(settings)) as client:
-        return int(await args.handler(client, args))
+def _run_client(args: argparse.Namespace) -> int:
+    """Run a client command; the service's and the transport's errors become one-line ``CliError``s."""
+    import httpx
+
+    from app.client import ApiError, SandboxClient
+
+    async def run() -> int:
+        url = args.url or os.environ.get("SANDBOX_URL") or DEFAULT_URL
+        async with SandboxClient(url, _secret(args)) as client:
+            return int(await args.handler(client, args))
+
+    try:
+        return asyncio.run(run())
+    except ApiError as exc:
+        raise CliError(f"{exc.message} ({exc.code})") from None
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach the service: {exc or type(exc).__name__}") from None
 
 
 async def cmd_create(client: SandboxClient, args: argparse.Namespace) -> int:
@@ -237,13 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "func"):
             return int(args.func(args))
-        return asyncio.run(_with_client(args))
-    except ApiError as exc:
-        sys.stderr.write(f"sandboxctl: {exc.message} ({exc.code})\n")
-    except (CliError, ConfigError) as exc:
+        return _run_client(args)
+    except CliError as exc:
         sys.stderr.write(f"sandboxctl: {exc}\n")
-    except httpx.HTTPError as exc:
-        sys.stderr.write(f"sandboxctl: cannot reach the service: {exc or type(exc).__name__}\n")
     except OSError as exc:
         sys.stderr.write(f"sandboxctl: {exc.strerror or exc}\n")
     except KeyboardInterrupt:

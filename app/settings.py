@@ -15,10 +15,10 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.secret_file import SECRET_FILE_NAME, read_secret_file
+
 #: Minimum length of an API secret, in bytes.
 MIN_SECRET_BYTES = 32
-#: File under the data dir holding the generated secret of ``make run``.
-SECRET_FILE_NAME = "api-secret"
 _PLACEHOLDERS = {"changeme", "change-me", "secret", "your-secret-here", "replace-me", "xxx"}
 
 
@@ -223,10 +223,8 @@ class Settings(BaseSettings):
 
     def resolved_secrets(self) -> list[bytes]:
         """The API secrets from the environment, else the data dir's secret file."""
-        values = [s.get_secret_value() for s in self.api_secrets]
-        if not values and self.secret_file.is_file():
-            values = [v.strip() for v in self.secret_file.read_text().split(",") if v.strip()]
-        return [v.encode() for v in values]
+        values = [s.get_secret_value().encode() for s in self.api_secrets]
+        return values or read_secret_file(self.secret_file)
 
     def validate_secrets(self) -> list[bytes]:
         """Refuse to run with no secret, a short one, or a placeholder."""

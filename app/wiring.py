@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 
 from fastapi import FastAPI
 
+from app.errors import SandboxControlError
 from app.logging import configure_logging, get_logger
 from app.metrics import Metrics
 from app.providers.instrumented import InstrumentedProvider
@@ -27,7 +28,7 @@ from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService
 from app.services.sessions import SessionService, github_tokens_from
 from app.services.snapshots import SnapshotService
-from app.settings import Settings
+from app.settings import ConfigError, Settings
 from app.storage.blobs import create_blob_store
 from app.storage.state import StateStore
 
@@ -115,6 +116,16 @@ async def start_background(services: Services, stack: AsyncExitStack) -> None:
         stack.push_async_callback(job.aclose)
 
 
+def startup_error(exc: BaseException) -> str:
+    """What went wrong at start, in one line (our errors carry their remedy in the message)."""
+    if isinstance(exc, SandboxControlError | ConfigError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def lifespan(
     settings: Settings, metrics: Metrics, api_secrets: list[bytes]
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -128,8 +139,14 @@ def lifespan(
             loop.set_debug(True)
             loop.slow_callback_duration = settings.loop_debug_slow_ms / 1000
         async with AsyncExitStack() as stack:
-            app.state.services = await build_services(settings, metrics, stack)
-            await start_background(app.state.services, stack)
+            try:
+                app.state.services = await build_services(settings, metrics, stack)
+                await start_background(app.state.services, stack)
+            except Exception as exc:
+                # One line an operator can act on; the traceback only for those who ask for it.
+                log.error("service.start_failed", error=startup_error(exc))
+                log.debug("service.start_failed_trace", exc_info=exc)
+                raise
             yield
             log.info("service.stopping")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, event, insert, inspect, select, text, update
+from sqlalchemy import Connection, event, insert, inspect, make_url, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from app.errors import StorageUnavailable
@@ -84,7 +84,11 @@ class Database:
             async with self._engine.begin() as conn:
                 await conn.run_sync(_upgrade)
         except OSError as exc:
-            raise StorageUnavailable(f"state store unreachable: {exc}") from exc
+            where = make_url(self.url).render_as_string(hide_password=True)
+            raise StorageUnavailable(
+                f"state store {where} unreachable ({exc.strerror or exc}); check SANDBOX_STATE_URL and that the "
+                "database server is running"
+            ) from exc
         maker = async_sessionmaker(self._engine, expire_on_commit=False)
         self._sessions = SessionFactory(maker, serialize=self.is_sqlite)
 
