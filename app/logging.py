@@ -70,15 +70,27 @@ def _add_request_id(_logger: Any, _method: str, event: MutableMapping[str, Any])
     return event
 
 
-def configure_logging(level: str = "info", secrets: Iterable[str] = (), stream: Any = None) -> Redactor:
-    """Route structlog and stdlib logging through one JSON renderer with redaction."""
+def configure_logging(
+    level: str = "info", secrets: Iterable[str] = (), stream: Any = None, *, replica: str | None = None
+) -> Redactor:
+    """Route structlog and stdlib logging through one JSON renderer with redaction.
+
+    ``replica`` is added to every line, so the logs of several replicas can be told apart.
+    """
     redactor = Redactor(secrets)
+
+    def add_replica(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if replica is not None:
+            event.setdefault("replica", replica)
+        return event
+
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         _add_request_id,
+        add_replica,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,

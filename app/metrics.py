@@ -36,6 +36,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.replica = Gauge(
+            "sandbox_replica_info", "This replica (value 1), by replica id", ["replica"], registry=self.registry
+        )
+        self.leases_held = Gauge(
+            "sandbox_leases_held", "Leases on background work this replica holds", registry=self.registry
+        )
+
     def set_sandbox_counts(self, counts: dict[str, int]) -> None:
         for status in ("creating", "running", "stopped", "failed", "deleted", "warm", *counts):
             self.sandboxes.labels(status=status).set(counts.get(status, 0))

@@ -106,6 +106,21 @@ class Settings(BaseSettings):
     #: max_age_seconds of the implicit pools made by POST /api/warm-sandbox.
     pool_default_max_age_seconds: int = Field(default=3600, ge=1, validation_alias="SANDBOX_POOL_DEFAULT_MAX_AGE")
 
+    # Replicas: several service processes on one state store and one bucket.
+    #: This replica's id in logs, metrics, /readyz and leases (default: <host>-<pid>-<random>).
+    replica_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", validation_alias="SANDBOX_REPLICA_ID"
+    )
+    #: Lifetime of a lease on background work; renewed at a third of it. A dead replica's work
+    #: is taken over within one lifetime.
+    lease_ttl_seconds: float = Field(default=30.0, ge=2, le=3600, validation_alias="SANDBOX_LEASE_TTL")
+    #: Reconciliation leaves records and provider objects younger than this alone (a create in
+    #: flight on another replica), and ``creating`` records of a live replica at any age.
+    reconcile_grace_seconds: float = Field(default=60.0, ge=0, validation_alias="SANDBOX_RECONCILE_GRACE")
+    #: TTL given to a sandbox adopted after an interrupted create, when no default TTL is set:
+    #: nobody may know it exists, so it must not run forever.
+    adopted_ttl_seconds: int = Field(default=3600, ge=60, validation_alias="SANDBOX_ADOPTED_TTL")
+
     # Local (bubblewrap) provider.
     local_bwrap: str = Field(default="bwrap", validation_alias="SANDBOX_LOCAL_BWRAP")
     #: A root filesystem directory to use instead of the host's system dirs.

@@ -22,6 +22,7 @@ from app.services.builds import BuildService
 from app.services.callbacks import CallbackOutbox
 from app.services.container import Services
 from app.services.launcher import SandboxLauncher
+from app.services.leases import LeaseKeeper, new_replica_id
 from app.services.pools import PoolService
 from app.services.reconciler import Reconciler
 from app.services.repo_images import RepoImageService
@@ -52,11 +53,12 @@ def known_secrets(settings: Settings, api_secrets: list[bytes]) -> list[str]:
     return values
 
 
-async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitStack) -> Services:
+async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitStack, replica_id: str) -> Services:
     """Open the stores and the provider and build the services; ``stack`` closes them in reverse."""
     store = StateStore(settings.effective_state_url)
     await store.open()
     stack.push_async_callback(store.aclose)
+    leases = LeaseKeeper(replica_id, store.leases, store.replicas, ttl=settings.lease_ttl_seconds)
     provider = InstrumentedProvider(create_provider(settings.provider, settings), metrics)
     await provider.aopen()
     stack.push_async_callback(provider.aclose)
@@ -67,17 +69,17 @@ async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitS
     if tokens is not None:
         stack.push_async_callback(tokens.aclose)
 
-    sandboxes = SandboxService(settings, store.sandboxes, provider)
-    snapshots = SnapshotService(settings, store.snapshots, blobs, provider, sandboxes)
+    sandboxes = SandboxService(settings, store.sandboxes, provider, replica_id=replica_id)
+    snapshots = SnapshotService(settings, store.snapshots, blobs, provider, sandboxes, replica_id=replica_id)
     repo_images = RepoImageService(store.repo_images, provider, sandboxes, snapshots)
     sessions = SessionService(settings, sandboxes, snapshots, provider, tokens, repo_images)
-    pools = PoolService(settings, store.pools, store.sandboxes, sandboxes, sessions, provider)
+    pools = PoolService(settings, store.pools, store.sandboxes, sandboxes, sessions, provider, leases)
     outbox = None
     if settings.internal_callback_secret is not None:
         outbox = CallbackOutbox(settings, store.callbacks)
         outbox.validate()  # a weak secret stops the start, not the first callback
         stack.push_async_callback(outbox.aclose)
-    builds = BuildService(settings, store.builds, provider, sandboxes, sessions, repo_images, outbox)
+    builds = BuildService(settings, store.builds, provider, sandboxes, sessions, repo_images, outbox, leases)
     stack.push_async_callback(builds.aclose)
     return Services(
         settings=settings,
@@ -86,7 +88,15 @@ async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitS
         provider=provider,
         blobs=blobs,
         sandboxes=sandboxes,
-        reconciler=Reconciler(store.sandboxes, provider, busy=sandboxes.is_creating, delete=sandboxes.delete),
+        reconciler=Reconciler(
+            store.sandboxes,
+            provider,
+            busy=sandboxes.is_creating,
+            delete=sandboxes.delete,
+            live_replicas=leases.live_replica_ids,
+            grace_seconds=settings.reconcile_grace_seconds,
+            adopted_ttl_seconds=settings.default_ttl_seconds or settings.adopted_ttl_seconds,
+        ),
         snapshots=snapshots,
         sessions=sessions,
         pools=pools,
@@ -94,13 +104,21 @@ async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitS
         builds=builds,
         launcher=SandboxLauncher(sandboxes, snapshots, sessions, pools, repo_images),
         callbacks=outbox,
+        leases=leases,
     )
 
 
 async def start_background(services: Services, stack: AsyncExitStack) -> None:
-    """Reconcile, then start the pool maintainer, the callback worker, build resumption and the periodic jobs."""
-    settings = services.settings
-    counts = await services.reconciler.reconcile()
+    """Join the replicas, reconcile, then start the pool maintainer, the callback worker, builds and the periodic jobs.
+
+    Every duty runs under a lease (``app.services.leases``); the keeper closes
+    last, handing the leases back once the duties have stopped.
+    """
+    settings, leases = services.settings, services.leases
+    await leases.start()
+    stack.push_async_callback(leases.aclose)
+    reconcile = Periodic("reconcile", settings.reconcile_interval_seconds, services.reconciler.reconcile, leases=leases)
+    counts = await reconcile.run_once()
     log.info("service.started", provider=settings.provider, reconciled=counts)
     # After the reconciler, so the first pass sees the provider's truth about members.
     services.pools.maintainer.start()
@@ -109,8 +127,10 @@ async def start_background(services: Services, stack: AsyncExitStack) -> None:
         services.callbacks.start()  # callbacks due while the service was down go out now
     await services.builds.resume()
     for job in (
-        Periodic("reap", settings.reaper_interval_seconds, services.reconciler.reap_expired),
-        Periodic("reconcile", settings.reconcile_interval_seconds, services.reconciler.reconcile),
+        Periodic("reap", settings.reaper_interval_seconds, services.reconciler.reap_expired, leases=leases),
+        reconcile,
+        # Every replica looks for builds whose runner died (each build is leased on its own).
+        Periodic("builds", settings.lease_ttl_seconds, services.builds.resume),
     ):
         job.start()
         stack.push_async_callback(job.aclose)
@@ -133,14 +153,16 @@ def lifespan(
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(settings.log_level, known_secrets(settings, api_secrets))
+        replica_id = settings.replica_id or new_replica_id()
+        configure_logging(settings.log_level, known_secrets(settings, api_secrets), replica=replica_id)
+        metrics.replica.labels(replica=replica_id).set(1)
         if settings.loop_debug_slow_ms:
             loop = asyncio.get_running_loop()
             loop.set_debug(True)
             loop.slow_callback_duration = settings.loop_debug_slow_ms / 1000
         async with AsyncExitStack() as stack:
             try:
-                app.state.services = await build_services(settings, metrics, stack)
+                app.state.services = await build_services(settings, metrics, stack, replica_id)
                 await start_background(app.state.services, stack)
             except Exception as exc:
                 # One line an operator can act on; the traceback only for those who ask for it.

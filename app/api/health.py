@@ -46,7 +46,13 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     probes = [("state", services.store.ping), ("provider", services.provider.ping), ("blobs", services.blobs.ping)]
     checks = dict(await asyncio.gather(*(_check(name, probe) for name, probe in probes)))
     ready = all(v == "ok" for v in checks.values())
-    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    keeper = services.leases
+    body = {
+        "status": "ready" if ready else "not_ready",
+        "checks": checks,
+        "replica": keeper.replica_id,
+        "leases": sorted(keeper.held),
+    }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -54,4 +60,5 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 async def metrics(services: ServicesDep) -> Response:
     """Prometheus text format."""
     services.metrics.set_sandbox_counts(await services.store.sandboxes.count_by_status())
+    services.metrics.leases_held.set(len(services.leases.held))
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -9,6 +9,7 @@ from app.providers.base import Provider
 from app.services.builds import BuildService
 from app.services.callbacks import CallbackOutbox
 from app.services.launcher import SandboxLauncher
+from app.services.leases import LeaseKeeper
 from app.services.pools import PoolService
 from app.services.reconciler import Reconciler
 from app.services.repo_images import RepoImageService
@@ -39,3 +40,5 @@ class Services:
     launcher: SandboxLauncher
     #: None when ``INTERNAL_CALLBACK_SECRET`` is not configured (builds without callbacks only).
     callbacks: CallbackOutbox | None
+    #: This replica's id, heartbeat and leases on background work.
+    leases: LeaseKeeper

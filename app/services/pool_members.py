@@ -30,6 +30,7 @@ from app.providers.base import Provider
 from app.schemas.common import RESERVED_LABEL_PREFIX
 from app.schemas.sandboxes import CreateSandboxRequest
 from app.services.background import Periodic
+from app.services.leases import LeaseKeeper
 from app.services.sandboxes import SandboxService, describe_error, new_sandbox_id
 from app.services.sessions import SessionService
 from app.settings import Settings
@@ -54,29 +55,6 @@ _PROBE = (
 log = get_logger("pools")
 
 
-class WakeablePeriodic(Periodic):
-    """A :class:`Periodic` that also runs as soon as :meth:`wake` is called (wake-ups coalesce)."""
-
-    def __init__(self, name: str, interval: float, job: Any) -> None:
-        super().__init__(name, interval, job)
-        self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
-            self._wake.clear()
-            try:
-                result = await self.job()
-                if result:
-                    log.info("periodic.ran", job=self.name, result=result)
-            except Exception as exc:  # keep the loop alive; the next run retries
-                log.warning("periodic.failed", job=self.name, error=str(exc), error_type=type(exc).__name__)
-
-
 class PoolMaintainer:
     """Keeps every pool at its target; one per app instance, started in the lifespan."""
 
@@ -88,6 +66,7 @@ class PoolMaintainer:
         sandboxes: SandboxService,
         sessions: SessionService,
         provider: Provider,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self.settings = settings
         self.pools = pools
@@ -97,13 +76,14 @@ class PoolMaintainer:
         self.provider = provider
         self._creating = asyncio.Semaphore(settings.pool_create_concurrency)
         self._watchers: dict[str, asyncio.Task[None]] = {}
-        self._loop = WakeablePeriodic("pools", settings.pool_interval_seconds, self.maintain)
+        # One replica maintains the pools at a time (the lease "job:pools"); claims go anywhere.
+        self._loop = Periodic("pools", settings.pool_interval_seconds, self.maintain, leases=leases)
         self._pass_lock = asyncio.Lock()
 
     def start(self) -> None:
         """Start the loop; the first pass runs at once (a restarted service refills immediately)."""
-        self._loop.start()
         self._loop.wake()
+        self._loop.start()
 
     def wake(self) -> None:
         """Run a pass now (after a PUT, a claim, a drain)."""
@@ -122,6 +102,20 @@ class PoolMaintainer:
     async def members(self, pool_name: str) -> list[SandboxRecord]:
         """The pool's live members (every status but deleted), oldest first."""
         return await self.member_records.list({POOL_LABEL: pool_name})
+
+    async def ensure_member(self, pool: PoolRecord) -> SandboxRecord:
+        """An unclaimed member of ``pool`` (ready first, then booting), created if there is none.
+
+        Serialised with the maintenance pass, so the two never both fill the same gap in this
+        replica (another replica's pass may; its excess is evicted by the next pass).
+        """
+        async with self._pass_lock:
+            unclaimed = [m for m in await self.members(pool.name) if m.session_id is None]
+            for wanted in ("warm", "running", "creating"):
+                for member in unclaimed:
+                    if member.status == wanted:
+                        return member
+            return await self.create_member(pool)
 
     async def create_member(self, pool: PoolRecord) -> SandboxRecord:
         """Create one member and start watching it boot; returns once the provider runs it."""

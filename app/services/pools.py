@@ -36,6 +36,7 @@ from app.providers.base import Provider, Resources
 from app.schemas.common import RepoRef
 from app.schemas.pools import PutPoolRequest
 from app.services.hosts import check_url_allowed
+from app.services.leases import LeaseKeeper
 from app.services.pool_members import POOL_LABEL, PoolMaintainer
 from app.services.sandboxes import SandboxService, describe_error
 from app.services.sessions import SessionLaunch, SessionService
@@ -75,6 +76,7 @@ class PoolService:
         sandboxes: SandboxService,
         sessions: SessionService,
         provider: Provider,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self.settings = settings
         self.pools = pools
@@ -82,7 +84,7 @@ class PoolService:
         self.sandboxes = sandboxes
         self.sessions = sessions
         self.provider = provider
-        self.maintainer = PoolMaintainer(settings, pools, members, sandboxes, sessions, provider)
+        self.maintainer = PoolMaintainer(settings, pools, members, sandboxes, sessions, provider, leases)
 
     # -- configuration and state ---------------------------------------------
 
@@ -165,12 +167,7 @@ class PoolService:
                 )
             )  # fmt: skip
             pool = await self.get(name)
-        unclaimed = [m for m in await self.maintainer.members(pool.name) if m.session_id is None]
-        for wanted in ("warm", "running"):
-            for member in unclaimed:
-                if member.status == wanted:
-                    return member
-        member = await self.maintainer.create_member(pool)
+        member = await self.maintainer.ensure_member(pool)
         self.maintainer.wake()
         return member
 

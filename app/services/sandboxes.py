@@ -70,10 +70,12 @@ def resolve_sandbox_path(path: str) -> str:
 class SandboxService:
     """Create, find, run commands in, stop, start and delete sandboxes."""
 
-    def __init__(self, settings: Settings, records: SandboxStore, provider: Provider) -> None:
+    def __init__(self, settings: Settings, records: SandboxStore, provider: Provider, *, replica_id: str = "") -> None:
         self.settings = settings
         self.records = records
         self.provider = provider
+        #: Recorded as the owner of the sandboxes this replica creates.
+        self.replica_id = replica_id
         self._locks: KeyedLocks[str] = KeyedLocks()
 
     # -- create ------------------------------------------------------------
@@ -123,6 +125,7 @@ class SandboxService:
             env_names=sorted({*request.env, *(extra_env or {})}),
             ttl_seconds=ttl,
             expires_at=now + timedelta(seconds=ttl) if ttl else None,
+            owner=self.replica_id or None,
             **record_fields,
         )
         try:

@@ -68,8 +68,11 @@ class SnapshotService:
         blobs: BlobStore,
         provider: Provider,
         sandboxes: SandboxService,
+        *,
+        replica_id: str = "",
     ) -> None:
         self.settings = settings
+        self.replica_id = replica_id
         self.records = records
         self.blobs = blobs
         self.provider = provider
@@ -99,6 +102,7 @@ class SnapshotService:
             reason=reason,
             repo_owner=sandbox.repo_owner,
             repo_name=sandbox.repo_name,
+            owner=self.replica_id or None,
         )
         async with self._locks.hold(sandbox.id), self._slots:
             await self.records.insert(record)

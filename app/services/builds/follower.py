@@ -64,6 +64,10 @@ class BuildFailed(Exception):
     """A build cannot produce an image; the message is what the failure callback says."""
 
 
+class BuildStopped(Exception):
+    """The build ended elsewhere (cancelled, possibly on another replica): stop following it."""
+
+
 class Exec(Protocol):
     """The provider's ``exec``, all the follower needs of it."""
 
@@ -71,7 +75,9 @@ class Exec(Protocol):
 
 
 class BuildLog(Protocol):
-    """Where the followed log is stored (the state store's builds)."""
+    """Where the followed log is stored (the state store's builds), and the build's current state."""
+
+    async def get(self, build_id: str) -> BuildRecord | None: ...
 
     async def append_log(self, build_id: str, text: str, *, log_offset: int) -> None: ...
 
@@ -100,6 +106,9 @@ class BuildFollower:
         while True:
             if utcnow() >= deadline:
                 raise BuildFailed(f"build timed out after {self._timeout_seconds} s")
+            current = await self._log.get(build.id)
+            if current is None or not current.active:  # cancelled, maybe by another replica
+                raise BuildStopped(build.id)
             exit_status, data = await self._poll(ref, offset)
             pending += data
             offset += len(data)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
 
 from app.errors import (
@@ -40,9 +41,10 @@ from app.logging import get_logger
 from app.providers.base import Provider
 from app.schemas.common import RESERVED_LABEL_PREFIX, validate_env
 from app.schemas.sandboxes import CreateSandboxRequest
-from app.services.builds.follower import ERROR_TAIL_CHARS, BuildFailed, BuildFollower, build_command
+from app.services.builds.follower import ERROR_TAIL_CHARS, BuildFailed, BuildFollower, BuildStopped, build_command
 from app.services.callbacks import CallbackOutbox, failure_url
 from app.services.hosts import check_url_allowed
+from app.services.leases import LeaseKeeper
 from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService, describe_error, new_sandbox_id
 from app.services.sessions import SessionService
@@ -74,8 +76,10 @@ class BuildService:
         sessions: SessionService,
         repo_images: RepoImageService,
         outbox: CallbackOutbox | None,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self.settings = settings
+        self._leases = leases
         self.records = records
         self.provider = provider
         self.sandboxes = sandboxes
@@ -217,17 +221,33 @@ class BuildService:
     # -- running -----------------------------------------------------------
 
     async def resume(self) -> int:
-        """After a start: pick up every unfinished build, clean up after finished ones."""
+        """Pick up every unfinished build no live replica runs, and finish ending interrupted ones.
+
+        Called at start and then periodically by every replica: each build runs
+        under its lease ``build:<id>``, so the replica that takes the lease runs
+        it and the others leave it; a dead replica's builds are taken over once
+        their leases run out.
+        """
         resumed = 0
         for record in await self.records.list(statuses=ACTIVE_BUILD_STATUSES):
-            self._spawn(record.id)
-            resumed += 1
+            if record.id not in self._tasks:
+                self._spawn(record.id)
+                resumed += 1
         for record in await self.records.list(statuses=("failed", "cancelled")):
             if record.finished_at is None:  # the service stopped half-way through ending it
-                await self._end(record.id, record.status, record.error or record.status)
+                await self._leased(
+                    record.id, functools.partial(self._end, record.id, record.status, record.error or "")
+                )
         if resumed:
-            log.info("build.resumed", count=resumed)
+            log.debug("build.resumed", count=resumed)
         return resumed
+
+    async def _leased(self, build_id: str, work: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``work`` under the build's lease (at once without leases); False when another replica has it."""
+        if self._leases is None:
+            await work()
+            return True
+        return await self._leases.run_leased(f"build:{build_id}", work)
 
     async def aclose(self) -> None:
         """Stop the workers; their builds stay in the store and resume at the next start."""
@@ -238,11 +258,18 @@ class BuildService:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, build_id: str) -> None:
+        # The slot first: a build waiting in this replica's queue must not hold its lease.
+        async with self._slots:
+            if not await self._leased(build_id, lambda: self._guarded(build_id)):
+                log.debug("build.elsewhere", build_id=build_id)
+
+    async def _guarded(self, build_id: str) -> None:
         try:
-            async with self._slots:
-                await self._advance(build_id)
+            await self._advance(build_id)
         except asyncio.CancelledError:
             raise
+        except BuildStopped:
+            log.info("build.stopped", build_id=build_id)
         except BuildFailed as exc:
             await self._fail(build_id, str(exc))
         except Exception as exc:  # anything unexpected ends the build, never the worker silently

@@ -9,6 +9,7 @@ from __future__ import annotations
 from app.storage.state.builds import BuildRecord, BuildStore
 from app.storage.state.callbacks import CallbackRecord, CallbackStore
 from app.storage.state.database import Database
+from app.storage.state.leases import LeaseRecord, LeaseStore, ReplicaRecord, ReplicaStore
 from app.storage.state.pools import PoolRecord, PoolStore
 from app.storage.state.repo_images import RepoImageRecord, RepoImageStore
 from app.storage.state.sandboxes import SandboxRecord, SandboxStore
@@ -19,8 +20,12 @@ __all__ = [
     "BuildStore",
     "CallbackRecord",
     "CallbackStore",
+    "LeaseRecord",
+    "LeaseStore",
     "PoolRecord",
     "PoolStore",
+    "ReplicaRecord",
+    "ReplicaStore",
     "RepoImageRecord",
     "RepoImageStore",
     "SandboxRecord",
@@ -42,6 +47,8 @@ class StateStore:
         self.builds = BuildStore(self.database)
         self.repo_images = RepoImageStore(self.database)
         self.callbacks = CallbackStore(self.database)
+        self.leases = LeaseStore(self.database)
+        self.replicas = ReplicaStore(self.database)
 
     @property
     def url(self) -> str:

@@ -62,6 +62,8 @@ class SandboxRecord:
     deleted_at: datetime | None = None
     #: The stable id the provider object is labelled with; None (old rows) means ``id``.
     key: str | None = None
+    #: The replica that created it (a ``creating`` record of a live replica is left to it).
+    owner: str | None = None
 
     @property
     def stable_key(self) -> str:

@@ -36,6 +36,8 @@ class SnapshotRecord:
     repo_owner: str | None = None
     repo_name: str | None = None
     error: str | None = None
+    #: The replica writing it while ``creating``.
+    owner: str | None = None
 
 
 class SnapshotStore:

@@ -29,6 +29,8 @@ class SandboxRow(Base):
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     key: Mapped[str | None] = mapped_column(String(128), index=True)
+    #: The replica that created the row; while it lives, a ``creating`` row is its business.
+    owner: Mapped[str | None] = mapped_column(String(128))
     provider: Mapped[str] = mapped_column(String(32))
     provider_object_id: Mapped[str | None] = mapped_column(String(256), index=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
@@ -100,6 +102,8 @@ class SnapshotRow(Base):
     repo_owner: Mapped[str | None] = mapped_column(String(256))
     repo_name: Mapped[str | None] = mapped_column(String(256))
     error: Mapped[str | None] = mapped_column(Text)
+    #: The replica writing a ``creating`` snapshot; a dead owner's snapshot is failed and cleaned up.
+    owner: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -225,3 +229,32 @@ class RepoImageRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class LeaseRow(Base):
+    """A named lease on background work (``app.services.leases``): who holds it, until when.
+
+    Taken and renewed by conditional UPDATEs (``owner`` = us or ``expires_at``
+    passed), so replicas sharing the database never run one job twice, and a
+    dead replica's work is taken over once its lease runs out.
+    """
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    acquired_at: Mapped[datetime]
+    renewed_at: Mapped[datetime]
+
+
+class ReplicaRow(Base):
+    """A service replica sharing this database, kept alive by its heartbeat."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(256))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime] = mapped_column(index=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -9,6 +11,10 @@ import httpx
 from app.client import SandboxClient
 from app.services.pool_members import POOL_LABEL
 from app.services.sandboxes import ID_LABEL
+from app.settings import Settings
+from app.storage.state import SandboxRecord
+from app.storage.state.times import utcnow
+from tests.fixtures.app import serve_in_process
 
 Service = tuple[Any, httpx.AsyncClient, SandboxClient]
 
@@ -37,13 +43,38 @@ async def test_a_claimed_member_under_a_new_id_is_neither_vanished_nor_an_orphan
     assert await services.provider.list({}) == []
 
 
-async def test_a_provider_object_without_a_live_record_is_deleted(service: Service) -> None:
-    app, _, client = service
+async def test_a_provider_object_without_a_live_record_is_deleted_after_the_grace_period(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with serve_in_process(make_settings(reconcile_grace_seconds=0.5)) as (app, _, client):
+        services = app.state.services
+        kept = await client.create(sandbox_id="kept")
+        await client.create(sandbox_id="lost")
+        await services.store.sandboxes.update("lost", status="deleted")  # the record says gone, the object is not
+        young = await services.reconciler.reconcile()
+        assert young["orphans_deleted"] == 0  # younger than the grace: maybe a create in flight elsewhere
+        await asyncio.sleep(0.6)
+        counts = await services.reconciler.reconcile()
+        assert counts["orphans_deleted"] == 1
+        assert [o.provider_object_id for o in await services.provider.list({})] == [kept["provider_object_id"]]
+
+
+async def test_a_creating_record_is_left_to_its_live_owner_and_failed_once_the_owner_is_gone(
+    service: Service,
+) -> None:
+    app, _, _ = service
     services = app.state.services
-    kept = await client.create(sandbox_id="kept")
-    lost = await client.create(sandbox_id="lost")
-    await services.store.sandboxes.update("lost", status="deleted")  # the record says gone, the object is not
+    records = services.store.sandboxes
+    now = utcnow()
+    me = services.leases.replica_id
+    for sandbox_id, owner in (("mine", me), ("dead-owner", "replica-that-died"), ("legacy", None)):
+        await records.insert(
+            SandboxRecord(
+                id=sandbox_id, provider="fake", status="creating", created_at=now, updated_at=now, owner=owner
+            )
+        )
     counts = await services.reconciler.reconcile()
-    assert counts["orphans_deleted"] == 1
-    assert [o.provider_object_id for o in await services.provider.list({})] == [kept["provider_object_id"]]
-    assert lost["provider_object_id"] != kept["provider_object_id"]
+    assert counts == {"adopted": 0, "updated": 0, "vanished": 0, "orphans_deleted": 0}
+    statuses = {r.id: r.status for r in await records.list()}
+    # Ours (alive) and the ownerless young one wait; the dead replica's create is over.
+    assert statuses == {"mine": "creating", "legacy": "creating", "dead-owner": "failed"}
