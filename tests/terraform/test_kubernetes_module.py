@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.terraform.hcl import named, parse
+
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "terraform" / "modules" / "kubernetes"
 EXAMPLE = ROOT / "terraform" / "examples" / "kubernetes"
@@ -27,29 +29,6 @@ PROVIDER_RBAC = [
     ("", "events", ["get", "list", "watch"]),
     ("networking.k8s.io", "networkpolicies", ["get", "list", "create", "delete"]),
 ]
-
-
-def _clean(value: Any) -> Any:
-    """python-hcl2 keeps string quotes and marks blocks; drop both."""
-    if isinstance(value, dict):
-        return {_clean(k): _clean(v) for k, v in value.items() if k != "__is_block__"}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
-
-
-def parse(directory: Path) -> dict[str, list[Any]]:
-    """Every top-level block of the .tf files of ``directory``, by block type."""
-    import hcl2
-
-    merged: dict[str, list[Any]] = {}
-    for path in sorted(directory.glob("*.tf")):
-        with path.open() as handle:
-            for kind, blocks in _clean(hcl2.load(handle)).items():
-                merged.setdefault(kind, []).extend(blocks)
-    return merged
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +118,11 @@ def test_module_renders_its_settings_with_the_core_module(module: dict[str, list
     assert config["sandbox_provider"] == "kubernetes"
     assert config["kubernetes_namespace"] == "${var.namespace}"
     assert config["state_url"] == "${var.state_url}"
-    variables = {name for block in module["variable"] for name in block}
+    variables = named(module, "variable")
     secret_inputs = {"api_secrets", "internal_callback_secret", "state_url", "s3_credentials", "extra_secret_env"}
-    for block in module["variable"]:
-        for name, body in block.items():
-            assert body.get("description"), f"variable {name} has no description"
-            assert body.get("sensitive", False) is (name in secret_inputs), name
-    assert secret_inputs <= variables
+    assert secret_inputs <= set(variables)
+    for name, body in variables.items():
+        assert body.get("sensitive", False) is (name in secret_inputs), name
 
 
 def test_example_is_a_module_call() -> None:

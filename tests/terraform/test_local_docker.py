@@ -136,7 +136,7 @@ async def wait_ready(url: str) -> httpx.Response:
     raise AssertionError(f"/readyz never answered 200: {answer.text if answer is not None else 'no answer'}")
 
 
-async def test_example_deploys_the_service_and_destroy_removes_it(deployment: Deployment) -> None:
+async def test_example_deploys_the_service_and_destroy_removes_it(deployment: Deployment, s3_server: S3Server) -> None:
     applied = deployment.run("apply", "-auto-approve")
     assert applied.returncode == 0, deployment.outputs[-1]
 
@@ -167,5 +167,6 @@ async def test_example_deploys_the_service_and_destroy_removes_it(deployment: De
     destroyed = deployment.destroy()
     assert destroyed.returncode == 0, deployment.outputs[-1]
     assert leftovers(deployment.name) == {"containers": [], "sandboxes": [], "networks": [], "volumes": []}
-    # Neither the plans nor the provisioners' output ever showed the secret.
-    assert not any(deployment.secret in output for output in deployment.outputs)
+    # Neither the plans nor the provisioners' output ever showed a secret.
+    for secret in (deployment.secret, s3_server.secret_key):
+        assert not any(secret in output for output in deployment.outputs)
