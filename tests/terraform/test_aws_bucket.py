@@ -66,7 +66,7 @@ def root_config(server: S3Server, name: str) -> str:
         }}
 
         module "sandbox_control" {{
-          source               = "../../modules/aws"
+          source               = "{{tree}}/modules/aws"
           name                 = "{name}"
           vpc_id               = "vpc-0123456789abcdef0"
           subnet_id            = "subnet-0123456789abcdef0"
@@ -95,9 +95,7 @@ def apply_bucket(terraform: Terraform, s3_server: S3Server) -> Iterator[Callable
 
     def apply(*, policy: bool = True) -> str:
         name = f"tfs3{secrets.token_hex(3)}"
-        directory = terraform.path(f"test-roots/{name}")
-        directory.mkdir(parents=True)
-        (directory / "main.tf").write_text(root_config(s3_server, name))
+        directory = terraform.root(name, root_config(s3_server, name))
         targets = [BUCKET, POLICY] if policy else [BUCKET]
         terraform.init(directory)
         applied.append((directory, targets))
