@@ -4,7 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 status=0
-for step in scripts/install-postgres.sh scripts/install-opencode.sh scripts/docker-setup.sh; do
+for step in scripts/install-postgres.sh scripts/install-opencode.sh scripts/docker-setup.sh scripts/terraform-setup.sh; do
   [ -x "$step" ] || continue
   if ! "$step"; then
     echo "test-deps: $step failed" >&2

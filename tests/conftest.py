@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.runtime",
     "tests.fixtures.callbacks",
+    "tests.fixtures.terraform",
 ]
