@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.client import SandboxClient  # noqa: E402
 from app.providers.local import LocalProvider  # noqa: E402
-from app.providers.local_limits import AppliedLimits  # noqa: E402
+from app.providers.local.limits import AppliedLimits  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from tests.fixtures.app import LiveServer, free_port  # noqa: E402
 

@@ -47,7 +47,7 @@ from app.providers.base import (
     Resources,
     SandboxSpec,
 )
-from app.providers.local_io import close_transport, feed_input, os_error, run_process, stream_output
+from app.providers.local.io import close_transport, feed_input, os_error, run_process, stream_output
 from app.settings import Settings
 
 #: sandbox root -> directory name inside the box
