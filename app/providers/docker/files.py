@@ -28,14 +28,8 @@ from typing import IO
 
 from app.errors import BadRequest, ProviderError
 from app.providers.docker.engine import EngineClient
-from app.providers.docker.tar import (
-    TarFormatError,
-    TarStreamReader,
-    reframe,
-    tar_header,
-    tar_padding,
-    tar_trailer,
-)
+from app.providers.docker.tar import member_data, reframe, tar_header, tar_padding, tar_trailer
+from app.snapshots.tarstream import TarFormatError, TarReader
 
 #: Bytes of an upload kept in memory before spooling to a temporary file.
 SPOOL_MEMORY_BYTES = 1 << 20
@@ -119,12 +113,12 @@ async def read_file(engine: EngineClient, container: str, path: str) -> AsyncIte
     if stat.is_dir:
         raise IsADirectoryError(errno.EISDIR, "is a directory in the sandbox", path)
     async with engine.request("GET", _archive(container), params={"path": path}, ref=container) as response:
-        reader = TarStreamReader(response.content.iter_chunked(CHUNK))
+        reader = TarReader(response.content.iter_chunked(CHUNK))
         try:
-            member = await reader.next_member()
+            member = await reader.next()
             if member is None or not member.isreg():
                 raise FileNotFoundError(errno.ENOENT, "not a regular file in the sandbox", path)
-            async for chunk in reader.member_data():
+            async for chunk in member_data(reader):
                 yield chunk
         except TarFormatError as exc:
             raise ProviderError(f"the Docker Engine sent a broken archive for {path!r}: {exc}") from exc

@@ -1,4 +1,4 @@
-"""The streaming tar reader/re-framer used with the Engine's archive API."""
+"""The tar re-framer used with the Engine's archive API, on the tree's one streaming tar reader."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.providers.docker.tar import TarFormatError, TarStreamReader, reframe
+from app.providers.docker.tar import member_data, reframe
+from app.snapshots.tarstream import TarFormatError, TarReader
 
 
 def make_tar(fmt: int, prefix: str = "./") -> bytes:
@@ -72,12 +73,12 @@ async def test_owner_rewrite_keeps_names() -> None:
 
 
 async def test_reader_yields_data_incrementally() -> None:
-    reader = TarStreamReader(in_chunks(make_tar(tarfile.PAX_FORMAT), 100))
+    reader = TarReader(in_chunks(make_tar(tarfile.PAX_FORMAT), 100))
     names = []
-    while (member := await reader.next_member()) is not None:
+    while (member := await reader.next()) is not None:
         names.append(member.name)
         if member.name == "./a.txt":
-            assert [c async for c in reader.member_data()] == [b"alpha"]
+            assert [c async for c in member_data(reader)] == [b"alpha"]
     assert names[0] == "." and "./d/empty" in names
 
 
@@ -96,3 +97,21 @@ async def test_source_is_read_to_its_end() -> None:
 
     with pytest.raises(ValueError, match="at the end"):
         await collect(reframe(source()))
+
+
+async def test_pax_records_pass_through() -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("./ping")
+        info.size = 4
+        info.pax_headers = {"SCHILY.xattr.security.capability": "caps", "atime": "1700000000.5"}
+        archive.addfile(info, io.BytesIO(b"\x7fELF"))
+    out = members(await collect(reframe(in_chunks(buffer.getvalue(), 300), relative=True)))
+    assert out["ping"][1] == b"\x7fELF"
+    assert out["ping"][0].pax_headers["SCHILY.xattr.security.capability"] == "caps"
+    assert out["ping"][0].pax_headers["atime"] == "1700000000.5"
+
+
+async def test_trailing_bytes_past_the_end_marker_are_bounded() -> None:
+    with pytest.raises(TarFormatError, match="follow the end-of-archive marker"):
+        await collect(reframe(in_chunks(make_tar(tarfile.PAX_FORMAT) + bytes(2 << 20), 1 << 16)))
