@@ -53,8 +53,8 @@ async def raw_bwrap_runs(data_dir: Path, ref: str, runs: int) -> list[float]:
     meta = provider._store.load_meta(ref)  # the bench may reach inside: same args, no service
     times = []
     for _ in range(runs):
-        with provider.sandboxed(meta) as fd:
-            argv = provider.spawn_argv(meta, AppliedLimits(), fd, ["true"])
+        with provider._sandboxed(meta) as fd:
+            argv = provider._spawn_argv(meta, AppliedLimits(), fd, ["true"])
             started = time.perf_counter()
             proc = await asyncio.create_subprocess_exec(*argv, pass_fds=(fd,))
             assert await proc.wait() == 0

@@ -46,6 +46,7 @@ from app.providers.base import (
     ProviderStatus,
     Resources,
     SandboxSpec,
+    check_argv,
 )
 from app.providers.local.io import close_transport, feed_input, os_error, run_process, stream_output
 from app.settings import Settings
@@ -144,8 +145,8 @@ class FakeProvider(Provider):
             raise UnsupportedSpec("resources.disk_mb", self.name, "no disk quota")
         if spec.network is not None and spec.network not in (self.capabilities.networks or ()):
             raise UnsupportedSpec("network", self.name, "only 'host' and 'none'")
-        if spec.command is not None and (not spec.command or isinstance(spec.command, str)):
-            raise BadRequest("command must be a non-empty list")
+        if spec.command is not None:
+            check_argv(spec.command)
         ref = "fk-" + secrets.token_hex(6)
         box = _Box(ref=ref, spec=spec, directory=self._root / "sandboxes" / ref, created_at=datetime.now(UTC))
         await asyncio.to_thread(self._layout, box.directory)
@@ -257,8 +258,7 @@ class FakeProvider(Provider):
         max_output_bytes: int = 1 << 20,
     ) -> ExecResult:
         """Run ``argv`` on the host in the box; background children end with it (as in local)."""
-        if isinstance(argv, str) or not argv or any("\0" in a for a in argv):
-            raise BadRequest("argv must be a non-empty list of strings without NUL bytes")
+        check_argv(argv)
         box = self._running_box(ref)
         try:
             workdir = box.host_path(cwd or "/workspace")

@@ -19,11 +19,11 @@ from typing import Any
 from daytona import SessionExecuteRequest
 
 from app.errors import ProviderError, SandboxNotFound
+from app.providers.base import check_argv
 from app.providers.daytona.errors import DaytonaCalls, status_of
 from app.providers.daytona.exec import (
     ENTRY_SESSION,
     STATE_DIR,
-    check_argv,
     entry_script,
     prepare_script,
     request_entry_stop_script,

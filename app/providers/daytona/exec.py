@@ -40,12 +40,6 @@ _SEPARATOR = "@@sandbox-control-sep@@"
 _TIMEOUT_CODES = {TIMEOUT_EXIT_CODE, 128 + 9}
 
 
-def check_argv(argv: Sequence[str]) -> None:
-    """Refuse an empty argv or NUL bytes (they cannot cross a shell command line)."""
-    if not argv or any("\0" in arg for arg in argv):
-        raise BadRequest("argv must be a non-empty list of strings without NUL bytes", field="argv")
-
-
 def check_exec_args(cwd: str, env: Mapping[str, str]) -> None:
     """Refuse a relative cwd and env names a shell cannot carry."""
     if not cwd.startswith("/") or "\0" in cwd:

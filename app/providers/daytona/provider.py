@@ -34,16 +34,18 @@ from typing import Any, TypeVar
 from daytona import AsyncDaytona, DaytonaConfig, ListSandboxesQuery
 
 from app.errors import ProviderAuthError, ProviderError, SandboxNotFound, SandboxNotRunning
-from app.providers.base import Capabilities, ExecResult, Provider, ProviderSandbox, ProviderStatus, SandboxSpec
+from app.providers.base import (
+    Capabilities,
+    ExecResult,
+    Provider,
+    ProviderSandbox,
+    ProviderStatus,
+    SandboxSpec,
+    check_argv,
+)
 from app.providers.daytona.entry import EntryCommand
 from app.providers.daytona.errors import DEFAULT_ATTEMPTS, DaytonaCalls, DaytonaConflict, translate
-from app.providers.daytona.exec import (
-    WORKSPACE,
-    check_argv,
-    check_exec_args,
-    exec_script,
-    parse_exec_output,
-)
+from app.providers.daytona.exec import WORKSPACE, check_exec_args, exec_script, parse_exec_output
 from app.providers.daytona.files import DaytonaFiles
 from app.providers.daytona.spec import (
     ENTRY_LABEL,
@@ -92,11 +94,11 @@ class DaytonaProvider(Provider):
         self._settings = settings
         self._scope = scope or settings.instance_scope
         self._defaults = defaults or DaytonaDefaults()
-        self.calls = DaytonaCalls(attempts=attempts, **({"backoff_base": backoff_base} if backoff_base else {}))
+        self._calls = DaytonaCalls(attempts=attempts, **({"backoff_base": backoff_base} if backoff_base else {}))
         self._exec_grace = exec_grace
         self._client: AsyncDaytona | None = None
-        self._files = DaytonaFiles(self)
-        self._entry = EntryCommand(self.calls)
+        self._files = DaytonaFiles(self._calls, self._running_sandbox, self.exec)
+        self._entry = EntryCommand(self._calls)
         self.capabilities = Capabilities(
             gpu=True,  # the SDK passes gpu count and type; availability depends on the organisation
             stop_start=True,
@@ -130,10 +132,6 @@ class DaytonaProvider(Provider):
             raise ProviderError("daytona provider used before aopen()")
         return self._client
 
-    def translate(self, exc: BaseException, what: str, ref: str | None) -> Exception:
-        """Map an SDK failure to ``app.errors`` (for callers outside ``calls.call``)."""
-        return translate(exc, what, ref)
-
     # -- sandboxes ----------------------------------------------------------------
 
     async def create(self, spec: SandboxSpec) -> ProviderSandbox:
@@ -142,12 +140,12 @@ class DaytonaProvider(Provider):
         client = self._opened()
         timeout = self._defaults.create_timeout
         try:
-            sandbox = await self.calls.call("create", lambda: client.create(plan.params, timeout=timeout))
+            sandbox = await self._calls.call("create", lambda: client.create(plan.params, timeout=timeout))
         except DaytonaConflict:
             # A retried create whose first try reached Daytona: adopt that sandbox.
             sandbox = await self._get(sandbox_name(self._scope, spec.sandbox_id))
             if state_name(sandbox) != "started":
-                await self.calls.call("start", lambda: sandbox.start(timeout=LIFECYCLE_TIMEOUT), ref=sandbox.id)
+                await self._calls.call("start", lambda: sandbox.start(timeout=LIFECYCLE_TIMEOUT), ref=sandbox.id)
         try:
             await self._entry.prepare(sandbox, spec.command)
             if spec.command is not None:
@@ -160,14 +158,14 @@ class DaytonaProvider(Provider):
     async def _discard(self, sandbox: Any) -> None:
         """Delete a sandbox whose create failed half-way; never masks the original error."""
         try:
-            await self.calls.call("delete", lambda: sandbox.delete(), ref=sandbox.id)
+            await self._calls.call("delete", lambda: sandbox.delete(), ref=sandbox.id)
         except Exception as exc:
             log.warning("daytona provider: could not delete half-created sandbox %s: %s", sandbox.id, exc)
 
     async def _get(self, ref: str) -> Any:
         """The SDK sandbox ``ref`` if it exists and is ours, else ``SandboxNotFound``."""
         client = self._opened()
-        sandbox = await self.calls.call("get", lambda: client.get(ref), ref=ref)
+        sandbox = await self._calls.call("get", lambda: client.get(ref), ref=ref)
         labels = sandbox.labels or {}
         if state_name(sandbox) in GONE or labels.get(MANAGED_LABEL) != "true" or labels.get(SCOPE_LABEL) != self._scope:
             raise SandboxNotFound(f"daytona sandbox {ref} not found", ref=ref)
@@ -181,7 +179,7 @@ class DaytonaProvider(Provider):
                 return "stopped" if code == 0 else "failed"
         return status
 
-    async def running_sandbox(self, ref: str) -> Any:
+    async def _running_sandbox(self, ref: str) -> Any:
         """The SDK sandbox of a running ``ref``; ``SandboxNotRunning`` otherwise."""
         sandbox = await self._get(ref)
         status = await self._status(sandbox)
@@ -196,12 +194,12 @@ class DaytonaProvider(Provider):
         if state in ("error", "build_failed"):
             if state == "error" and getattr(sandbox, "recoverable", False):
                 log.info("daytona provider: recovering sandbox %s from its error state", ref)
-                await self.calls.call("recover", lambda: sandbox.recover(timeout=LIFECYCLE_TIMEOUT), ref=ref)
+                await self._calls.call("recover", lambda: sandbox.recover(timeout=LIFECYCLE_TIMEOUT), ref=ref)
             else:
                 reason = getattr(sandbox, "error_reason", None) or state
                 raise ProviderError(f"daytona sandbox {ref} failed and cannot be recovered: {reason}", ref=ref)
         elif state != "started":
-            await self.calls.call("start", lambda: sandbox.start(timeout=LIFECYCLE_TIMEOUT), ref=ref)
+            await self._calls.call("start", lambda: sandbox.start(timeout=LIFECYCLE_TIMEOUT), ref=ref)
         if (sandbox.labels or {}).get(ENTRY_LABEL) and await self._entry.exit_code(sandbox) is not None:
             await self._entry.launch(sandbox)
 
@@ -213,12 +211,12 @@ class DaytonaProvider(Provider):
             return
         if state == "started" and (sandbox.labels or {}).get(ENTRY_LABEL):
             await self._entry.end(sandbox)
-        await self.calls.call("stop", lambda: sandbox.stop(timeout=LIFECYCLE_TIMEOUT), ref=ref)
+        await self._calls.call("stop", lambda: sandbox.stop(timeout=LIFECYCLE_TIMEOUT), ref=ref)
 
     async def delete(self, ref: str) -> None:
         """Delete the sandbox (Daytona finishes asynchronously; it reads as gone at once)."""
         sandbox = await self._get(ref)
-        await self.calls.call("delete", lambda: sandbox.delete(timeout=LIFECYCLE_TIMEOUT), ref=ref)
+        await self._calls.call("delete", lambda: sandbox.delete(timeout=LIFECYCLE_TIMEOUT), ref=ref)
 
     async def status(self, ref: str) -> ProviderStatus:
         """Daytona's state, refined by the entry command's (see the module docstring)."""
@@ -241,7 +239,7 @@ class DaytonaProvider(Provider):
                     break
             return found
 
-        found = await self.calls.call("list", collect)
+        found = await self._calls.call("list", collect)
         wanted = dict(labels or {})
         return [
             describe(item, status_of_state(state_name(item)))
@@ -296,7 +294,7 @@ class DaytonaProvider(Provider):
         check_exec_args(cwd, env or {})
         if timeout <= 0:
             raise ValueError("timeout must be positive")
-        sandbox = await self.running_sandbox(ref)
+        sandbox = await self._running_sandbox(ref)
         script = exec_script(
             argv,
             token=secrets.token_hex(8),

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from aiodocker.stream import Stream
 
 from app.errors import BadRequest, ProviderUnavailable, SandboxNotRunning
-from app.providers.base import TIMEOUT_EXIT_CODE, ExecResult
+from app.providers.base import TIMEOUT_EXIT_CODE, ExecResult, check_argv
 from app.providers.docker.engine import EngineClient, half_close, mapped_errors
 from app.providers.exec_wrapper import EXEC_MARKER, CappedBuffer, killer_argv, wrapped_argv
 
@@ -85,8 +85,7 @@ async def run_exec(
     user: str = "",
 ) -> ExecResult:
     """Run ``argv`` in ``container``; see ``Provider.exec`` for the contract."""
-    if not argv:
-        raise BadRequest("empty command", field="command")
+    check_argv(argv)
     if cwd is not None and (not cwd or cwd.startswith("-") or "\0" in cwd):
         raise BadRequest(f"invalid working directory: {cwd!r}", field="cwd")
     if timeout <= 0:

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.errors import BadRequest, UnsupportedSpec
-from app.providers.base import ProviderSandbox, ProviderStatus, Resources, SandboxSpec
+from app.providers.base import ProviderSandbox, ProviderStatus, Resources, SandboxSpec, check_argv
 
 PROVIDER = "docker"
 #: Labels the provider owns. Every other label of the spec, including the
@@ -83,8 +83,8 @@ def container_config(
         if not key or "=" in key or "\0" in key or "\0" in value:
             raise BadRequest(f"invalid environment variable name or value: {key!r}", field="env")
         env.append(f"{key}={value}")
-    if spec.command is not None and not list(spec.command):
-        raise BadRequest("empty entry command", field="command")
+    if spec.command is not None:
+        check_argv(spec.command)
     if network is not None and ":" in network:
         raise BadRequest(f"network must be 'host', 'none' or a network name, not {network!r}", field="network")
     host_config: dict[str, Any] = {

@@ -11,9 +11,12 @@ The helper scripts check preconditions first and report them as
 ``IsADirectoryError``, ... rather than a parsed message; later failures are
 mapped from the helper's stderr (run with ``LC_ALL=C``).
 
-``import_tar`` of a snapshot section (``LaneSplittable``) runs several ``tar -x``
-at once over disjoint subtrees: creating many small files is CPU-bound kernel
-work that one tar does on one core.
+``FileOps`` knows nothing of the provider: it asks a ``Spawner`` to prepare
+each helper (the provider checks that the sandbox runs and builds the bwrap
+command line). ``import_tar`` of a stream that can be split into lanes
+(``app.providers.base.LaneSplittable``, a snapshot section) runs several
+``tar -x`` at once over disjoint subtrees: creating many small files is
+CPU-bound kernel work that one tar does on one core.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
-from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, aclosing
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from app.errors import BadRequest
+from app.providers.base import lane_rounds
 from app.providers.local.bwrap import HOST_ENV
 from app.providers.local.io import (
     ERRNO_EXIT_BASE,
@@ -35,9 +40,6 @@ from app.providers.local.io import (
     os_error,
     stream_output,
 )
-
-if TYPE_CHECKING:
-    from app.providers.local import LocalProvider
 
 _ENOENT, _ENOTDIR, _EISDIR, _EINVAL, _EACCES = (
     ERRNO_EXIT_BASE + code for code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, errno.EACCES)
@@ -82,18 +84,28 @@ IMPORT_LANES = min(2, os.cpu_count() or 1)
 _HELPER_ENV = {"LC_ALL": "C"}
 
 
-@runtime_checkable
-class LaneSplittable(Protocol):
-    """A tar stream that can also be extracted as rounds of concurrent lane streams.
+@dataclass(frozen=True)
+class Spawn:
+    """One helper ready to start in a sandbox."""
 
-    Snapshot sections offer it (``app.snapshots.fanout`` explains why extracting the
-    lanes of a round concurrently into one directory is as safe as one ``tar``). Each
-    round must be extracted completely, all its streams at once, before the next.
+    #: The host command line (bwrap with the helper's argv).
+    argv: list[str]
+    #: File descriptors the command line refers to (its bwrap options).
+    pass_fds: tuple[int, ...]
+    #: The sandbox's set of in-flight helper pids, so ``stop`` can end them.
+    track: set[int]
+
+
+class Spawner(Protocol):
+    """Prepares helper ``argv`` in running sandbox ``ref`` with extra ``env``.
+
+    Raises ``SandboxNotFound`` / ``SandboxNotRunning`` on entry; the ``Spawn`` is
+    valid inside the block only (its descriptors close on exit).
     """
 
-    def rounds(self, lanes: int) -> AsyncGenerator[Sequence[AsyncIterator[bytes]], None]:
-        """Rounds of at most ``lanes`` tar streams."""
-        ...
+    def __call__(
+        self, ref: str, argv: Sequence[str], *, env: Mapping[str, str]
+    ) -> AbstractAsyncContextManager[Spawn]: ...
 
 
 def check_path(path: str) -> None:
@@ -103,19 +115,18 @@ def check_path(path: str) -> None:
 
 
 class FileOps:
-    """The file half of ``LocalProvider``, built on its sandboxed-spawn helpers."""
+    """The file half of ``LocalProvider``: helpers it runs through a ``Spawner``."""
 
-    def __init__(self, provider: LocalProvider) -> None:
-        self._provider = provider
+    def __init__(self, spawn: Spawner) -> None:
+        self._spawn = spawn
+
+    def _helper(self, ref: str, script: str, path: str) -> AbstractAsyncContextManager[Spawn]:
+        return self._spawn(ref, ["sh", "-c", script, "sh", path], env=_HELPER_ENV)
 
     async def _stream(self, ref: str, script: str, path: str, check: OutcomeCheck) -> AsyncGenerator[bytes, None]:
         check_path(path)
-        meta, record = await self._provider.running(ref)
-        with self._provider.sandboxed(meta, env=_HELPER_ENV) as fd:
-            argv = self._provider.spawn_argv(meta, record.limits, fd, ["sh", "-c", script, "sh", path])
-            stream = stream_output(
-                argv, env=HOST_ENV, check=check, pass_fds=(fd,), track=self._provider.exec_registry(ref)
-            )
+        async with self._helper(ref, script, path) as spawn:
+            stream = stream_output(spawn.argv, env=HOST_ENV, check=check, pass_fds=spawn.pass_fds, track=spawn.track)
             async with aclosing(stream):
                 async for chunk in stream:
                     yield chunk
@@ -131,16 +142,14 @@ class FileOps:
         buffer_bytes: int | None = None,
     ) -> None:
         check_path(path)
-        meta, record = await self._provider.running(ref)
-        with self._provider.sandboxed(meta, env=_HELPER_ENV) as fd:
-            argv = self._provider.spawn_argv(meta, record.limits, fd, ["sh", "-c", script, "sh", path])
+        async with self._helper(ref, script, path) as spawn:
             await feed_input(
-                argv,
+                spawn.argv,
                 data,
                 env=HOST_ENV,
                 check=check,
-                pass_fds=(fd,),
-                track=self._provider.exec_registry(ref),
+                pass_fds=spawn.pass_fds,
+                track=spawn.track,
                 buffer_bytes=buffer_bytes,
             )
 
@@ -162,8 +171,11 @@ class FileOps:
 
         return self._stream(ref, EXPORT_SCRIPT, path, check)
 
-    async def import_tar(self, ref: str, path: str, data: AsyncIterator[bytes]) -> None:
-        """``tar -x`` into a directory (created); modes, mtimes and symlinks kept, owners not."""
+    async def import_tar(self, ref: str, path: str, data: AsyncIterator[bytes], *, lanes: int) -> None:
+        """``tar -x`` into a directory (created); modes, mtimes and symlinks kept, owners not.
+
+        ``lanes``: how many ``tar -x`` may run at once when ``data`` can be split into lanes.
+        """
 
         def check(status: int, stderr: bytes) -> None:
             if status == 0:
@@ -172,10 +184,10 @@ class FileOps:
                 raise os_error(status, stderr, path)
             raise BadRequest(f"tar extraction into {path} failed: {stderr.decode(errors='replace').strip()[-500:]}")
 
-        if IMPORT_LANES < 2 or not isinstance(data, LaneSplittable):
+        rounds = lane_rounds(data, lanes)
+        if rounds is None:
             await self._feed(ref, IMPORT_SCRIPT, path, data, check, buffer_bytes=IMPORT_BUFFER_BYTES)
             return
-        rounds = data.rounds(IMPORT_LANES)
         async with aclosing(rounds):
             async for streams in rounds:
                 await _together(

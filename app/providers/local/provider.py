@@ -32,7 +32,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.errors import BadRequest, ProviderError, ProviderUnavailable, SandboxNotRunning, UnsupportedSpec
+from app.errors import ProviderError, ProviderUnavailable, SandboxNotRunning
+from app.locks import KeyedLocks
 from app.providers.base import (
     Capabilities,
     ExecResult,
@@ -47,7 +48,6 @@ from app.providers.local.bwrap import (
     WORKSPACE,
     HostTools,
     bwrap_options,
-    check_env,
     find_host_tools,
     host_argv,
     options_fd,
@@ -55,11 +55,12 @@ from app.providers.local.bwrap import (
     smoke_test_options,
     system_mounts,
 )
-from app.providers.local.files import FileOps
+from app.providers.local.files import IMPORT_LANES, FileOps, Spawn
 from app.providers.local.init import INIT_WAIT_SECONDS, InitSupervisor
 from app.providers.local.io import run_process
 from app.providers.local.limits import AppliedLimits, ResourceLimiter
 from app.providers.local.runtime import RuntimeBundle, runtime_bundle
+from app.providers.local.spec import check_exec, check_spec
 from app.providers.local.store import InitRecord, LocalStore, SandboxMeta, new_ref
 from app.settings import Settings
 
@@ -73,7 +74,12 @@ class LocalProvider(Provider):
 
     name = "local"
     capabilities = Capabilities(
-        gpu=False, stop_start=True, max_disk_mb=None, networks=frozenset({"host", "none"}), shared_loopback=True
+        gpu=False,
+        stop_start=True,
+        max_disk_mb=None,
+        networks=frozenset({"host", "none"}),
+        shared_loopback=True,
+        import_lanes=IMPORT_LANES,
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -85,10 +91,10 @@ class LocalProvider(Provider):
         self._system: list[str] = []
         self._runtime = RuntimeBundle()
         self._open_lock = asyncio.Lock()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: KeyedLocks[str] = KeyedLocks()
         #: ref -> pids (= process groups) of execs in flight, killed by ``stop``.
         self._execs: dict[str, set[int]] = {}
-        self._files = FileOps(self)
+        self._files = FileOps(self._spawn)
         self._init = InitSupervisor(self._store, self._limiter)
 
     def runtime_command(self) -> list[str]:
@@ -140,15 +146,12 @@ class LocalProvider(Provider):
         assert self._tools is not None
         return self._tools
 
-    def _lock(self, ref: str) -> asyncio.Lock:
-        return self._locks.setdefault(ref, asyncio.Lock())
-
     # -- sandbox lifecycle ---------------------------------------------------
 
     async def create(self, spec: SandboxSpec) -> ProviderSandbox:
         """Lay out the sandbox, prove it can run a command, then start its init."""
         await self._opened()
-        network = self._check_spec(spec)
+        network = check_spec(spec, base_image=self._settings.base_image)
         meta = SandboxMeta(
             ref=new_ref(),
             sandbox_id=spec.sandbox_id,
@@ -169,7 +172,7 @@ class LocalProvider(Provider):
             self._store.create, meta, uid_range=uid_range if self._privileged else None, etc_dir=etc_dir
         )
         try:
-            async with self._lock(meta.ref):
+            async with self._locks.hold(meta.ref):
                 await self._launch(meta)
         except BaseException:
             await asyncio.shield(self._discard(meta))
@@ -177,24 +180,6 @@ class LocalProvider(Provider):
         record = await asyncio.to_thread(self._store.load_init, meta.ref)
         # "running", or already "failed"/"stopped" if the entry command ended at once.
         return self._describe(meta, self._init.status_of(meta, record))
-
-    def _check_spec(self, spec: SandboxSpec) -> str:
-        """Refuse what local cannot honour; returns the network mode."""
-        if spec.image not in (None, "local", self._settings.base_image):
-            raise UnsupportedSpec("image", self.name, "local sandboxes use the host system or SANDBOX_LOCAL_ROOTFS")
-        if spec.network not in (None, "host", "none"):
-            raise UnsupportedSpec("network", self.name, "only 'host' and 'none' are available")
-        if spec.resources.gpu is not None:
-            raise UnsupportedSpec("resources.gpu", self.name, "no GPU passthrough")
-        if spec.resources.disk_mb is not None:
-            raise UnsupportedSpec("resources.disk_mb", self.name, "no per-sandbox disk quota")
-        if spec.command is not None:
-            _check_argv(spec.command)
-        try:
-            check_env(spec.env)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        return spec.network or "host"
 
     async def _launch(self, meta: SandboxMeta) -> None:
         limits = await asyncio.to_thread(self._limiter.apply, meta.ref, meta.resources)
@@ -212,7 +197,7 @@ class LocalProvider(Provider):
     async def start(self, ref: str) -> None:
         """Relaunch the init with the same meta; a running sandbox is left alone."""
         await self._opened()
-        async with self._lock(ref):
+        async with self._locks.hold(ref):
             meta, record = await asyncio.to_thread(self._load, ref)
             if self._init.is_running(record):
                 return
@@ -222,17 +207,16 @@ class LocalProvider(Provider):
     async def stop(self, ref: str) -> None:
         """End every process of the sandbox; keep its files."""
         await self._opened()
-        async with self._lock(ref):
+        async with self._locks.hold(ref):
             meta, _ = await asyncio.to_thread(self._load, ref)
             await self._halt(meta)
 
     async def delete(self, ref: str) -> None:
         """Stop the sandbox and remove its directory."""
         await self._opened()
-        async with self._lock(ref):
+        async with self._locks.hold(ref):
             meta, _ = await asyncio.to_thread(self._load, ref)
             await self._discard(meta)
-        self._locks.pop(ref, None)
 
     async def _discard(self, meta: SandboxMeta) -> None:
         await self._halt(meta)
@@ -279,7 +263,7 @@ class LocalProvider(Provider):
             resources=meta.effective,
         )
 
-    async def running(self, ref: str) -> tuple[SandboxMeta, InitRecord]:
+    async def _running(self, ref: str) -> tuple[SandboxMeta, InitRecord]:
         """Meta and init record of a running sandbox, else NotFound / NotRunning."""
         await self._opened()
         meta, record = await asyncio.to_thread(self._load, ref)
@@ -303,7 +287,7 @@ class LocalProvider(Provider):
             status_fd=status_fd,
         )
 
-    def spawn_argv(self, meta: SandboxMeta, limits: AppliedLimits, fd: int, argv: Sequence[str]) -> builtins.list[str]:
+    def _spawn_argv(self, meta: SandboxMeta, limits: AppliedLimits, fd: int, argv: Sequence[str]) -> builtins.list[str]:
         """The host argv of a sandboxed command whose bwrap options are in ``fd``."""
         assert self._tools is not None
         return host_argv(
@@ -315,15 +299,22 @@ class LocalProvider(Provider):
             rlimit_options=limits.rlimit_options,
         )
 
-    def sandboxed(
+    def _sandboxed(
         self, meta: SandboxMeta, *, cwd: str = WORKSPACE, env: Mapping[str, str] | None = None
     ) -> contextlib.AbstractContextManager[int]:
         """A memfd with the bwrap options of one command in ``meta``'s sandbox."""
         return options_fd(self._options(meta, cwd=cwd, env=env))
 
-    def exec_registry(self, ref: str) -> set[int]:
+    def _exec_registry(self, ref: str) -> set[int]:
         """The set of in-flight exec pids of ``ref`` (killed by ``stop``)."""
         return self._execs.setdefault(ref, set())
+
+    @contextlib.asynccontextmanager
+    async def _spawn(self, ref: str, argv: Sequence[str], *, env: Mapping[str, str]) -> AsyncIterator[Spawn]:
+        """``FileOps``'s ``Spawner``: a helper command in running sandbox ``ref``."""
+        meta, record = await self._running(ref)
+        with self._sandboxed(meta, env=env) as fd:
+            yield Spawn(self._spawn_argv(meta, record.limits, fd, argv), (fd,), self._exec_registry(ref))
 
     async def _run(
         self,
@@ -337,16 +328,16 @@ class LocalProvider(Provider):
         stdin: bytes | None = None,
         max_output_bytes: int = 1 << 20,
     ) -> ExecResult:
-        with self.sandboxed(meta, cwd=cwd, env=env) as fd:
+        with self._sandboxed(meta, cwd=cwd, env=env) as fd:
             try:
                 return await run_process(
-                    self.spawn_argv(meta, limits, fd, argv),
+                    self._spawn_argv(meta, limits, fd, argv),
                     env=HOST_ENV,
                     timeout=timeout,
                     stdin=stdin,
                     max_output_bytes=max_output_bytes,
                     pass_fds=(fd,),
-                    track=self.exec_registry(meta.ref),
+                    track=self._exec_registry(meta.ref),
                 )
             except OSError as exc:
                 raise ProviderError(f"sandbox {meta.ref}: cannot start bwrap: {exc}") from exc
@@ -363,17 +354,8 @@ class LocalProvider(Provider):
         max_output_bytes: int = 1 << 20,
     ) -> ExecResult:
         """Run ``argv`` in a fresh bwrap of the sandbox; see ``Provider.exec``."""
-        _check_argv(argv)
-        cwd = cwd or WORKSPACE
-        if not cwd.startswith("/") or "\0" in cwd:
-            raise BadRequest(f"cwd must be an absolute path: {cwd!r}")
-        try:
-            check_env(env or {})
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        if timeout <= 0:
-            raise BadRequest("timeout must be positive")
-        meta, record = await self.running(ref)
+        cwd = check_exec(argv, cwd=cwd, env=env, timeout=timeout)
+        meta, record = await self._running(ref)
         return await self._run(
             meta, record.limits, argv, timeout=timeout, cwd=cwd, env=env, stdin=stdin, max_output_bytes=max_output_bytes
         )
@@ -392,9 +374,4 @@ class LocalProvider(Provider):
 
     async def import_tar(self, ref: str, path: str, data: AsyncIterator[bytes]) -> None:
         """Feed ``data`` to ``tar -x`` into ``path`` (created) inside the sandbox."""
-        await self._files.import_tar(ref, path, data)
-
-
-def _check_argv(argv: Sequence[str]) -> None:
-    if isinstance(argv, str) or not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
-        raise BadRequest("argv must be a non-empty list of strings without NUL bytes")
+        await self._files.import_tar(ref, path, data, lanes=self.capabilities.import_lanes)

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from app.errors import BadRequest, SandboxControlError
-from app.providers.base import TIMEOUT_EXIT_CODE, ExecResult
+from app.providers.base import TIMEOUT_EXIT_CODE, ExecResult, check_argv
 from app.providers.exec_wrapper import EXEC_MARKER, CappedBuffer, killer_argv, wrapped_argv
 from app.providers.modal.errors import SdkCaller
 from app.providers.modal.spec import WORKSPACE, check_env, exec_timeout_seconds
@@ -72,8 +72,7 @@ async def feed_stdin(process: Any, data: bytes | AsyncIterator[bytes] | None) ->
 
 def check_exec_args(argv: Sequence[str], cwd: str | None, timeout: float) -> str:
     """Validate an exec request; returns the working directory."""
-    if isinstance(argv, str) or not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
-        raise BadRequest("argv must be a non-empty list of strings without NUL bytes", field="command")
+    check_argv(argv)
     cwd = cwd or WORKSPACE
     if not cwd.startswith("/") or "\0" in cwd:
         raise BadRequest(f"cwd must be an absolute path: {cwd!r}", field="cwd")

@@ -40,7 +40,15 @@ from app.errors import (
     SandboxNotRunning,
     UnsupportedSpec,
 )
-from app.providers.base import Capabilities, ExecResult, Provider, ProviderSandbox, ProviderStatus, SandboxSpec
+from app.locks import KeyedLocks
+from app.providers.base import (
+    Capabilities,
+    ExecResult,
+    Provider,
+    ProviderSandbox,
+    ProviderStatus,
+    SandboxSpec,
+)
 from app.providers.modal import files
 from app.providers.modal.errors import SdkCaller
 from app.providers.modal.exec import run_exec
@@ -96,7 +104,7 @@ class ModalProvider(Provider):
         self._app: Any = None
         self._open_lock = asyncio.Lock()
         self._images: dict[str, Any] = {}
-        self._image_locks: dict[str, asyncio.Lock] = {}
+        self._image_locks: KeyedLocks[str] = KeyedLocks()
         self._handles: OrderedDict[str, Any] = OrderedDict()
 
     # -- lifecycle of the provider ------------------------------------------
@@ -187,7 +195,7 @@ class ModalProvider(Provider):
         cached = self._images.get(ref)
         if cached is not None:
             return cached
-        async with self._image_locks.setdefault(ref, asyncio.Lock()):
+        async with self._image_locks.hold(ref):
             cached = self._images.get(ref)
             if cached is None:
                 sdk = self._sdk

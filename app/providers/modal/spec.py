@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.errors import BadRequest, UnsupportedSpec
-from app.providers.base import ProviderSandbox, ProviderStatus, Resources, SandboxSpec
+from app.providers.base import ProviderSandbox, ProviderStatus, Resources, SandboxSpec, check_argv
 
 PROVIDER = "modal"
 TAG_PREFIX = "sandbox-control."
@@ -104,8 +104,8 @@ def create_plan(spec: SandboxSpec, defaults: ModalDefaults, *, base_image: str |
     idle = _int_label(spec.labels, IDLE_TIMEOUT_LABEL)
     idle = idle if idle is not None else defaults.idle_timeout_seconds
     ports = sorted({*defaults.tunnel_ports, *_ports_label(spec.labels)})
-    if spec.command is not None and (isinstance(spec.command, str) or not spec.command):
-        raise BadRequest("command must be a non-empty list of strings", field="command")
+    if spec.command is not None:
+        check_argv(spec.command)
 
     cpu = res.cpu if res.cpu is not None else defaults.cpu
     memory = res.memory_mb if res.memory_mb is not None else defaults.memory_mb

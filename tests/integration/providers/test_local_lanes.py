@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,14 @@ async def store(tmp_path: Path) -> AsyncIterator[BlobStore]:
     await blobs.aclose()
 
 
+def with_lanes(provider: Provider, lanes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``provider`` extract in ``lanes`` lanes, whatever this machine's core count."""
+    monkeypatch.setattr(provider, "capabilities", replace(provider.capabilities, import_lanes=lanes))
+
+
 @pytest.fixture
-def feeds(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Counts the helper processes fed by import_tar, and the most at once."""
+def feeds(local_provider: Provider, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the helper processes fed by import_tar, and the most at once (in two lanes)."""
     seen = {"now": 0, "most": 0, "total": 0}
     real = local_files.feed_input
 
@@ -50,7 +56,7 @@ def feeds(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
             seen["now"] -= 1
 
     monkeypatch.setattr(local_files, "feed_input", counting)
-    monkeypatch.setattr(local_files, "IMPORT_LANES", 2)
+    with_lanes(local_provider, 2, monkeypatch)
     return seen
 
 
@@ -96,7 +102,7 @@ async def test_a_corrupt_snapshot_stops_every_lane(
         await restore_snapshot(store, snapshot_id, lambda p, s: local_provider.import_tar(ref, p, s))
     assert feeds["now"] == 0
     # The lane cancelled by its sibling's failure is reaped in the background, then untracked.
-    registry = local_provider.exec_registry(ref)  # type: ignore[attr-defined]
+    registry = local_provider._exec_registry(ref)  # type: ignore[attr-defined]
     for _ in range(200):
         if not registry:
             break
@@ -119,7 +125,7 @@ async def test_a_failing_lane_raises_its_own_error(
 async def test_one_core_means_one_tar(
     local_provider: Provider, store: BlobStore, tmp_path: Path, feeds: dict[str, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local_files, "IMPORT_LANES", 1)
+    with_lanes(local_provider, 1, monkeypatch)
     tree = build_wide_tree(tmp_path / "tree")
     snapshot_id = await snapshot_of(store, tree)
     ref = await new_sandbox(local_provider)
