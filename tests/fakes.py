@@ -42,6 +42,7 @@ from app.providers.base import (
     Capabilities,
     ExecResult,
     Provider,
+    ProviderContext,
     ProviderSandbox,
     ProviderStatus,
     Resources,
@@ -49,7 +50,6 @@ from app.providers.base import (
     check_argv,
 )
 from app.providers.local.io import close_transport, feed_input, os_error, run_process, stream_output
-from app.settings import Settings
 
 #: sandbox root -> directory name inside the box
 ROOTS = {"/workspace": "workspace", "/home/sandbox": "home", "/tmp": "tmp"}
@@ -98,11 +98,14 @@ class FakeProvider(Provider):
     name = "fake"
     capabilities = Capabilities(gpu=False, stop_start=True, networks=frozenset({"host", "none"}))
 
-    def __init__(self, settings: Settings | None = None, *, root: Path | None = None) -> None:
+    def __init__(
+        self, config: object = None, context: ProviderContext | None = None, *, root: Path | None = None
+    ) -> None:
+        """As the registry builds it (no settings of its own: ``config`` is ``None``), or on ``root``."""
         if root is None:
-            if settings is None:
-                raise ValueError("FakeProvider needs settings or root")
-            root = Path(settings.data_dir) / "fake"
+            if context is None:
+                raise ValueError("FakeProvider needs a context or root")
+            root = Path(context.data_dir) / "fake"
         self._root = root.absolute()
         self._boxes: dict[str, _Box] = {}
 

@@ -13,6 +13,10 @@ Raises (any method taking ``ref``):
 
 A command that exits non-zero or runs out of time is a *result*
 (``ExecResult``), never an exception: "command failed" is not "sandbox down".
+
+A provider is built by ``registry.create_provider`` as ``cls(config, context)``:
+``config`` is its own sub-config (``Settings.local``, ``Settings.docker``, ...) and
+``context`` what it needs from the core settings (``ProviderContext``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import abc
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -106,6 +111,22 @@ class Capabilities:
     import_lanes: int = 1
 
 
+@dataclass(frozen=True)
+class ProviderContext:
+    """What every provider needs from the core settings."""
+
+    #: The service's data dir (``SANDBOX_DATA_DIR``); a provider keeps its own state below it.
+    data_dir: Path
+    #: Tags this service's sandboxes on a backend other services may share, and filters
+    #: ``list`` to them (``Settings.instance_scope``).
+    scope: str
+    #: The image of a sandbox that names none (``SANDBOX_BASE_IMAGE``).
+    base_image: str | None
+    #: Lifetime of a sandbox whose spec names none (``SANDBOX_DEFAULT_TTL_SECONDS``), for a
+    #: backend that must be told one at create (Modal); the service's reaper enforces TTLs.
+    default_ttl_seconds: int | None = None
+
+
 @runtime_checkable
 class LaneSplittable(Protocol):
     """A tar stream that can also be extracted as rounds of concurrent lane streams.
@@ -146,13 +167,21 @@ def check_argv(argv: Sequence[str]) -> None:
 class Provider(abc.ABC):
     """Async interface every sandbox backend implements.
 
-    Implementations are constructed with the service ``Settings`` and must not
-    block the event loop: subprocesses are async, sync SDKs run in threads.
+    Implementations must not block the event loop: subprocesses are async, sync
+    SDKs run in threads.
     """
 
     #: Registry name, e.g. ``"local"``.
     name: str = ""
     capabilities: Capabilities = Capabilities()
+
+    def __init__(self, config: BaseModel | None, context: ProviderContext) -> None:
+        """Build the provider from its own sub-config and the core ``context``; no I/O yet (``aopen``).
+
+        Each provider narrows ``config`` to its settings class (``LocalSettings``, ...);
+        one that needs no settings of its own accepts ``None``.
+        """
+        self.context = context
 
     async def aopen(self) -> None:  # noqa: B027 - optional hook
         """Prepare the provider (connect, check binaries). Called once at start."""

@@ -38,6 +38,7 @@ from app.providers.base import (
     Capabilities,
     ExecResult,
     Provider,
+    ProviderContext,
     ProviderSandbox,
     ProviderStatus,
     SandboxSpec,
@@ -59,7 +60,7 @@ from app.providers.daytona.spec import (
     state_name,
     status_of_state,
 )
-from app.settings import Settings
+from app.settings import DaytonaSettings
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +81,20 @@ class DaytonaProvider(Provider):
 
     def __init__(
         self,
-        settings: Settings,
+        config: DaytonaSettings,
+        context: ProviderContext,
         *,
-        scope: str | None = None,
         defaults: DaytonaDefaults | None = None,
         attempts: int = DEFAULT_ATTEMPTS,
         backoff_base: float | None = None,
         exec_grace: float = EXEC_GRACE_SECONDS,
     ) -> None:
-        """``scope`` (default: the settings' instance scope) tags and filters this
-        service's sandboxes; ``attempts``/``backoff_base`` bound retries;
-        ``exec_grace`` is how long past an exec's timeout the client still waits."""
-        self._settings = settings
-        self._scope = scope or settings.instance_scope
+        """``context.scope`` tags and filters this service's sandboxes;
+        ``attempts``/``backoff_base`` bound retries; ``exec_grace`` is how long
+        past an exec's timeout the client still waits."""
+        super().__init__(config, context)
+        self._config = config
+        self._scope = context.scope
         self._defaults = defaults or DaytonaDefaults()
         self._calls = DaytonaCalls(attempts=attempts, **({"backoff_base": backoff_base} if backoff_base else {}))
         self._exec_grace = exec_grace
@@ -112,13 +114,13 @@ class DaytonaProvider(Provider):
         """Build the SDK client (no request yet: readiness is ``ping``)."""
         if self._client is not None:
             return
-        key = self._settings.daytona_api_key
+        key = self._config.api_key
         if key is None or not key.get_secret_value():
             raise ProviderAuthError("the daytona provider needs DAYTONA_API_KEY")
         config = DaytonaConfig(
             api_key=key.get_secret_value(),
-            api_url=self._settings.daytona_api_url,
-            target=self._settings.daytona_target,
+            api_url=self._config.api_url,
+            target=self._config.target,
         )
         self._client = AsyncDaytona(config)
 
@@ -136,7 +138,7 @@ class DaytonaProvider(Provider):
 
     async def create(self, spec: SandboxSpec) -> ProviderSandbox:
         """Create, wait until started, prepare /workspace, launch the entry command."""
-        plan = create_params(spec, base_image=self._settings.base_image, scope=self._scope, defaults=self._defaults)
+        plan = create_params(spec, base_image=self.context.base_image, scope=self._scope, defaults=self._defaults)
         client = self._opened()
         timeout = self._defaults.create_timeout
         try:

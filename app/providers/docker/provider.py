@@ -24,7 +24,15 @@ from dataclasses import replace
 from typing import Any
 
 from app.errors import BadRequest, Conflict, ProviderError, ProviderUnavailable, UnsupportedSpec
-from app.providers.base import Capabilities, ExecResult, Provider, ProviderSandbox, ProviderStatus, SandboxSpec
+from app.providers.base import (
+    Capabilities,
+    ExecResult,
+    Provider,
+    ProviderContext,
+    ProviderSandbox,
+    ProviderStatus,
+    SandboxSpec,
+)
 from app.providers.docker import files
 from app.providers.docker.engine import CALL_TIMEOUT, EngineClient, ImageMissing
 from app.providers.docker.exec import run_exec
@@ -41,7 +49,7 @@ from app.providers.docker.spec import (
     split_image_reference,
     status_of_container,
 )
-from app.settings import Settings
+from app.settings import DockerSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +65,16 @@ class DockerProvider(Provider):
 
     name = "docker"
 
-    def __init__(self, settings: Settings, *, scope: str | None = None) -> None:
-        """``scope``: when set, this instance creates, lists and so reconciles only
-        containers labelled with it, so several services (or test runs) can share
-        one engine without seeing, or deleting, each other's sandboxes."""
-        self._settings = settings
-        # Default: one scope per state store, so services sharing an engine never
+    def __init__(self, config: DockerSettings, context: ProviderContext) -> None:
+        """This instance creates, lists and so reconciles only containers labelled with
+        ``context.scope``, so several services (or test runs) can share one engine
+        without seeing, or deleting, each other's sandboxes."""
+        super().__init__(config, context)
+        self._config = config
+        # One scope per state store (by default), so services sharing an engine never
         # reconcile away each other's sandboxes, while replicas sharing one
         # state store (and so one set of records) share one scope.
-        self._scope = scope if scope is not None else settings.instance_scope
+        self._scope = context.scope
         self._engine = EngineClient()
         self._info: dict[str, Any] | None = None
         self._owners: dict[str, tuple[int, int]] = {}
@@ -76,7 +85,7 @@ class DockerProvider(Provider):
             networks=None,
             image_commit=True,
             # On the host network every sandbox's env server would claim the same port.
-            shared_loopback=settings.docker_network == "host",
+            shared_loopback=config.network == "host",
         )
 
     # -- lifecycle of the provider ------------------------------------------
@@ -105,24 +114,24 @@ class DockerProvider(Provider):
     # -- sandboxes ------------------------------------------------------------
 
     async def create(self, spec: SandboxSpec) -> ProviderSandbox:
-        image = spec.image or self._settings.base_image
+        image = spec.image or self.context.base_image
         if not image:
             raise BadRequest(
                 "the docker provider needs an image: pass `image` or set SANDBOX_BASE_IMAGE", field="image"
             )
-        network = spec.network or self._settings.docker_network
+        network = spec.network or self._config.network
         wants_engine_info = spec.resources.disk_mb is not None or spec.resources.gpu is not None
         engine_info = await self._engine_info() if wants_engine_info else None
         config = container_config(spec, image, network, engine_info, scope=self._scope)
         if network not in (None, "host", "none"):
             await self._check_network(network)
-        if self._settings.docker_pull == "always":
+        if self._config.pull == "always":
             await self._pull(image)
         name = container_name(spec.sandbox_id)
         try:
             created = await self._create_container(name, config)
         except ImageMissing:
-            if self._settings.docker_pull == "never":
+            if self._config.pull == "never":
                 raise UnsupportedSpec(
                     "image", self.name, f"image {image!r} is not present locally; set SANDBOX_DOCKER_PULL=missing"
                 ) from None

@@ -12,7 +12,7 @@ here, so background processes an exec starts end when that exec ends; only
 the entry command runs for the sandbox's whole life.
 
 When the service runs as root, each sandbox runs as its own unprivileged
-host uid from ``[local_uid_base, local_uid_base + local_uid_count)``: host
+host uid from ``[uid_base, uid_base + uid_count)`` (``LocalSettings``): host
 root-owned files are then "nobody" inside, and ``stop`` can sweep every
 process of the sandbox by uid. The data dir must be searchable (``o+x``) by
 those uids; ``aopen`` checks it.
@@ -38,6 +38,7 @@ from app.providers.base import (
     Capabilities,
     ExecResult,
     Provider,
+    ProviderContext,
     ProviderSandbox,
     ProviderStatus,
     SandboxSpec,
@@ -62,7 +63,7 @@ from app.providers.local.limits import AppliedLimits, ResourceLimiter
 from app.providers.local.runtime import RuntimeBundle, runtime_bundle
 from app.providers.local.spec import check_exec, check_spec
 from app.providers.local.store import InitRecord, LocalStore, SandboxMeta, new_ref
-from app.settings import Settings
+from app.settings import LocalSettings
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,10 @@ class LocalProvider(Provider):
         import_lanes=IMPORT_LANES,
     )
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._store = LocalStore(Path(settings.data_dir).absolute() / "local")
+    def __init__(self, config: LocalSettings, context: ProviderContext) -> None:
+        super().__init__(config, context)
+        self._config = config
+        self._store = LocalStore(Path(context.data_dir).absolute() / "local")
         self._privileged = os.geteuid() == 0
         self._limiter = ResourceLimiter(privileged=self._privileged)
         self._tools: HostTools | None = None
@@ -125,13 +127,13 @@ class LocalProvider(Provider):
             self._tools = tools
 
     def _prepare(self) -> HostTools:
-        tools = find_host_tools(self._settings.local_bwrap, privileged=self._privileged)
-        rootfs = self._settings.local_rootfs
+        tools = find_host_tools(self._config.bwrap, privileged=self._privileged)
+        rootfs = self._config.rootfs
         if rootfs is not None and not rootfs.is_dir():
             raise ProviderUnavailable(f"local provider: SANDBOX_LOCAL_ROOTFS {str(rootfs)!r} is not a directory")
         self._system = system_mounts(rootfs.absolute() if rootfs is not None else None)
-        if self._settings.local_runtime:
-            self._runtime = runtime_bundle(self._settings.local_opencode_dir)
+        if self._config.runtime:
+            self._runtime = runtime_bundle(self._config.opencode_dir)
             self._system += self._runtime.mounts
         self._store.prepare()
         if self._privileged:
@@ -151,7 +153,7 @@ class LocalProvider(Provider):
     async def create(self, spec: SandboxSpec) -> ProviderSandbox:
         """Lay out the sandbox, prove it can run a command, then start its init."""
         await self._opened()
-        network = check_spec(spec, base_image=self._settings.base_image)
+        network = check_spec(spec, base_image=self.context.base_image)
         meta = SandboxMeta(
             ref=new_ref(),
             sandbox_id=spec.sandbox_id,
@@ -165,9 +167,9 @@ class LocalProvider(Provider):
             created_at=datetime.now(UTC),
             ttl_seconds=spec.ttl_seconds,
         )
-        settings = self._settings
-        uid_range = range(settings.local_uid_base, settings.local_uid_base + settings.local_uid_count)
-        etc_dir = (settings.local_rootfs.absolute() / "etc") if settings.local_rootfs else Path("/etc")
+        config = self._config
+        uid_range = range(config.uid_base, config.uid_base + config.uid_count)
+        etc_dir = (config.rootfs.absolute() / "etc") if config.rootfs else Path("/etc")
         meta = await asyncio.to_thread(
             self._store.create, meta, uid_range=uid_range if self._privileged else None, etc_dir=etc_dir
         )
@@ -283,7 +285,7 @@ class LocalProvider(Provider):
             isolate_network=meta.network == "none",
             env=sandbox_env(meta.env, env, meta.ref, self._runtime.path_prefix),
             cwd=cwd,
-            host_root=self._settings.local_rootfs is None,
+            host_root=self._config.rootfs is None,
             status_fd=status_fd,
         )
 

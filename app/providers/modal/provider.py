@@ -45,6 +45,7 @@ from app.providers.base import (
     Capabilities,
     ExecResult,
     Provider,
+    ProviderContext,
     ProviderSandbox,
     ProviderStatus,
     SandboxSpec,
@@ -61,7 +62,7 @@ from app.providers.modal.spec import (
     sandbox_from_tags,
     status_of,
 )
-from app.settings import ConfigError, Settings
+from app.settings import ConfigError, ModalSettings
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +84,22 @@ class ModalProvider(Provider):
 
     def __init__(
         self,
-        settings: Settings,
+        config: ModalSettings,
+        context: ProviderContext,
         *,
         sdk: Any = None,
         defaults: ModalDefaults | None = None,
-        scope: str | None = None,
         retry_base_delay: float = 0.25,
     ) -> None:
         """``sdk``: the ``modal`` module or a stand-in with its ``.aio`` surface.
         ``defaults``: provider-wide create defaults (lifetime, idle timeout, tunnel ports).
-        ``scope``: only sandboxes tagged with it are created and listed (default:
-        the settings' instance scope), so services sharing an app never reconcile
-        away each other's sandboxes."""
-        self._settings = settings
+        Only sandboxes tagged with ``context.scope`` are created and listed, so
+        services sharing an app never reconcile away each other's sandboxes."""
+        super().__init__(config, context)
+        self._config = config
         self._sdk: Any = sdk if sdk is not None else modal_sdk
-        self._defaults = defaults or ModalDefaults.from_settings(settings)
-        self._scope = scope if scope is not None else settings.instance_scope
+        self._defaults = defaults or ModalDefaults.from_config(config, default_ttl_seconds=context.default_ttl_seconds)
+        self._scope = context.scope
         self._caller = SdkCaller(self._sdk, base_delay=retry_base_delay)
         self._client: Any = None
         self._app: Any = None
@@ -111,7 +112,7 @@ class ModalProvider(Provider):
 
     async def aopen(self) -> None:
         """Connect and look up the app. Bad credentials fail here; an outage is left to ``ping``."""
-        token_id, token_secret = self._settings.modal_token_id, self._settings.modal_token_secret
+        token_id, token_secret = self._config.token_id, self._config.token_secret
         if token_id is None or token_secret is None:
             raise ConfigError("the modal provider needs MODAL_TOKEN_ID and MODAL_TOKEN_SECRET")
         try:
@@ -135,10 +136,10 @@ class ModalProvider(Provider):
             return self._app
         async with self._open_lock:
             if self._app is None:
-                settings, sdk = self._settings, self._sdk
-                assert settings.modal_token_id is not None and settings.modal_token_secret is not None
-                token_id = settings.modal_token_id.get_secret_value()
-                token_secret = settings.modal_token_secret.get_secret_value()
+                config, sdk = self._config, self._sdk
+                assert config.token_id is not None and config.token_secret is not None
+                token_id = config.token_id.get_secret_value()
+                token_secret = config.token_secret.get_secret_value()
                 if self._client is None:
                     self._client = await self._caller.call(
                         "connect", lambda: sdk.Client.from_credentials.aio(token_id, token_secret)
@@ -146,9 +147,9 @@ class ModalProvider(Provider):
                 self._app = await self._caller.call(
                     "App.lookup",
                     lambda: sdk.App.lookup.aio(
-                        settings.modal_app_name,
+                        config.app_name,
                         client=self._client,
-                        environment_name=settings.modal_environment,
+                        environment_name=config.environment,
                         create_if_missing=True,
                     ),
                 )
@@ -161,7 +162,7 @@ class ModalProvider(Provider):
     # -- sandboxes ------------------------------------------------------------
 
     async def create(self, spec: SandboxSpec) -> ProviderSandbox:
-        plan = create_plan(spec, self._defaults, base_image=self._settings.base_image, scope=self._scope)
+        plan = create_plan(spec, self._defaults, base_image=self.context.base_image, scope=self._scope)
         app = await self._ready()
         image = await self._image(plan.image, app)
         sdk, kwargs = self._sdk, dict(plan.kwargs)

@@ -21,6 +21,7 @@ from typing import Any
 
 from app.errors import BadRequest, UnsupportedSpec
 from app.providers.base import ProviderSandbox, ProviderStatus, Resources, SandboxSpec, check_argv
+from app.settings import ModalSettings
 
 PROVIDER = "modal"
 TAG_PREFIX = "sandbox-control."
@@ -63,15 +64,14 @@ class ModalDefaults:
     tunnel_ports: tuple[int, ...] = ()
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ModalDefaults:
-        """Defaults from the service settings: ``SANDBOX_DEFAULT_TTL_SECONDS`` (capped at
-        Modal's 24 h) and, once declared in ``Settings``, the optional ``modal_idle_timeout_seconds``
-        and ``modal_tunnel_ports`` fields."""
-        ttl = getattr(settings, "default_ttl_seconds", None)
+    def from_config(cls, config: ModalSettings, *, default_ttl_seconds: int | None) -> ModalDefaults:
+        """Defaults from the provider's settings (``MODAL_IDLE_TIMEOUT``, ``MODAL_TUNNEL_PORTS``)
+        and the service's ``SANDBOX_DEFAULT_TTL_SECONDS`` (capped at Modal's 24 h)."""
+        ttl = default_ttl_seconds
         return cls(
             timeout_seconds=min(ttl, MAX_TIMEOUT_SECONDS) if ttl else cls.timeout_seconds,
-            idle_timeout_seconds=getattr(settings, "modal_idle_timeout_seconds", None),
-            tunnel_ports=tuple(getattr(settings, "modal_tunnel_ports", None) or ()),
+            idle_timeout_seconds=config.idle_timeout_seconds,
+            tunnel_ports=tuple(config.tunnel_ports),
         )
 
 

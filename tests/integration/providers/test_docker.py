@@ -25,7 +25,7 @@ from app.errors import (
 from app.providers.base import TIMEOUT_EXIT_CODE, Resources
 from app.providers.docker import DockerProvider
 from app.providers.docker.spec import MANAGED_LABEL, SANDBOX_ID_LABEL, SCOPE_LABEL, TTL_LABEL
-from tests.fixtures.docker import BASE_IMAGE, TEST_LABEL, DockerEngine, docker_settings
+from tests.fixtures.docker import BASE_IMAGE, TEST_LABEL, DockerEngine, docker_provider_of, docker_settings
 
 pytestmark = [pytest.mark.docker]
 
@@ -162,7 +162,7 @@ async def test_list_finds_only_managed_containers_by_label(
         "containers/create",
         body={"Image": BASE_IMAGE, "Cmd": ["true"], "Labels": {TEST_LABEL: docker_test_id, "group": "a"}},
     )
-    other_scope = DockerProvider(docker_settings(), scope="another-service")
+    other_scope = docker_provider_of(docker_settings(), scope="another-service")
     await other_scope.aopen()
     try:
         assert await other_scope.list({TEST_LABEL: docker_test_id}) == []
@@ -410,7 +410,7 @@ async def test_unknown_sandbox_is_not_found(docker_provider: DockerProvider) -> 
 
 async def test_unreachable_engine_is_unavailable(docker_engine: DockerEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    provider = DockerProvider(docker_settings())
+    provider = docker_provider_of(docker_settings())
     await provider.aopen()  # tolerated: the service may start before its engine
     try:
         with pytest.raises(ProviderUnavailable):
@@ -431,7 +431,7 @@ async def test_ping_and_capabilities(docker_provider: DockerProvider) -> None:
 
 
 async def test_image_is_required(docker_engine: DockerEngine, docker_spec: Callable[..., Any]) -> None:
-    provider = DockerProvider(docker_settings(SANDBOX_BASE_IMAGE=None))
+    provider = docker_provider_of(docker_settings(SANDBOX_BASE_IMAGE=None))
     await provider.aopen()
     try:
         with pytest.raises(BadRequest, match="SANDBOX_BASE_IMAGE"):
@@ -451,7 +451,7 @@ async def test_missing_image_with_pull_never_names_the_setting(
 async def test_pull_policy_missing_tries_the_registry_only_when_absent(
     docker_engine: DockerEngine, docker_spec: Callable[..., Any], docker_test_id: str
 ) -> None:
-    provider = DockerProvider(docker_settings(SANDBOX_DOCKER_PULL="missing"))
+    provider = docker_provider_of(docker_settings({"pull": "missing"}))
     await provider.aopen()
     try:
         # Present locally: no pull, the create just works.

@@ -22,8 +22,8 @@ import pytest
 
 from app.errors import ProviderUnavailable, UnsupportedSpec
 from app.providers.base import ExecResult, Provider, Resources, SandboxSpec
-from app.providers.local import LocalProvider, procs
-from tests.fixtures.providers import local_settings
+from app.providers.local import procs
+from tests.fixtures.providers import local_provider_of, local_settings
 
 ROOT = Path(__file__).resolve().parents[3]
 PRIVILEGED = os.geteuid() == 0
@@ -172,12 +172,12 @@ async def test_secrets_stay_out_of_the_sandbox_and_host_command_lines(
 
 async def test_sandbox_survives_a_provider_restart(provider_workdir: Path) -> None:
     settings = local_settings(provider_workdir / "data")
-    first = LocalProvider(settings)
+    first = local_provider_of(settings)
     await first.aopen()
     label = secrets.token_hex(4)
     ref = await create(first, labels={"restart": label}, command=["sleep", "600"])
     await first.aclose()
-    second = LocalProvider(settings)
+    second = local_provider_of(settings)
     await second.aopen()
     try:
         found = await second.list({"restart": label})
@@ -192,11 +192,10 @@ async def test_init_outlives_the_process_that_created_it(local_provider: Provide
     script = textwrap.dedent(f"""
         import asyncio
         from app.providers.base import SandboxSpec
-        from app.providers.local import LocalProvider
-        from tests.fixtures.providers import local_settings
+        from tests.fixtures.providers import local_provider_of, local_settings
 
         async def main():
-            provider = LocalProvider(local_settings({str(provider_workdir / "data")!r}))
+            provider = local_provider_of(local_settings({str(provider_workdir / "data")!r}))
             created = await provider.create(SandboxSpec(sandbox_id="outlive", command=["sleep", "600"]))
             print(created.provider_object_id)
 
@@ -291,7 +290,7 @@ async def test_unsupported_fields_are_refused(local_provider: Provider) -> None:
 
 
 async def test_missing_bwrap_is_unavailable(provider_workdir: Path) -> None:
-    provider = LocalProvider(local_settings(provider_workdir / "data", local_bwrap="/nonexistent/bwrap"))
+    provider = local_provider_of(local_settings(provider_workdir / "data", bwrap="/nonexistent/bwrap"))
     with pytest.raises(ProviderUnavailable, match="bubblewrap"):
         await provider.aopen()
 
@@ -300,6 +299,6 @@ async def test_missing_bwrap_is_unavailable(provider_workdir: Path) -> None:
 async def test_unsearchable_data_dir_is_reported(tmp_path: Path) -> None:
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    provider = LocalProvider(local_settings(private / "data"))
+    provider = local_provider_of(local_settings(private / "data"))
     with pytest.raises(ProviderUnavailable, match="chmod o\\+x"):
         await provider.aopen()

@@ -41,7 +41,7 @@ async def chunks(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def test_bad_credentials_fail_fast_without_retries(provider_workdir: Path) -> None:
-    settings = modal_settings(provider_workdir / "data", modal_token_secret="not-the-secret")
+    settings = modal_settings(provider_workdir / "data", token_secret="not-the-secret")
     async with open_modal_with_fake(provider_workdir, settings=settings, open_provider=False) as (provider, fake):
         started = time.monotonic()
         with pytest.raises(ProviderAuthError) as caught:
