@@ -1,8 +1,13 @@
 """Service configuration from the environment, validated once at start.
 
 ``Settings.load()`` is the only place the environment is read; everything
-else receives the ``Settings`` object. A bad value stops the service with a
-message that names the variable.
+else receives the ``Settings`` object, or the part of it that it needs. A bad
+value stops the service with a message that names the variable.
+
+``Settings`` holds the core knobs and one sub-config per provider
+(``settings.local``, ``settings.docker``, ``settings.daytona``,
+``settings.modal``): each is handed to its provider alone, and each reads its
+own environment variables, under the same names as ever.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from app.secret_file import SECRET_FILE_NAME, read_secret_file
 
@@ -32,11 +38,98 @@ def _split_csv(value: object) -> object:
     return value
 
 
+class ProviderSettings(BaseSettings):
+    """Base of the per-provider sub-configs; environment names in ``validation_alias``."""
+
+    # As ``Settings``: an empty ``NAME=`` means "unset"; a keyword that names no field is a mistake.
+    model_config = SettingsConfigDict(extra="forbid", populate_by_name=True, env_ignore_empty=True)
+
+
+class LocalSettings(ProviderSettings):
+    """The ``local`` (bubblewrap) provider."""
+
+    bwrap: str = Field(default="bwrap", validation_alias="SANDBOX_LOCAL_BWRAP")
+    #: A root filesystem directory to use instead of the host's system dirs.
+    rootfs: Path | None = Field(default=None, validation_alias="SANDBOX_LOCAL_ROOTFS")
+    #: First host uid of the range sandboxes run as when the service is root.
+    uid_base: int = Field(default=200_000, ge=1000, validation_alias="SANDBOX_LOCAL_UID_BASE")
+    uid_count: int = Field(default=10_000, ge=1, validation_alias="SANDBOX_LOCAL_UID_COUNT")
+    #: Bind the in-sandbox runtime (and OpenCode, when installed) read-only into local sandboxes.
+    runtime: bool = Field(default=True, validation_alias="SANDBOX_LOCAL_RUNTIME")
+    #: A node_modules directory holding the opencode-ai package (default: where
+    #: scripts/install-opencode.sh installs it).
+    opencode_dir: Path | None = Field(default=None, validation_alias="SANDBOX_LOCAL_OPENCODE_DIR")
+
+
+class DockerSettings(ProviderSettings):
+    """The ``docker`` provider (extra ``[docker]``)."""
+
+    #: Network of sandboxes that name none: ``host``, ``none`` or a named network; unset = the Engine's default.
+    network: str | None = Field(default=None, validation_alias="SANDBOX_DOCKER_NETWORK")
+    #: When images are pulled: ``never`` (a missing image is a 422), ``missing`` or ``always``.
+    pull: Literal["never", "missing", "always"] = Field(default="never", validation_alias="SANDBOX_DOCKER_PULL")
+
+
+class DaytonaSettings(ProviderSettings):
+    """The ``daytona`` provider (extra ``[daytona]``)."""
+
+    api_url: str | None = Field(default=None, validation_alias="DAYTONA_API_URL")
+    api_key: SecretStr | None = Field(default=None, validation_alias="DAYTONA_API_KEY")
+    target: str | None = Field(default=None, validation_alias="DAYTONA_TARGET")
+
+
+class ModalSettings(ProviderSettings):
+    """The ``modal`` provider (extra ``[modal]``)."""
+
+    token_id: SecretStr | None = Field(default=None, validation_alias="MODAL_TOKEN_ID")
+    token_secret: SecretStr | None = Field(default=None, validation_alias="MODAL_TOKEN_SECRET")
+    app_name: str = Field(default="sandbox-control", validation_alias="MODAL_APP_NAME")
+    environment: str | None = Field(default=None, validation_alias="MODAL_ENVIRONMENT")
+    #: Idle timeout of Modal sandboxes (seconds); unset = none.
+    idle_timeout_seconds: int | None = Field(default=None, ge=1, validation_alias="MODAL_IDLE_TIMEOUT")
+    #: Ports of Modal sandboxes exposed through tunnels (e.g. the env server's).
+    tunnel_ports: Annotated[list[int], NoDecode] = Field(default_factory=list, validation_alias="MODAL_TUNNEL_PORTS")
+
+    @field_validator("tunnel_ports", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+
+def _is_sub_config(field: FieldInfo) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, BaseSettings)
+
+
+class _CoreEnvSource(EnvSettingsSource):
+    """The environment for ``Settings`` minus its sub-configs, which read their own variables.
+
+    Without this, a variable that happens to be called ``LOCAL`` or ``DOCKER`` would be
+    parsed as a whole sub-config.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if _is_sub_config(field):
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
 class Settings(BaseSettings):
     """Every knob of the service; environment names in ``validation_alias``."""
 
-    # An empty ``NAME=`` line in an .env file means "unset", not "invalid".
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, env_ignore_empty=True)
+    # An empty ``NAME=`` line in an .env file means "unset", not "invalid"; a keyword
+    # given to ``load`` that names no setting is a mistake, not something to drop.
+    model_config = SettingsConfigDict(extra="forbid", populate_by_name=True, env_ignore_empty=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _CoreEnvSource(settings_cls), dotenv_settings, file_secret_settings
 
     provider: str = Field(default="local", validation_alias="SANDBOX_PROVIDER")
     #: Shared HMAC secrets, comma separated; the first signs, all verify.
@@ -121,23 +214,11 @@ class Settings(BaseSettings):
     #: nobody may know it exists, so it must not run forever.
     adopted_ttl_seconds: int = Field(default=3600, ge=60, validation_alias="SANDBOX_ADOPTED_TTL")
 
-    # Local (bubblewrap) provider.
-    local_bwrap: str = Field(default="bwrap", validation_alias="SANDBOX_LOCAL_BWRAP")
-    #: A root filesystem directory to use instead of the host's system dirs.
-    local_rootfs: Path | None = Field(default=None, validation_alias="SANDBOX_LOCAL_ROOTFS")
-    #: First host uid of the range sandboxes run as when the service is root.
-    local_uid_base: int = Field(default=200_000, ge=1000, validation_alias="SANDBOX_LOCAL_UID_BASE")
-    local_uid_count: int = Field(default=10_000, ge=1, validation_alias="SANDBOX_LOCAL_UID_COUNT")
-
-    #: Bind the in-sandbox runtime (and OpenCode, when installed) read-only into local sandboxes.
-    local_runtime: bool = Field(default=True, validation_alias="SANDBOX_LOCAL_RUNTIME")
-    #: A node_modules directory holding the opencode-ai package (default: where
-    #: scripts/install-opencode.sh installs it).
-    local_opencode_dir: Path | None = Field(default=None, validation_alias="SANDBOX_LOCAL_OPENCODE_DIR")
-
-    # Docker provider.
-    docker_network: str | None = Field(default=None, validation_alias="SANDBOX_DOCKER_NETWORK")
-    docker_pull: Literal["never", "missing", "always"] = Field(default="never", validation_alias="SANDBOX_DOCKER_PULL")
+    # One sub-config per provider; each is handed to its provider only.
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    docker: DockerSettings = Field(default_factory=DockerSettings)
+    daytona: DaytonaSettings = Field(default_factory=DaytonaSettings)
+    modal: ModalSettings = Field(default_factory=ModalSettings)
 
     # Session sandboxes (the in-sandbox runtime).
     vcs_host: str | None = Field(default=None, validation_alias="VCS_HOST")
@@ -154,23 +235,6 @@ class Settings(BaseSettings):
     github_hostname: str | None = Field(default=None, validation_alias="GITHUB_HOSTNAME")
     #: Override of the GitHub API base URL (GitHub Enterprise proxies, tests).
     github_api_base: str | None = Field(default=None, validation_alias="GITHUB_API_BASE")
-
-    # Daytona provider (extra [daytona]).
-    daytona_api_url: str | None = Field(default=None, validation_alias="DAYTONA_API_URL")
-    daytona_api_key: SecretStr | None = Field(default=None, validation_alias="DAYTONA_API_KEY")
-    daytona_target: str | None = Field(default=None, validation_alias="DAYTONA_TARGET")
-
-    # Modal provider (extra [modal]).
-    modal_token_id: SecretStr | None = Field(default=None, validation_alias="MODAL_TOKEN_ID")
-    modal_token_secret: SecretStr | None = Field(default=None, validation_alias="MODAL_TOKEN_SECRET")
-    modal_app_name: str = Field(default="sandbox-control", validation_alias="MODAL_APP_NAME")
-    modal_environment: str | None = Field(default=None, validation_alias="MODAL_ENVIRONMENT")
-    #: Idle timeout of Modal sandboxes (seconds); unset = none.
-    modal_idle_timeout_seconds: int | None = Field(default=None, ge=1, validation_alias="MODAL_IDLE_TIMEOUT")
-    #: Ports of Modal sandboxes exposed through tunnels (e.g. the env server's).
-    modal_tunnel_ports: Annotated[list[int], NoDecode] = Field(
-        default_factory=list, validation_alias="MODAL_TUNNEL_PORTS"
-    )
 
     # Build callbacks (outbox delivery).
     callback_deadline_seconds: int = Field(default=24 * 3600, ge=60, validation_alias="SANDBOX_CALLBACK_DEADLINE")
@@ -192,9 +256,7 @@ class Settings(BaseSettings):
     #: How often a running build's log and exit status are read from its sandbox.
     build_poll_seconds: float = Field(default=0.5, gt=0, le=30, validation_alias="SANDBOX_BUILD_POLL_INTERVAL")
 
-    @field_validator(
-        "api_secrets", "allowed_control_plane_hosts", "snapshot_paths", "modal_tunnel_ports", mode="before"
-    )
+    @field_validator("api_secrets", "allowed_control_plane_hosts", "snapshot_paths", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -216,6 +278,14 @@ class Settings(BaseSettings):
             )
             raise ConfigError(f"invalid configuration: {problems}") from None
         return settings
+
+    def provider_config(self, name: str) -> BaseSettings | None:
+        """The sub-config of provider ``name`` (``settings.<name>``); ``None`` if it has none."""
+        field = type(self).model_fields.get(name)
+        if field is None or not _is_sub_config(field):
+            return None
+        config: BaseSettings = getattr(self, name)
+        return config
 
     @property
     def instance_scope(self) -> str:

@@ -45,8 +45,8 @@ def known_secrets(settings: Settings, api_secrets: list[bytes]) -> list[str]:
         settings.internal_callback_secret,
         settings.github_app_private_key,
         settings.vcs_clone_token,
-        settings.daytona_api_key,
-        settings.modal_token_secret,
+        settings.daytona.api_key,
+        settings.modal.token_secret,
     ):
         if secret is not None:
             values.append(secret.get_secret_value())

@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from app.client import SandboxClient  # noqa: E402
 from app.providers.local import LocalProvider  # noqa: E402
-from app.providers.local_limits import AppliedLimits  # noqa: E402
+from app.providers.local.limits import AppliedLimits  # noqa: E402
+from app.providers.registry import provider_context  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from tests.fixtures.app import LiveServer, free_port  # noqa: E402
 
@@ -48,13 +49,14 @@ def row(name: str, values: list[float]) -> str:
 
 async def raw_bwrap_runs(data_dir: Path, ref: str, runs: int) -> list[float]:
     """``bwrap … true`` with the provider's own arguments for sandbox ``ref``."""
-    provider = LocalProvider(Settings.load(data_dir=data_dir, api_secrets=[]))
+    settings = Settings.load(data_dir=data_dir, api_secrets=[])
+    provider = LocalProvider(settings.local, provider_context(settings))
     await provider.aopen()
     meta = provider._store.load_meta(ref)  # the bench may reach inside: same args, no service
     times = []
     for _ in range(runs):
-        with provider.sandboxed(meta) as fd:
-            argv = provider.spawn_argv(meta, AppliedLimits(), fd, ["true"])
+        with provider._sandboxed(meta) as fd:
+            argv = provider._spawn_argv(meta, AppliedLimits(), fd, ["true"])
             started = time.perf_counter()
             proc = await asyncio.create_subprocess_exec(*argv, pass_fds=(fd,))
             assert await proc.wait() == 0

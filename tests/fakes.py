@@ -42,13 +42,14 @@ from app.providers.base import (
     Capabilities,
     ExecResult,
     Provider,
+    ProviderContext,
     ProviderSandbox,
     ProviderStatus,
     Resources,
     SandboxSpec,
+    check_argv,
 )
-from app.providers.local_io import close_transport, feed_input, os_error, run_process, stream_output
-from app.settings import Settings
+from app.providers.local.io import close_transport, feed_input, os_error, run_process, stream_output
 
 #: sandbox root -> directory name inside the box
 ROOTS = {"/workspace": "workspace", "/home/sandbox": "home", "/tmp": "tmp"}
@@ -97,11 +98,14 @@ class FakeProvider(Provider):
     name = "fake"
     capabilities = Capabilities(gpu=False, stop_start=True, networks=frozenset({"host", "none"}))
 
-    def __init__(self, settings: Settings | None = None, *, root: Path | None = None) -> None:
+    def __init__(
+        self, config: object = None, context: ProviderContext | None = None, *, root: Path | None = None
+    ) -> None:
+        """As the registry builds it (no settings of its own: ``config`` is ``None``), or on ``root``."""
         if root is None:
-            if settings is None:
-                raise ValueError("FakeProvider needs settings or root")
-            root = Path(settings.data_dir) / "fake"
+            if context is None:
+                raise ValueError("FakeProvider needs a context or root")
+            root = Path(context.data_dir) / "fake"
         self._root = root.absolute()
         self._boxes: dict[str, _Box] = {}
 
@@ -144,8 +148,8 @@ class FakeProvider(Provider):
             raise UnsupportedSpec("resources.disk_mb", self.name, "no disk quota")
         if spec.network is not None and spec.network not in (self.capabilities.networks or ()):
             raise UnsupportedSpec("network", self.name, "only 'host' and 'none'")
-        if spec.command is not None and (not spec.command or isinstance(spec.command, str)):
-            raise BadRequest("command must be a non-empty list")
+        if spec.command is not None:
+            check_argv(spec.command)
         ref = "fk-" + secrets.token_hex(6)
         box = _Box(ref=ref, spec=spec, directory=self._root / "sandboxes" / ref, created_at=datetime.now(UTC))
         await asyncio.to_thread(self._layout, box.directory)
@@ -257,8 +261,7 @@ class FakeProvider(Provider):
         max_output_bytes: int = 1 << 20,
     ) -> ExecResult:
         """Run ``argv`` on the host in the box; background children end with it (as in local)."""
-        if isinstance(argv, str) or not argv or any("\0" in a for a in argv):
-            raise BadRequest("argv must be a non-empty list of strings without NUL bytes")
+        check_argv(argv)
         box = self._running_box(ref)
         try:
             workdir = box.host_path(cwd or "/workspace")

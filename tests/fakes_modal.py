@@ -1,6 +1,6 @@
 """A fake of the Modal SDK's ``.aio`` surface, backed by the local provider.
 
-``FakeModal`` stands where ``import modal`` stands: ``ModalProvider(settings,
+``FakeModal`` stands where ``import modal`` stands: ``ModalProvider(config, context,
 sdk=FakeModal(...))``. Commands really run (each Modal sandbox is a local
 bubblewrap sandbox); errors are the SDK's own classes from the installed
 ``modal.exception``; the blocking call forms raise, so only ``.aio`` works.

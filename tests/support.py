@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
+
+from app.settings import LocalSettings
 
 STRICT = os.environ.get("SANDBOX_TEST_STRICT", "") not in ("", "0", "false")
 
@@ -17,7 +20,7 @@ def missing_component(reason: str) -> None:
 
 
 def private_uid_range() -> dict[str, int]:
-    """Settings giving local sandboxes a host uid range of their own.
+    """``LocalSettings`` fields giving local sandboxes a host uid range of their own.
 
     Under root every local sandbox runs as its own host uid and stopping one
     sweeps that uid's processes; two providers (data dirs) drawing from the same
@@ -25,4 +28,9 @@ def private_uid_range() -> dict[str, int]:
     """
     import random
 
-    return {"local_uid_base": random.randrange(1_000_000, 100_000_000, 1000), "local_uid_count": 1000}
+    return {"uid_base": random.randrange(1_000_000, 100_000_000, 1000), "uid_count": 1000}
+
+
+def private_local(**overrides: Any) -> LocalSettings:
+    """``LocalSettings`` (the environment's, plus ``overrides``) with a uid range of their own."""
+    return LocalSettings(**{**private_uid_range(), **overrides})

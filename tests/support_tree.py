@@ -11,7 +11,7 @@ import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from app.providers.local_io import close_transport
+from app.providers.local.io import close_transport
 
 
 def tree_entries(root: Path, *, mtimes: bool = True) -> dict[str, tuple[object, ...]]:

@@ -13,19 +13,24 @@ Raises (any method taking ``ref``):
 
 A command that exits non-zero or runs out of time is a *result*
 (``ExecResult``), never an exception: "command failed" is not "sandbox down".
+
+A provider is built by ``registry.create_provider`` as ``cls(config, context)``:
+``config`` is its own sub-config (``Settings.local``, ``Settings.docker``, ...) and
+``context`` what it needs from the core settings (``ProviderContext``).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import UnsupportedSpec
+from app.errors import BadRequest, UnsupportedSpec
 
 ProviderStatus = Literal["running", "stopped", "failed"]
 
@@ -101,18 +106,82 @@ class Capabilities:
     shared_loopback: bool = False
     #: ``commit_image`` saves a sandbox's filesystem as a native image (repo images).
     image_commit: bool = False
+    #: Tar streams ``import_tar`` extracts at once when its stream can be split into
+    #: lanes (``LaneSplittable``); 1 = it always reads the stream as one.
+    import_lanes: int = 1
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What every provider needs from the core settings."""
+
+    #: The service's data dir (``SANDBOX_DATA_DIR``); a provider keeps its own state below it.
+    data_dir: Path
+    #: Tags this service's sandboxes on a backend other services may share, and filters
+    #: ``list`` to them (``Settings.instance_scope``).
+    scope: str
+    #: The image of a sandbox that names none (``SANDBOX_BASE_IMAGE``).
+    base_image: str | None
+    #: Lifetime of a sandbox whose spec names none (``SANDBOX_DEFAULT_TTL_SECONDS``), for a
+    #: backend that must be told one at create (Modal); the service's reaper enforces TTLs.
+    default_ttl_seconds: int | None = None
+
+
+@runtime_checkable
+class LaneSplittable(Protocol):
+    """A tar stream that can also be extracted as rounds of concurrent lane streams.
+
+    Snapshot sections offer it (``app.snapshots.sections.Section``; ``app.snapshots.fanout``
+    explains why extracting the lanes of one round concurrently into one directory is as
+    safe as one ``tar``). Each round must be extracted completely, all its streams at
+    once, before the next is asked for. Call ``rounds`` at most once, and only instead
+    of reading the stream itself.
+    """
+
+    def rounds(self, lanes: int) -> AsyncGenerator[Sequence[AsyncIterator[bytes]], None]:
+        """Rounds of at most ``lanes`` tar streams."""
+        ...
+
+
+def lane_rounds(data: AsyncIterator[bytes], lanes: int) -> AsyncGenerator[Sequence[AsyncIterator[bytes]], None] | None:
+    """``data`` as rounds of ``lanes`` concurrent tar streams, or ``None``: read it as one stream.
+
+    For ``import_tar`` of a provider whose ``capabilities.import_lanes`` is ``lanes``:
+    ``None`` when ``lanes`` is below 2 or ``data`` cannot be split (see ``LaneSplittable``).
+    """
+    if lanes < 2 or not isinstance(data, LaneSplittable):
+        return None
+    return data.rounds(lanes)
+
+
+def check_argv(argv: Sequence[str]) -> None:
+    """Refuse a command that is not a non-empty list of strings without NUL bytes.
+
+    Every provider checks ``exec`` argv and entry commands with it, so the refusal is
+    the same everywhere: ``BadRequest`` on ``command``, the request field.
+    """
+    if isinstance(argv, str) or not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
+        raise BadRequest("command must be a non-empty list of strings without NUL bytes", field="command")
 
 
 class Provider(abc.ABC):
     """Async interface every sandbox backend implements.
 
-    Implementations are constructed with the service ``Settings`` and must not
-    block the event loop: subprocesses are async, sync SDKs run in threads.
+    Implementations must not block the event loop: subprocesses are async, sync
+    SDKs run in threads.
     """
 
     #: Registry name, e.g. ``"local"``.
     name: str = ""
     capabilities: Capabilities = Capabilities()
+
+    def __init__(self, config: BaseModel | None, context: ProviderContext) -> None:
+        """Build the provider from its own sub-config and the core ``context``; no I/O yet (``aopen``).
+
+        Each provider narrows ``config`` to its settings class (``LocalSettings``, ...);
+        one that needs no settings of its own accepts ``None``.
+        """
+        self.context = context
 
     async def aopen(self) -> None:  # noqa: B027 - optional hook
         """Prepare the provider (connect, check binaries). Called once at start."""
@@ -189,7 +258,13 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     async def import_tar(self, ref: str, path: str, data: AsyncIterator[bytes]) -> None:
-        """Extract an uncompressed tar stream into directory ``path`` (created)."""
+        """Extract an uncompressed tar stream into directory ``path`` (created).
+
+        ``data`` may also be ``LaneSplittable`` (a snapshot section). A provider whose
+        ``capabilities.import_lanes`` is above 1 may then extract it as concurrent lanes
+        (``lane_rounds``) instead of reading it; the others read it as one stream.
+        Either way the stream is complete only once read (or split) to its end.
+        """
 
     # -- native images (optional; ``capabilities.image_commit``) ---------------
 

@@ -1,10 +1,14 @@
-"""Providers by name, imported lazily so cloud SDKs stay optional extras."""
+"""Providers by name, imported lazily so cloud SDKs stay optional extras.
+
+``create_provider`` builds one as ``cls(settings.<name>, context)``: the provider's
+own sub-config and the ``ProviderContext`` drawn from the core settings.
+"""
 
 from __future__ import annotations
 
 import importlib
 
-from app.providers.base import Provider
+from app.providers.base import Provider, ProviderContext
 from app.settings import ConfigError, Settings
 
 #: name -> ("module:Class", extra that provides its dependencies or None)
@@ -34,6 +38,16 @@ def provider_class(name: str) -> type[Provider]:
     return cls
 
 
+def provider_context(settings: Settings) -> ProviderContext:
+    """What a provider gets from the core settings."""
+    return ProviderContext(
+        data_dir=settings.data_dir,
+        scope=settings.instance_scope,
+        base_image=settings.base_image,
+        default_ttl_seconds=settings.default_ttl_seconds,
+    )
+
+
 def create_provider(name: str, settings: Settings) -> Provider:
-    """Build the provider ``name`` with the service settings."""
-    return provider_class(name)(settings)  # type: ignore[call-arg]
+    """Build the provider ``name`` from its sub-config (``settings.<name>``) and the core context."""
+    return provider_class(name)(settings.provider_config(name), provider_context(settings))

@@ -90,7 +90,9 @@ class Section:
 
     Read it, or, once, call ``rounds(lanes)`` instead: an importer able to run several
     extractions at once gets the same members cut into rounds of concurrent lane
-    streams (``fanout``). Either way it is complete only once read to its end.
+    streams (``fanout``). Either way it is complete only once read to its end. This is
+    the ``LaneSplittable`` of the provider contract (``app.providers.base``), matched by
+    shape: the archive format does not depend on the providers.
     """
 
     def __init__(self, pump: SectionPump, index: int) -> None:

@@ -32,6 +32,8 @@ MAX_EXTENSION_BYTES = 1 << 20
 MAX_EMPTY_CHUNKS = 100_000
 
 REGULAR_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
+#: Pax records ``TarReader`` applies to the header fields themselves.
+APPLIED_PAX_KEYS = frozenset({"path", "linkpath", "size", "uid", "gid", "mtime", "uname", "gname"})
 _EXTENSION_TYPES = frozenset(
     {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE}
 )
@@ -134,10 +136,16 @@ def _pax_int(records: dict[str, str], key: str) -> int | None:
 
 
 class TarReader:
-    """Pull-style tar parser: ``next()`` returns each member, ``read()`` its data."""
+    """Pull-style tar parser: ``next()`` returns each member, ``read()`` its data.
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+    ``keep_pax_records``: leave the pax records it does not apply to the header fields
+    (extended attributes, atime, ...) in ``info.pax_headers``, for a re-framer that
+    passes members on as they are; by default members carry none.
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], *, keep_pax_records: bool = False) -> None:
         self._src = ByteReader(chunks)
+        self._keep_pax = keep_pax_records
         self._remaining = 0
         self._padding = 0
         self.ended = False
@@ -213,7 +221,7 @@ class TarReader:
             info.mtime = int(mtime) if mtime.is_integer() else mtime
         info.uname = pax.get("uname", info.uname)
         info.gname = pax.get("gname", info.gname)
-        info.pax_headers = {}
+        info.pax_headers = {k: v for k, v in pax.items() if k not in APPLIED_PAX_KEYS} if self._keep_pax else {}
         if info.size < 0:
             raise TarFormatError(f"member {info.name!r} has a negative size")
         # As tarfile: only regular members (and unknown types) carry data blocks.

@@ -29,7 +29,7 @@ from app.client import SandboxClient
 from app.providers.docker import REPO_IMAGE_LABEL
 from app.services.builds import BUILD_LABEL
 from app.services.repo_images import NATIVE_IMAGE_REPOSITORY
-from app.settings import Settings
+from app.settings import DockerSettings, Settings
 from tests.fixtures.app import serve_in_process
 from tests.fixtures.callbacks import CALLBACK_SECRET, Receiver, until
 from tests.fixtures.docker import DockerEngine
@@ -85,8 +85,8 @@ async def docker_builds(
     settings = make_settings(
         provider="docker",
         base_image=sandbox_image,
-        docker_network="host",  # the git server, control plane and receiver listen on 127.0.0.1
-        docker_pull="never",
+        # The git server, control plane and receiver listen on 127.0.0.1.
+        docker=DockerSettings(network="host", pull="never"),
         instance_scope_override=f"test-{uuid.uuid4().hex[:12]}",
         allowed_control_plane_hosts=["127.0.0.1"],
         vcs_clone_url_template=git_server.url_template,

@@ -27,6 +27,7 @@ from app.settings import Settings
 from tests.fixtures.app import serve_in_process
 from tests.fixtures.callbacks import CALLBACK_SECRET, Receiver, until
 from tests.fixtures.runtime import GIT_TOKEN, OPENCODE_OFFLINE, SANDBOX_TOKEN, ControlPlane, GitHttpServer
+from tests.support import private_local
 
 USER_SECRET = "sk-user-secret-value-0042"
 SETUP = '#!/bin/sh\necho setup-ran >> .setup-count\necho built > .from-setup\necho "installing with key $MY_API_KEY"\n'
@@ -54,7 +55,7 @@ async def build_service(
     make_settings: Callable[..., Settings], provider_workdir: Path, git_server: GitHttpServer, opencode_bin: Path
 ) -> AsyncIterator[tuple[Any, httpx.AsyncClient, Callable[[], dict[str, str]]]]:
     settings = build_settings(
-        make_settings, provider_workdir, git_server, local_opencode_dir=opencode_bin.parent.parent
+        make_settings, provider_workdir, git_server, local=private_local(opencode_dir=opencode_bin.parent.parent)
     )
     secret = settings.resolved_secrets()[0]
     async with serve_in_process(settings) as (app, raw, client):

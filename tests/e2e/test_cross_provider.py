@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.settings import Settings
+from app.settings import DockerSettings, Settings
 from tests.fixtures.app import serve_in_process
 from tests.fixtures.docker import BASE_IMAGE, DockerEngine
 from tests.support_tree import build_sample_tree, tar_extract, tar_stream, tree_hash
@@ -52,7 +52,7 @@ async def test_docker_to_local_and_back(
         (data_dir / "blobs").symlink_to(blobs)
         return make_settings(data_dir=data_dir, **overrides)
 
-    docker = settings("docker", provider="docker", base_image=BASE_IMAGE, docker_network="none")
+    docker = settings("docker", provider="docker", base_image=BASE_IMAGE, docker=DockerSettings(network="none"))
     local = settings("local", provider="local")
     tree = build_sample_tree(tmp_path / "tree")
     expected = tree_hash(tree)
@@ -63,7 +63,7 @@ async def test_docker_to_local_and_back(
     from_local = await _snapshot_from(settings("local-2", provider="local"), tree)
     assert (
         await _restore_into(
-            settings("docker-2", provider="docker", base_image=BASE_IMAGE, docker_network="none"),
+            settings("docker-2", provider="docker", base_image=BASE_IMAGE, docker=DockerSettings(network="none")),
             from_local,
             tmp_path / "on-docker",
         )

@@ -21,6 +21,7 @@ from app.services.pool_members import POOL_LABEL
 from app.settings import Settings
 from tests.fixtures.app import serve_in_process
 from tests.fixtures.runtime import GIT_TOKEN, OPENCODE_OFFLINE, SANDBOX_TOKEN, ControlPlane, GitHttpServer
+from tests.support import private_local
 
 SETUP = "#!/bin/sh\necho ran >> .setup-count\necho built > .from-setup\n"
 
@@ -70,7 +71,9 @@ async def test_pool_warms_and_a_claim_becomes_the_session(
     control_plane: ControlPlane,
 ) -> None:
     git_server.create_repo("acme", "app", {"README.md": "hi\n", ".openinspect/setup.sh": SETUP})
-    settings = pool_settings(make_settings, provider_workdir, git_server, local_opencode_dir=opencode_bin.parent.parent)
+    settings = pool_settings(
+        make_settings, provider_workdir, git_server, local=private_local(opencode_dir=opencode_bin.parent.parent)
+    )
     auth = auth_for(settings)
     async with serve_in_process(settings) as (app, raw, _client):
         try:

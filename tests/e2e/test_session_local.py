@@ -20,6 +20,7 @@ from app.auth import make_token
 from app.settings import Settings
 from tests.fixtures.app import serve_in_process
 from tests.fixtures.runtime import GIT_TOKEN, OPENCODE_OFFLINE, SANDBOX_TOKEN, ControlPlane, GitHttpServer
+from tests.support import private_local
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ async def session_service(
         allowed_control_plane_hosts=["127.0.0.1"],
         vcs_clone_url_template=git_server.url_template,
         vcs_clone_token=SecretStr(GIT_TOKEN),
-        local_opencode_dir=opencode_bin.parent.parent,
+        local=private_local(opencode_dir=opencode_bin.parent.parent),
     )
     secret = settings.resolved_secrets()[0]
     async with serve_in_process(settings) as (app, raw, client):

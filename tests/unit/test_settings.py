@@ -52,19 +52,54 @@ def test_invalid_values_name_the_variable(tmp_path: Path, monkeypatch: pytest.Mo
         Settings.load(data_dir=tmp_path)
 
 
-def test_unknown_provider_is_a_clear_error() -> None:
-    from app.providers.registry import provider_class
+def test_provider_sub_configs_read_the_same_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {
+        "SANDBOX_LOCAL_BWRAP": "/opt/bwrap",
+        "SANDBOX_LOCAL_UID_BASE": "300000",
+        "SANDBOX_LOCAL_RUNTIME": "false",
+        "SANDBOX_DOCKER_NETWORK": "none",
+        "SANDBOX_DOCKER_PULL": "missing",
+        "DAYTONA_API_URL": "http://127.0.0.1:9/api",
+        "DAYTONA_API_KEY": "dtn-key",
+        "MODAL_TOKEN_ID": "ak-1",
+        "MODAL_TOKEN_SECRET": "as-1",
+        "MODAL_TUNNEL_PORTS": "4096, 8080",
+        "MODAL_IDLE_TIMEOUT": "300",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.load(data_dir=tmp_path)
+    assert (settings.local.bwrap, settings.local.uid_base, settings.local.runtime) == ("/opt/bwrap", 300000, False)
+    assert (settings.docker.network, settings.docker.pull) == ("none", "missing")
+    assert settings.daytona.api_url == "http://127.0.0.1:9/api"
+    assert settings.daytona.api_key is not None and settings.daytona.api_key.get_secret_value() == "dtn-key"
+    assert settings.modal.token_id is not None and settings.modal.token_id.get_secret_value() == "ak-1"
+    assert (settings.modal.tunnel_ports, settings.modal.idle_timeout_seconds) == ([4096, 8080], 300)
+    assert settings.provider_config("docker") is settings.docker
+    assert settings.provider_config("data_dir") is None
+    assert settings.provider_config("fake") is None
 
-    with pytest.raises(ConfigError, match="unknown provider 'nope'"):
-        provider_class("nope")
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SANDBOX_LOCAL_UID_BASE", "many"), ("SANDBOX_DOCKER_PULL", "sometimes"), ("MODAL_IDLE_TIMEOUT", "0")],
+)
+def test_a_bad_provider_value_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        Settings.load(data_dir=tmp_path)
 
 
-def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.providers import registry
+def test_a_variable_named_like_a_sub_config_is_not_read_as_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER", "yes")
+    monkeypatch.setenv("local", '{"uid_base": 5000}')
+    settings = Settings.load(data_dir=tmp_path)
+    assert settings.docker.pull == "never"
+    assert settings.local.uid_base != 5000
 
-    monkeypatch.setitem(registry.PROVIDERS, "ghost", ("tests.unit.ghost_provider_module:X", "ghost"))
-    with pytest.raises(ConfigError, match="not available"):
-        registry.provider_class("ghost")
-    monkeypatch.setitem(registry.PROVIDERS, "needs", ("tests.unit.needs_missing_dep:X", "needs"))
-    with pytest.raises(ConfigError, match=r"pip install '\.\[needs\]'"):
-        registry.provider_class("needs")
+
+def test_an_override_that_names_no_setting_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="local_uid_base"):
+        Settings.load(data_dir=tmp_path, local_uid_base=5000)

@@ -1,0 +1,363 @@
+"""The ``docker`` provider: a sandbox is a container on a Docker Engine.
+
+Containers carry labels in the ``sandbox-control.docker.`` namespace (managed
+flag, scope, sandbox id, ttl, requested resources) so ``list`` finds only
+ours and the reconciler can rebuild its view after a restart; the spec's own
+labels are kept verbatim (``spec``). The entry
+command is the spec's (the supervisor) or an idle shell loop; commands run
+through the Engine's exec (``exec``), files through the archive API
+(``files``); every Engine call goes through ``engine``.
+
+Images are never pulled unless ``SANDBOX_DOCKER_PULL`` says so (``missing``
+or ``always``); with the default ``never`` a missing image is a 422 that
+names the setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from app.errors import BadRequest, Conflict, ProviderError, ProviderUnavailable, UnsupportedSpec
+from app.providers.base import (
+    Capabilities,
+    ExecResult,
+    Provider,
+    ProviderContext,
+    ProviderSandbox,
+    ProviderStatus,
+    SandboxSpec,
+)
+from app.providers.docker import files
+from app.providers.docker.engine import CALL_TIMEOUT, EngineClient, ImageMissing
+from app.providers.docker.exec import run_exec
+from app.providers.docker.spec import (
+    MANAGED_LABEL,
+    SANDBOX_ID_LABEL,
+    SCOPE_LABEL,
+    STOP_GRACE_SECONDS,
+    container_config,
+    container_name,
+    engine_has_gpu,
+    sandbox_from_inspect,
+    sandbox_from_summary,
+    split_image_reference,
+    status_of_container,
+)
+from app.settings import DockerSettings
+
+log = logging.getLogger(__name__)
+
+#: Label on images made by ``commit_image``.
+REPO_IMAGE_LABEL = "sandbox-control.repo-image"
+#: Seconds a pull (or a commit) may take.
+PULL_TIMEOUT = 900.0
+_OWNER_CACHE_SIZE = 4096
+
+
+class DockerProvider(Provider):
+    """Sandboxes as containers on the Engine at ``DOCKER_HOST`` (default: the local socket)."""
+
+    name = "docker"
+
+    def __init__(self, config: DockerSettings, context: ProviderContext) -> None:
+        """This instance creates, lists and so reconciles only containers labelled with
+        ``context.scope``, so several services (or test runs) can share one engine
+        without seeing, or deleting, each other's sandboxes."""
+        super().__init__(config, context)
+        self._config = config
+        # One scope per state store (by default), so services sharing an engine never
+        # reconcile away each other's sandboxes, while replicas sharing one
+        # state store (and so one set of records) share one scope.
+        self._scope = context.scope
+        self._engine = EngineClient()
+        self._info: dict[str, Any] | None = None
+        self._owners: dict[str, tuple[int, int]] = {}
+        self.capabilities = Capabilities(
+            gpu=False,
+            stop_start=True,
+            max_disk_mb=None,
+            networks=None,
+            image_commit=True,
+            # On the host network every sandbox's env server would claim the same port.
+            shared_loopback=config.network == "host",
+        )
+
+    # -- lifecycle of the provider ------------------------------------------
+
+    async def aopen(self) -> None:
+        await self._engine.aopen()
+        try:
+            await self._engine_info()
+        except ProviderUnavailable as exc:
+            # Readiness (ping) reports it; the service may start before the engine.
+            log.warning("docker provider: engine not reachable yet: %s", exc)
+
+    async def aclose(self) -> None:
+        await self._engine.aclose()
+
+    async def ping(self) -> None:
+        await self._engine.call("GET", "_ping", timeout=10.0)
+
+    async def _engine_info(self) -> dict[str, Any]:
+        if self._info is None:
+            info: dict[str, Any] = await self._engine.call("GET", "info")
+            self.capabilities = replace(self.capabilities, gpu=engine_has_gpu(info))
+            self._info = info
+        return self._info
+
+    # -- sandboxes ------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> ProviderSandbox:
+        image = spec.image or self.context.base_image
+        if not image:
+            raise BadRequest(
+                "the docker provider needs an image: pass `image` or set SANDBOX_BASE_IMAGE", field="image"
+            )
+        network = spec.network or self._config.network
+        wants_engine_info = spec.resources.disk_mb is not None or spec.resources.gpu is not None
+        engine_info = await self._engine_info() if wants_engine_info else None
+        config = container_config(spec, image, network, engine_info, scope=self._scope)
+        if network not in (None, "host", "none"):
+            await self._check_network(network)
+        if self._config.pull == "always":
+            await self._pull(image)
+        name = container_name(spec.sandbox_id)
+        try:
+            created = await self._create_container(name, config)
+        except ImageMissing:
+            if self._config.pull == "never":
+                raise UnsupportedSpec(
+                    "image", self.name, f"image {image!r} is not present locally; set SANDBOX_DOCKER_PULL=missing"
+                ) from None
+            await self._pull(image)
+            created = await self._create_container(name, config)
+        container_id: str = created["Id"]
+        try:
+            await self._engine.call("POST", f"containers/{container_id}/start", ref=container_id)
+            info = await self._inspect(container_id)
+        except BaseException as exc:
+            await asyncio.shield(self._discard(container_id))
+            if isinstance(exc, BadRequest):  # e.g. the entry command does not exist in the image
+                raise BadRequest(f"the sandbox could not start: {exc.message}", field="command") from exc
+            raise
+        return sandbox_from_inspect(info)
+
+    async def _create_container(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
+        try:
+            created: dict[str, Any] = await self._engine.call(
+                "POST", "containers/create", params={"name": name}, body=config
+            )
+        except Conflict as exc:
+            raise Conflict(f"a sandbox container named {name!r} already exists", name=name) from exc
+        except (BadRequest, ProviderUnavailable) as exc:
+            if "storage-opt" in exc.message.lower() or "storage opt" in exc.message.lower():
+                raise UnsupportedSpec("resources.disk_mb", self.name, exc.message) from exc
+            raise
+        return created
+
+    async def _discard(self, container_id: str) -> None:
+        """Remove a container that failed to start; never masks the original error."""
+        try:
+            await self._engine.call("DELETE", f"containers/{container_id}", params={"force": "1", "v": "1"})
+        except Exception as exc:
+            log.warning("docker provider: could not remove failed container %s: %s", container_id, exc)
+
+    async def _check_network(self, network: str) -> None:
+        try:
+            await self._engine.call("GET", f"networks/{network}")
+        except (BadRequest, LookupError) as exc:
+            raise BadRequest(
+                f"network {network!r} does not exist on the Docker Engine "
+                f"(create it with `docker network create {network}`, or use 'host' or 'none')",
+                field="network",
+            ) from exc
+
+    async def _pull(self, image: str) -> None:
+        repo, tag = split_image_reference(image)
+        params = {"fromImage": repo, "tag": tag}
+        log.info("docker provider: pulling %s", image)
+        try:
+            async with (
+                asyncio.timeout(PULL_TIMEOUT),
+                self._engine.request("POST", "images/create", params=params) as response,
+            ):
+                # Progress is a JSON line stream; a failure arrives as {"error": ...} with status 200.
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(event, dict) and event.get("error"):
+                        raise ProviderError(f"pulling image {image!r} failed: {event['error']}", image=image)
+        except (BadRequest, LookupError) as exc:
+            raise ProviderError(f"pulling image {image!r} failed: {exc}", image=image) from exc
+        except ProviderUnavailable as exc:
+            raise ProviderError(f"pulling image {image!r} failed: {exc.message}", image=image) from exc
+        except TimeoutError as exc:
+            raise ProviderError(f"pulling image {image!r} took over {PULL_TIMEOUT:.0f} s", image=image) from exc
+
+    # -- native images (repo images) -----------------------------------------
+
+    async def commit_image(self, ref: str, name: str) -> str:
+        """``docker commit`` with the base image's configuration, not the container's.
+
+        The container's env holds the sandbox's secrets (clone token, user env)
+        and its labels our bookkeeping (ids, TTL): neither may live on in the image.
+        The Engine fills every env name and label the commit's config leaves out
+        from the container's, so each of those is named: env names without ``=``
+        (the Engine's "unset": no process sees them) and labels with empty values
+        (a commit cannot drop a label).
+        """
+        info = await self._inspect(ref)
+        container = info.get("Config") or {}
+        # The image id the container runs, not its tag: the tag may name a newer build by now.
+        base = info.get("Image") or container.get("Image")
+        image_info: dict[str, Any] = await self._engine.call("GET", f"images/{base}/json")
+        base_config = image_info.get("Config") or {}
+        base_env: list[str] = list(base_config.get("Env") or [])
+        base_names = {entry.partition("=")[0] for entry in base_env}
+        unset = sorted({entry.partition("=")[0] for entry in container.get("Env") or []} - base_names)
+        base_labels: dict[str, str] = base_config.get("Labels") or {}
+        blanked = {key: "" for key in container.get("Labels") or {} if key not in base_labels}
+        repo, tag = split_image_reference(name)
+        config = {
+            "Env": base_env + unset,
+            "Cmd": base_config.get("Cmd"),
+            "Entrypoint": base_config.get("Entrypoint"),
+            "WorkingDir": base_config.get("WorkingDir") or "",
+            "User": base_config.get("User") or "",
+            "Labels": {**blanked, **base_labels, REPO_IMAGE_LABEL: name},
+        }
+        await self._engine.call(
+            "POST",
+            "commit",
+            params={"container": ref, "repo": repo, "tag": tag, "pause": "true"},
+            body=config,
+            ref=ref,
+            timeout=PULL_TIMEOUT,
+        )
+        return name
+
+    async def delete_image(self, image: str) -> bool:
+        try:
+            await self._engine.call("DELETE", f"images/{image}", params={"force": "1"})
+        except ImageMissing:
+            return False
+        return True
+
+    async def _inspect(self, ref: str) -> dict[str, Any]:
+        info: dict[str, Any] = await self._engine.call("GET", f"containers/{ref}/json", ref=ref)
+        return info
+
+    async def start(self, ref: str) -> None:
+        await self._engine.call("POST", f"containers/{ref}/start", ref=ref)
+
+    async def stop(self, ref: str) -> None:
+        await self._engine.call(
+            "POST",
+            f"containers/{ref}/stop",
+            params={"t": str(STOP_GRACE_SECONDS)},
+            ref=ref,
+            timeout=STOP_GRACE_SECONDS + CALL_TIMEOUT,
+        )
+
+    async def delete(self, ref: str) -> None:
+        try:
+            await self._engine.call(
+                "DELETE",
+                f"containers/{ref}",
+                params={"force": "1", "v": "1"},
+                ref=ref,
+                timeout=STOP_GRACE_SECONDS + CALL_TIMEOUT,
+            )
+        except Conflict as exc:
+            if "already in progress" not in exc.message:
+                raise
+
+    async def status(self, ref: str) -> ProviderStatus:
+        return status_of_container(await self._inspect(ref))
+
+    async def list(self, labels: Mapping[str, str] | None = None) -> list[ProviderSandbox]:
+        wanted = [f"{MANAGED_LABEL}=true", *(f"{key}={value}" for key, value in (labels or {}).items())]
+        if self._scope:
+            wanted.append(f"{SCOPE_LABEL}={self._scope}")
+        found = await self._engine.call(
+            "GET", "containers/json", params={"all": "1", "filters": json.dumps({"label": wanted})}
+        )
+        return [sandbox_from_summary(item) for item in found]
+
+    # -- inside a sandbox -----------------------------------------------------
+
+    async def exec(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> ExecResult:
+        return await run_exec(
+            self._engine,
+            ref,
+            argv,
+            timeout=timeout,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            max_output_bytes=max_output_bytes,
+        )
+
+    def read_file(self, ref: str, path: str) -> AsyncIterator[bytes]:
+        return files.read_file(self._engine, ref, path)
+
+    async def write_file(self, ref: str, path: str, data: AsyncIterator[bytes]) -> None:
+        owner = await self._owner(ref)
+        await files.write_file(self._engine, ref, path, data, owner=owner, make_dirs=self._make_dirs)
+
+    def export_tar(self, ref: str, path: str) -> AsyncIterator[bytes]:
+        return files.export_tar(self._engine, ref, path)
+
+    async def import_tar(self, ref: str, path: str, data: AsyncIterator[bytes]) -> None:
+        owner = await self._owner(ref)
+        await files.import_tar(self._engine, ref, path, data, owner=owner, make_dirs=self._make_dirs)
+
+    async def _owner(self, ref: str) -> tuple[int, int]:
+        """The container user's (uid, gid), cached: a container's user never changes."""
+        owner = self._owners.get(ref)
+        if owner is None:
+            owner = await files.container_owner(self._engine, ref)
+            if len(self._owners) >= _OWNER_CACHE_SIZE:
+                self._owners.clear()
+            self._owners[ref] = owner
+        return owner
+
+    async def _make_dirs(self, ref: str, path: str) -> None:
+        """``mkdir -p`` as the container's user, so it owns what it did not have."""
+        result = await run_exec(
+            self._engine,
+            ref,
+            ["mkdir", "-p", "--", path],
+            timeout=CALL_TIMEOUT,
+            cwd=None,
+            env=None,
+            stdin=None,
+            max_output_bytes=4096,
+        )
+        if result.exit_code != 0:
+            message = result.stderr.decode(errors="replace").strip() or f"mkdir exited {result.exit_code}"
+            kind = PermissionError if "denied" in message.lower() else OSError
+            raise kind(errno.EACCES if kind is PermissionError else errno.EIO, message, path)
+
+
+__all__ = ["MANAGED_LABEL", "SANDBOX_ID_LABEL", "DockerProvider"]
