@@ -21,6 +21,7 @@ import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,6 +44,15 @@ class Resources(BaseModel):
     disk_mb: int | None = Field(default=None, ge=16, le=64 * 1024 * 1024)
     gpu: str | None = Field(default=None, min_length=1, max_length=64, description="e.g. 'A10G' or 'any'")
     pids: int | None = Field(default=None, ge=8, le=1_000_000, description="max processes")
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What every provider needs from the core settings."""
+
+    data_dir: Path
+    scope: str
+    base_image: str | None
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,9 @@ class ProviderSandbox:
     created_at: datetime | None = None
     #: Effective resources after the provider merged defaults and limits.
     resources: Resources = field(default_factory=Resources)
+    #: Why the sandbox is in its status, when the provider knows (e.g. a ``failed``
+    #: pod's "Evicted: The node was low on resource: memory"); for events and records.
+    status_reason: str | None = None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from app.providers.base import Provider
+from app.providers.base import Provider, ProviderContext
 from app.settings import ConfigError, Settings
 
 #: name -> ("module:Class", extra that provides its dependencies or None)
@@ -13,6 +13,7 @@ PROVIDERS: dict[str, tuple[str, str | None]] = {
     "docker": ("app.providers.docker:DockerProvider", "docker"),
     "daytona": ("app.providers.daytona:DaytonaProvider", "daytona"),
     "modal": ("app.providers.modal:ModalProvider", "modal"),
+    "kubernetes": ("app.providers.kubernetes:KubernetesProvider", "kubernetes"),
 }
 
 
@@ -36,4 +37,8 @@ def provider_class(name: str) -> type[Provider]:
 
 def create_provider(name: str, settings: Settings) -> Provider:
     """Build the provider ``name`` with the service settings."""
-    return provider_class(name)(settings)  # type: ignore[call-arg]
+    cls = provider_class(name)
+    if name == "kubernetes":
+        context = ProviderContext(settings.data_dir, settings.instance_scope, settings.base_image)
+        return cls(settings.kubernetes, context)  # type: ignore[call-arg]
+    return cls(settings)  # type: ignore[call-arg]
