@@ -177,7 +177,8 @@ class KubernetesProvider(Provider):
         if await poll_until(started, timeout=self._config.start_timeout):
             return latest
         reason = unschedulable(latest) or pod_status(latest)[1] or "still pending"
-        if spec is not None and spec.resources.gpu is not None and self._config.gpu_resource in reason:
+        gpu = spec.resources.gpu if spec is not None else None
+        if gpu is not None and (self._config.gpu_resource in reason or (gpu != "any" and "selector" in reason)):
             raise UnsupportedSpec("resources.gpu", PROVIDER, f"no node can take the pod: {reason}")
         raise ProviderError(f"sandbox pod {name} did not start within {self._config.start_timeout:.0f} s: {reason}")
 
