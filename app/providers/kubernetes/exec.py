@@ -28,7 +28,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
@@ -227,9 +226,3 @@ class PodExecutor:
         # Best effort on cancellation: the pod may be gone already.
         with contextlib.suppress(Exception):
             await self.kill(pod, token)
-
-
-def as_error_text(data: Any, limit: int = 500) -> str:
-    """A short readable form of a command's stderr for error messages."""
-    text = bytes(data).decode(errors="replace").strip()
-    return text[-limit:]
