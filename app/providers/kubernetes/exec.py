@@ -7,9 +7,11 @@ whose group id is recorded in the pod's ``/tmp``; at the deadline a second
 exec kills that group and every process still carrying the exec's marker
 variable, and the result is exit 124 with ``timed_out``.
 
-The exec API takes no environment either: per-exec variables are set by
-``env NAME=value ...`` in front of the wrapper (visible in the command line
-inside the sandbox only, like the rest of the sandbox's environment).
+The exec API takes no environment either, and the command line travels in
+the request URL, which API servers write to their audit logs. So per-exec
+variables go through stdin instead: a small loader reads ``NAME LENGTH``
+lines, each followed by the value's bytes, up to an empty line, exports
+them and ``exec``s the command, which gets the rest of stdin.
 
 The channel protocol (``channel``) is negotiated per connection, v5
 preferred. v4 needs stdin framed in the command line, which is sent before
@@ -59,6 +61,13 @@ KILL_TIMEOUT_SECONDS = 15.0
 #: Largest stdin message sent at once.
 STDIN_MESSAGE_BYTES = 256 * 1024
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Exports the variables of ``env_block`` from stdin, then runs ``"$@"`` with the rest of stdin.
+#: ``read`` takes a pipe one byte at a time and ``head -c`` exactly the value (the ``x``
+#: keeps the command substitution from eating trailing newlines).
+ENV_LOADER = (
+    "while IFS=' ' read -r name len && [ -n \"$name\" ]; do "
+    'value=$(head -c "$len"; echo x) || exit 125; export "$name=${value%x}"; done; exec "$@"'
+)
 
 #: Opens an upgraded exec connection: (pod name, query, protocols offered).
 Connect = Callable[[str, list[tuple[str, str]], Sequence[str]], AbstractAsyncContextManager[ClientConnection]]
@@ -115,18 +124,31 @@ class ExecChannel:
         return self.exit_code()
 
 
+def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """Per-exec variables a shell can export (names, no NUL bytes, not our marker)."""
+    for name, value in (env or {}).items():
+        if not _ENV_NAME.match(name) or "\0" in value or name == EXEC_MARKER:
+            raise BadRequest(f"invalid environment variable: {name!r}", field="env")
+    return dict(env or {})
+
+
 def exec_argv(argv: Sequence[str], *, cwd: str, env: Mapping[str, str] | None, token: str) -> list[str]:
-    """The command line that runs ``argv`` in ``cwd`` with ``env``, under the group wrapper."""
+    """The command line that runs ``argv`` in ``cwd`` under the group wrapper (``env`` read from stdin)."""
     if isinstance(argv, str) or not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
         raise BadRequest("argv must be a non-empty list of strings without NUL bytes", field="command")
     if not cwd.startswith("/") or "\0" in cwd:
         raise BadRequest(f"cwd must be an absolute path: {cwd!r}", field="cwd")
-    assignments = []
-    for name, value in (env or {}).items():
-        if not _ENV_NAME.match(name) or "\0" in value or name == EXEC_MARKER:
-            raise BadRequest(f"invalid environment variable: {name!r}", field="env")
-        assignments.append(f"{name}={value}")
-    return ["env", *assignments, f"{EXEC_MARKER}={token}", *wrapped_argv(cwd, argv)]
+    command = ["env", f"{EXEC_MARKER}={token}", *wrapped_argv(cwd, argv)]
+    return ["sh", "-c", ENV_LOADER, "sh", *command] if check_env(env) else command
+
+
+def env_block(env: Mapping[str, str]) -> bytes:
+    """What ``ENV_LOADER`` reads: ``NAME LENGTH\n`` then the value's bytes, per variable; an empty line ends it."""
+    parts = []
+    for name, value in env.items():
+        data = value.encode()
+        parts.append(f"{name} {len(data)}\n".encode() + data)
+    return b"".join(parts) + b"\n"
 
 
 class PodExecutor:
@@ -172,10 +194,12 @@ class PodExecutor:
             raise BadRequest("timeout must be positive", field="timeout")
         token = secrets.token_hex(8)
         command = exec_argv(argv, cwd=cwd, env=env, token=token)
+        prelude = env_block(env) if env else b""
         out, err = CappedBuffer(max_output_bytes), CappedBuffer(max_output_bytes)
         started = time.monotonic()
         timed_out = False
-        async with self.open(pod, command, stdin=stdin is not None) as channel:
+        wants_stdin = stdin is not None or bool(prelude)
+        async with self.open(pod, command, stdin=wants_stdin) as channel:
 
             async def pump() -> None:
                 while (item := await channel.receive()) is not None:
@@ -186,7 +210,7 @@ class PodExecutor:
                 await channel.close_stdin()
 
             reader = asyncio.create_task(pump())
-            feeder = asyncio.create_task(feed(stdin)) if stdin is not None else None
+            feeder = asyncio.create_task(feed(prelude + (stdin or b""))) if wants_stdin else None
             try:
                 done, _ = await asyncio.wait({reader}, timeout=timeout)
                 if not done:

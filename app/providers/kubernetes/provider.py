@@ -241,8 +241,7 @@ class KubernetesProvider(Provider):
     async def inspect(self, ref: str) -> ProviderSandbox:
         """The sandbox with its status and the reason for it (``status_reason``)."""
         name = self._name(ref)
-        pod = await self._pods.get(name)
-        pvc = await self._pvcs.get(name)
+        pod, pvc = await asyncio.gather(self._pods.get(name), self._pvcs.get(name))
         if pvc is None or terminating(pvc):
             if pod is None or terminating(pod):
                 raise SandboxNotFound(f"kubernetes sandbox {ref} not found", ref=ref)

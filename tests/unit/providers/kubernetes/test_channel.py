@@ -26,7 +26,7 @@ from app.providers.kubernetes.channel import (
     stdin_message,
     wrap_stdin,
 )
-from app.providers.kubernetes.exec import exec_argv
+from app.providers.kubernetes.exec import ENV_LOADER, env_block, exec_argv
 
 
 def test_frames_carry_the_channel_in_their_first_byte() -> None:
@@ -96,10 +96,13 @@ def test_exec_query_repeats_command_per_argument() -> None:
     }
 
 
-def test_exec_argv_sets_env_and_the_marker_before_the_wrapper() -> None:
-    argv = exec_argv(["echo", "x"], cwd="/workspace", env={"A": "1 2"}, token="tok")
-    assert argv[:3] == ["env", "A=1 2", "SANDBOX_CONTROL_EXEC=tok"]
+def test_exec_argv_keeps_env_out_of_the_command_line() -> None:
+    argv = exec_argv(["echo", "x"], cwd="/workspace", env={"API_KEY": "s3cret"}, token="tok")
+    assert argv[:4] == ["sh", "-c", ENV_LOADER, "sh"]
+    assert argv[4:6] == ["env", "SANDBOX_CONTROL_EXEC=tok"]
     assert argv[-3:] == ["/workspace", "echo", "x"]
+    assert not any("s3cret" in arg for arg in argv), "the URL (and the audit log) never sees a value"
+    assert exec_argv(["true"], cwd="/", env=None, token="t")[0] == "env"
     for bad in ({"A=B": "x"}, {"SANDBOX_CONTROL_EXEC": "x"}, {"A": "nul\0"}):
         with pytest.raises(ValueError):
             exec_argv(["true"], cwd="/", env=bad, token="t")
@@ -107,3 +110,17 @@ def test_exec_argv_sets_env_and_the_marker_before_the_wrapper() -> None:
         exec_argv([], cwd="/", env=None, token="t")
     with pytest.raises(ValueError):
         exec_argv(["true"], cwd="relative", env=None, token="t")
+
+
+def test_env_loader_exports_exact_values_and_passes_the_rest_of_stdin_on() -> None:
+    """The shell side of per-exec env, run for real."""
+    env = {"PLAIN": "v", "SPACES": " a  b ", "LINES": "one\ntwo\n\n", "EMPTY": "", "UNICODE": "h\u00e9 \u2603"}
+    script = 'for n in PLAIN SPACES LINES EMPTY UNICODE; do eval "printf \'%s|\' \\"\\$$n\\""; done; cat'
+    completed = subprocess.run(
+        ["sh", "-c", ENV_LOADER, "sh", "sh", "-c", script],
+        input=env_block(env) + b"rest of stdin",
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    assert completed.stdout.decode() == "v| a  b |one\ntwo\n\n||h\u00e9 \u2603|rest of stdin"
