@@ -31,7 +31,7 @@ RUN set -eu; \
     python3 -m venv /opt/venv; \
     python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; \
 extras = p.get("optional-dependencies", {}); \
-print("\n".join(p["dependencies"] + extras.get("docker", []) + extras.get("postgres", [])))' > /tmp/requirements.txt; \
+print("\n".join(p["dependencies"] + extras.get("docker", []) + extras.get("postgres", []) + extras.get("kubernetes", [])))' > /tmp/requirements.txt; \
     /opt/venv/bin/pip install --no-compile 'setuptools>=68' wheel -r /tmp/requirements.txt; \
     rm -f /tmp/requirements.txt /usr/local/share/ca-certificates/build-extra.crt; \
     update-ca-certificates --fresh >/dev/null

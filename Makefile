@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 .PHONY: run test lint bench setup format clean
 
 setup:
-	@VENV=$(VENV) EXTRAS=dev,docker,daytona,modal ./scripts/bootstrap.sh
+	@VENV=$(VENV) EXTRAS=dev,docker,daytona,modal,kubernetes ./scripts/bootstrap.sh
 
 run: setup
 	$(VENV)/bin/sandboxctl serve

@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.docker",
+    "tests.fixtures.kubernetes",
     "tests.fixtures.providers",
     "tests.fixtures.app",
     "tests.fixtures.postgres",

@@ -77,6 +77,9 @@ class ProviderSandbox:
     created_at: datetime | None = None
     #: Effective resources after the provider merged defaults and limits.
     resources: Resources = field(default_factory=Resources)
+    #: Why the sandbox is in its status, when the provider knows (e.g. a ``failed``
+    #: pod's "Evicted: The node was low on resource: memory"); for events and records.
+    status_reason: str | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ PROVIDERS: dict[str, tuple[str, str | None]] = {
     "docker": ("app.providers.docker:DockerProvider", "docker"),
     "daytona": ("app.providers.daytona:DaytonaProvider", "daytona"),
     "modal": ("app.providers.modal:ModalProvider", "modal"),
+    "kubernetes": ("app.providers.kubernetes:KubernetesProvider", "kubernetes"),
 }
 
 
