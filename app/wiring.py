@@ -21,6 +21,7 @@ from app.services.background import Periodic
 from app.services.builds import BuildService
 from app.services.callbacks import CallbackOutbox
 from app.services.container import Services
+from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
 from app.services.leases import LeaseKeeper, new_replica_id
 from app.services.pools import PoolService
@@ -105,6 +106,7 @@ async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitS
         launcher=SandboxLauncher(sandboxes, snapshots, sessions, pools, repo_images),
         callbacks=outbox,
         leases=leases,
+        idempotency=IdempotencyService(store.idempotency, replica_id=replica_id, live_replicas=leases.live_replica_ids),
     )
 
 
@@ -128,6 +130,7 @@ async def start_background(services: Services, stack: AsyncExitStack) -> None:
     await services.builds.resume()
     for job in (
         Periodic("reap", settings.reaper_interval_seconds, services.reconciler.reap_expired, leases=leases),
+        Periodic("idempotency-keys", 3600, services.idempotency.expire, leases=leases),
         reconcile,
         # Every replica looks for builds whose runner died (each build is leased on its own).
         Periodic("builds", settings.lease_ttl_seconds, services.builds.resume),

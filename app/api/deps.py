@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from app.services.builds import BuildService
 from app.services.container import Services
+from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
 from app.services.pools import PoolService
 from app.services.repo_images import RepoImageService
@@ -44,6 +45,10 @@ def get_launcher(request: Request) -> SandboxLauncher:
     return get_services(request).launcher
 
 
+def get_idempotency(request: Request) -> IdempotencyService:
+    return get_services(request).idempotency
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 SandboxesDep = Annotated[SandboxService, Depends(get_sandboxes)]
 SnapshotsDep = Annotated[SnapshotService, Depends(get_snapshots)]
@@ -51,3 +56,4 @@ PoolsDep = Annotated[PoolService, Depends(get_pools)]
 BuildsDep = Annotated[BuildService, Depends(get_builds)]
 RepoImagesDep = Annotated[RepoImageService, Depends(get_repo_images)]
 LauncherDep = Annotated[SandboxLauncher, Depends(get_launcher)]
+IdempotencyDep = Annotated[IdempotencyService, Depends(get_idempotency)]

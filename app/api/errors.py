@@ -30,9 +30,14 @@ def error_body(message: str, code: str, **details: Any) -> dict[str, Any]:
     return body
 
 
-def error_response(exc: SandboxControlError) -> JSONResponse:
+def error_payload(exc: SandboxControlError) -> dict[str, Any]:
+    """The envelope of one of our errors, with its JSON-safe details."""
     safe = {k: v for k, v in exc.details.items() if isinstance(v, str | int | float | bool | list) or v is None}
-    return JSONResponse(error_body(exc.message, exc.code, **safe), status_code=exc.status_code)
+    return error_body(exc.message, exc.code, **safe)
+
+
+def error_response(exc: SandboxControlError) -> JSONResponse:
+    return JSONResponse(error_payload(exc), status_code=exc.status_code)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:

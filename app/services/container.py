@@ -8,6 +8,7 @@ from app.metrics import Metrics
 from app.providers.base import Provider
 from app.services.builds import BuildService
 from app.services.callbacks import CallbackOutbox
+from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
 from app.services.leases import LeaseKeeper
 from app.services.pools import PoolService
@@ -42,3 +43,5 @@ class Services:
     callbacks: CallbackOutbox | None
     #: This replica's id, heartbeat and leases on background work.
     leases: LeaseKeeper
+    #: ``Idempotency-Key`` on the creating endpoints.
+    idempotency: IdempotencyService

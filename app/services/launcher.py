@@ -35,15 +35,21 @@ class SandboxLauncher:
         self.pools = pools
         self.repo_images = repo_images
 
-    async def create(self, request: CreateSandboxRequest) -> SandboxRecord:
+    async def create(self, request: CreateSandboxRequest, *, resume: bool = False) -> SandboxRecord:
         """``POST /v1/sandboxes``.
 
         ``repo`` + ``session``: a session sandbox, claimed from a warm pool of the
         repository when one has a ready member, else created cold. ``from_pool``
         (needs ``session``; ``repo`` defaults to the pool's): claim from that pool,
         cold when it has no ready member. ``from_snapshot``: restored from a
-        snapshot. Otherwise a plain sandbox.
+        snapshot. Otherwise a plain sandbox. With ``resume`` (an idempotent request
+        taken over after a crash) a sandbox of ``request.sandbox_id`` that exists
+        already is returned instead of making a second one.
         """
+        if resume and request.sandbox_id is not None:
+            existing = await self.sandboxes.find(request.sandbox_id, include_deleted=True)
+            if existing is not None:
+                return existing
         if request.from_pool:
             if request.repo is None:  # the pool knows its repository
                 pool = await self.pools.get(request.from_pool)

@@ -142,7 +142,7 @@ class LeaseKeeper:
 
     async def replicas(self) -> list[ReplicaRecord]:
         """Replicas whose heartbeat is recent."""
-        return await self._replicas.live(within=self.ttl * 2)
+        return await self._replicas.live(within=self.ttl)  # three heartbeats missed: gone
 
     async def live_replica_ids(self) -> set[str]:
         return {r.id for r in await self.replicas()}

@@ -83,16 +83,30 @@ class SnapshotService:
     # -- taking ------------------------------------------------------------
 
     async def snapshot(
-        self, sandbox_any_id: str, *, reason: str = "manual", session_id: str | None = None
+        self,
+        sandbox_any_id: str,
+        *,
+        reason: str = "manual",
+        session_id: str | None = None,
+        snapshot_id: str | None = None,
+        resume: bool = False,
     ) -> SnapshotRecord:
-        """Snapshot a running sandbox; returns the ready record or raises (leaving a failed one)."""
+        """Snapshot a running sandbox; returns the ready record or raises (leaving a failed one).
+
+        ``snapshot_id`` fixes the new snapshot's id (an idempotent request's); with
+        ``resume`` an existing snapshot of that id (made before a crash) is returned instead.
+        """
+        if resume and snapshot_id is not None:
+            existing = await self.records.get(snapshot_id)
+            if existing is not None:
+                return existing
         sandbox = await self.sandboxes.get(sandbox_any_id)
         if sandbox.status != "running" or sandbox.provider_object_id is None:
             raise SandboxNotRunning(f"sandbox {sandbox.id!r} is not running ({sandbox.status})", sandbox_id=sandbox.id)
         ref = sandbox.provider_object_id
         now = utcnow()
         record = SnapshotRecord(
-            id=new_snapshot_id(),
+            id=snapshot_id or new_snapshot_id(),
             sandbox_id=sandbox.id,
             provider=sandbox.provider,
             status="creating",
@@ -239,13 +253,21 @@ class SnapshotService:
         *,
         extra_env: dict[str, str] | None = None,
         boot_mode: BootMode = BootMode.SNAPSHOT_RESTORE,
+        resume: bool = False,
         **fields: Any,
     ) -> SandboxRecord:
         """A new sandbox holding the snapshot's files; its entry command starts after the files are in.
 
+        With ``resume`` (an idempotent request taken over after a crash) a sandbox of
+        ``request.sandbox_id`` that exists already is returned instead.
+
         ``boot_mode`` is ``repo_image`` when the snapshot is a repo image's blob:
         the runtime then resets the checkout to the branch head.
         """
+        if resume and request.sandbox_id is not None:
+            existing = await self.sandboxes.find(request.sandbox_id, include_deleted=True)
+            if existing is not None:
+                return existing
         record = await self.get(snapshot_id)
         if record.status != "ready":
             raise SnapshotNotFound(f"snapshot {snapshot_id!r} is {record.status}, not ready", snapshot_id=snapshot_id)

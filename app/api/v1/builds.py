@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import BuildsDep
+from app.api.deps import BuildsDep, IdempotencyDep
+from app.api.idempotency import run_idempotent
 from app.api.sse import SSE_HEADERS, parse_last_event_id, sse_event
 from app.schemas.builds import BUILD_ID_PATTERN, BuildView, CreateBuildRequest
 
@@ -17,18 +18,36 @@ router = APIRouter(prefix="/v1/builds", tags=["builds"])
 BuildIdPath = Annotated[str, Path(pattern=BUILD_ID_PATTERN, description="letters, digits, ._:- (max 128)")]
 
 
-@router.post("", status_code=202)
-async def create_build(body: CreateBuildRequest, builds: BuildsDep) -> BuildView:
-    """Queue a build and answer at once; the callback (if any) reports the outcome."""
-    record = await builds.submit(
-        build_id=body.build_id,
-        repo_owner=body.repo.owner,
-        repo_name=body.repo.name,
-        branch=body.repo.branch,
-        callback_url=body.callback_url,
-        env=body.env,
+@router.post("", status_code=202, response_model=BuildView)
+async def create_build(
+    body: CreateBuildRequest, request: Request, builds: BuildsDep, idempotency: IdempotencyDep
+) -> Response:
+    """Queue a build and answer at once; the callback (if any) reports the outcome.
+
+    The same ``build_id`` twice is one build; with an ``Idempotency-Key`` header a
+    retry also gets the first answer again, and another body under it is a 409.
+    """
+
+    async def run(_build_id: str | None, _resumed: bool) -> BuildView:
+        record = await builds.submit(
+            build_id=body.build_id,
+            repo_owner=body.repo.owner,
+            repo_name=body.repo.name,
+            branch=body.repo.branch,
+            callback_url=body.callback_url,
+            env=body.env,
+        )
+        return BuildView.of(record)
+
+    return await run_idempotent(
+        request,
+        idempotency,
+        scope="POST /v1/builds",
+        payload=body.model_dump(mode="json"),
+        new_id=lambda: body.build_id,
+        run=run,
+        status_code=202,
     )
-    return BuildView.of(record)
 
 
 @router.get("/{build_id}")

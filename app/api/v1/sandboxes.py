@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import LauncherDep, SandboxesDep
+from app.api.deps import IdempotencyDep, LauncherDep, SandboxesDep
+from app.api.idempotency import run_idempotent
 from app.errors import BadRequest
 from app.schemas.common import validate_labels
 from app.schemas.sandboxes import (
@@ -19,6 +20,7 @@ from app.schemas.sandboxes import (
     SandboxList,
     SandboxView,
 )
+from app.services.sandboxes import new_sandbox_id
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
@@ -39,8 +41,10 @@ def parse_label_filters(values: list[str]) -> dict[str, str]:
         raise BadRequest(str(exc), field="label") from None
 
 
-@router.post("", status_code=201)
-async def create_sandbox(body: CreateSandboxRequest, launcher: LauncherDep) -> SandboxView:
+@router.post("", status_code=201, response_model=SandboxView)
+async def create_sandbox(
+    body: CreateSandboxRequest, request: Request, launcher: LauncherDep, idempotency: IdempotencyDep
+) -> Response:
     """Create a sandbox; answers once it can run commands.
 
     ``repo`` + ``session``: a session sandbox (the runtime clones, starts the env
@@ -48,8 +52,22 @@ async def create_sandbox(body: CreateSandboxRequest, launcher: LauncherDep) -> S
     when there is one, else the sandbox is created cold. ``from_pool`` (needs
     ``session``; ``repo`` defaults to the pool's): claim from that pool, cold
     when it has no ready member. ``from_snapshot``: restored from a snapshot.
+    With an ``Idempotency-Key`` header a retry gets the first answer again.
     """
-    return SandboxView.of(await launcher.create(body))
+
+    async def run(sandbox_id: str | None, resumed: bool) -> SandboxView:
+        wanted = body if sandbox_id is None else body.model_copy(update={"sandbox_id": sandbox_id})
+        return SandboxView.of(await launcher.create(wanted, resume=resumed))
+
+    return await run_idempotent(
+        request,
+        idempotency,
+        scope="POST /v1/sandboxes",
+        payload=body.model_dump(mode="json"),
+        new_id=lambda: body.sandbox_id or new_sandbox_id(),
+        run=run,
+        status_code=201,
+    )
 
 
 @router.get("")

@@ -247,6 +247,7 @@ class LocalProvider(Provider):
         wanted = dict(labels or {})
 
         def scan() -> list[ProviderSandbox]:
+            self._store.sweep_half_created()
             return [
                 self._describe(meta, self._init.status_of(meta, self._store.load_init(meta.ref)))
                 for meta in self._store.all_metas()

@@ -160,6 +160,25 @@ class LocalStore:
                         found.append(SandboxMeta.model_validate_json((entry / "meta.json").read_bytes()))
         return found
 
+    def sweep_half_created(self) -> list[str]:
+        """Remove sandbox dirs a create left without a meta (its process died mid-layout); their refs.
+
+        Creates lay a sandbox out under the allocation lock and write the meta
+        last, so under that lock a dir without a readable meta has no creator
+        left: nothing else would ever list or delete it.
+        """
+        removed = []
+        with self._allocation_lock(), contextlib.suppress(FileNotFoundError):
+            for entry in sorted(self.sandboxes.iterdir()):
+                if not _REF_PATTERN.match(entry.name):
+                    continue
+                try:
+                    SandboxMeta.model_validate_json((entry / "meta.json").read_bytes())
+                except (OSError, ValidationError):
+                    remove_tree(entry)
+                    removed.append(entry.name)
+        return removed
+
     @contextlib.contextmanager
     def _allocation_lock(self) -> Iterator[None]:
         # flock, not an asyncio lock: two service processes may share a data dir.

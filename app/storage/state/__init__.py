@@ -9,6 +9,7 @@ from __future__ import annotations
 from app.storage.state.builds import BuildRecord, BuildStore
 from app.storage.state.callbacks import CallbackRecord, CallbackStore
 from app.storage.state.database import Database
+from app.storage.state.idempotency import IdempotencyRecord, IdempotencyStore
 from app.storage.state.leases import LeaseRecord, LeaseStore, ReplicaRecord, ReplicaStore
 from app.storage.state.pools import PoolRecord, PoolStore
 from app.storage.state.repo_images import RepoImageRecord, RepoImageStore
@@ -20,6 +21,8 @@ __all__ = [
     "BuildStore",
     "CallbackRecord",
     "CallbackStore",
+    "IdempotencyRecord",
+    "IdempotencyStore",
     "LeaseRecord",
     "LeaseStore",
     "PoolRecord",
@@ -49,6 +52,7 @@ class StateStore:
         self.callbacks = CallbackStore(self.database)
         self.leases = LeaseStore(self.database)
         self.replicas = ReplicaStore(self.database)
+        self.idempotency = IdempotencyStore(self.database)
 
     @property
     def url(self) -> str:

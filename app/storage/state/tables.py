@@ -258,3 +258,24 @@ class ReplicaRow(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime]
     heartbeat_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class IdempotencyRow(Base):
+    """An ``Idempotency-Key`` seen on a creating endpoint (``app.services.idempotency``)."""
+
+    __tablename__ = "idempotency_keys"
+
+    #: sha256 of the endpoint's scope and the caller's key.
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: sha256 of the request's canonical JSON: another body under the same key is a 409.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    #: running | done
+    status: Mapped[str] = mapped_column(String(16))
+    #: The id of what the request makes (sandbox, snapshot, build), fixed when the key is first seen.
+    resource_id: Mapped[str] = mapped_column(String(128))
+    #: The replica running it; a retry takes over a dead one's.
+    owner: Mapped[str | None] = mapped_column(String(128))
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
