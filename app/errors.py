@@ -12,10 +12,20 @@ built-in exception they mean, so callers can catch ``LookupError`` or
     │   ├── HostNotAllowed                     400 host_not_allowed
     │   ├── UnsupportedSpec                    422 unsupported_spec
     │   └── ReservedEnvNames                   422 reserved_env_name
+    │   ├── IsADirectory                       400 is_a_directory
+    │   ├── NotADirectory                      400 not_a_directory
+    │   ├── NotARegularFile                    400 not_a_regular_file
+    │   ├── NameTooLong                        400 name_too_long
+    │   ├── PathConflict                       400 path_conflict
+    │   └── FileOperationFailed                400 file_error
     ├── Unauthorized (PermissionError)         401 unauthorized
+    ├── Forbidden (PermissionError)            403 forbidden
+    │   ├── PermissionDenied                   403 permission_denied
+    │   └── ReadOnlyPath                       403 read_only_path
     ├── NotFound (LookupError)                 404 not_found
     │   ├── SandboxNotFound                    404 sandbox_not_found
     │   ├── SnapshotNotFound                   404 snapshot_not_found
+    │   ├── SandboxFileNotFound                404 file_not_found
     │   ├── BuildNotFound                      404 build_not_found
     │   ├── RepoImageNotFound                  404 repo_image_not_found
     │   └── ImageMissing*                      404 image_not_found
@@ -23,6 +33,7 @@ built-in exception they mean, so callers can catch ``LookupError`` or
     │   ├── SandboxNotRunning                  409 sandbox_not_running
     │   └── BuildConflict                      409 build_conflict
     ├── PayloadTooLarge                        413 payload_too_large
+    │   └── NoSpace                            413 no_space
     ├── ProviderError                          502 provider_error
     │   ├── ProviderAuthError                  502 provider_auth
     │   ├── GitHubTokenError*                  502 github_token_error
@@ -82,11 +93,64 @@ class UnsupportedSpec(BadRequest):
         self.provider = provider
 
 
+class IsADirectory(BadRequest):
+    """A file operation named a directory."""
+
+    code = "is_a_directory"
+
+
+class NotADirectory(BadRequest):
+    """A parent of the path is a file, not a directory."""
+
+    code = "not_a_directory"
+
+
+class NotARegularFile(BadRequest):
+    """Only regular files are read: not devices, fifos, sockets or directories."""
+
+    code = "not_a_regular_file"
+
+
+class NameTooLong(BadRequest):
+    """A path component is longer than the filesystem allows (255 bytes)."""
+
+    code = "name_too_long"
+
+
+class PathConflict(BadRequest):
+    """Something in the way of the path (e.g. a dangling symlink where a directory must be created)."""
+
+    code = "path_conflict"
+
+
+class FileOperationFailed(BadRequest):
+    """A file operation failed for a reason the caller can fix (the message quotes the system's)."""
+
+    code = "file_error"
+
+
 class Unauthorized(SandboxControlError, PermissionError):
     """Missing, malformed, expired or wrong credentials."""
 
     status_code = 401
     code = "unauthorized"
+
+
+class Forbidden(SandboxControlError, PermissionError):
+    """The caller may not do this (in the sandbox: a path the sandbox user may not touch)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class PermissionDenied(Forbidden):
+    code = "permission_denied"
+
+
+class ReadOnlyPath(Forbidden):
+    """The path is on a read-only filesystem of the sandbox (its system directories)."""
+
+    code = "read_only_path"
 
 
 class NotFound(SandboxControlError, LookupError):
@@ -102,6 +166,10 @@ class SandboxNotFound(NotFound):
 
 class SnapshotNotFound(NotFound):
     code = "snapshot_not_found"
+
+
+class SandboxFileNotFound(NotFound):
+    code = "file_not_found"
 
 
 class BuildNotFound(NotFound):
@@ -139,6 +207,12 @@ class NotConfigured(SandboxControlError):
 class PayloadTooLarge(SandboxControlError):
     status_code = 413
     code = "payload_too_large"
+
+
+class NoSpace(PayloadTooLarge):
+    """The sandbox's disk (or quota) is full."""
+
+    code = "no_space"
 
 
 class ProviderError(SandboxControlError):

@@ -21,6 +21,7 @@ from app.services.background import Periodic
 from app.services.builds import BuildService
 from app.services.callbacks import CallbackOutbox
 from app.services.container import Services
+from app.services.files import FileService
 from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
 from app.services.leases import LeaseKeeper, new_replica_id
@@ -89,6 +90,7 @@ async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitS
         provider=provider,
         blobs=blobs,
         sandboxes=sandboxes,
+        files=FileService(sandboxes, provider),
         reconciler=Reconciler(
             store.sandboxes,
             provider,

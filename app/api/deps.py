@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from app.services.builds import BuildService
 from app.services.container import Services
+from app.services.files import FileService
 from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
 from app.services.pools import PoolService
@@ -45,6 +46,10 @@ def get_launcher(request: Request) -> SandboxLauncher:
     return get_services(request).launcher
 
 
+def get_files(request: Request) -> FileService:
+    return get_services(request).files
+
+
 def get_idempotency(request: Request) -> IdempotencyService:
     return get_services(request).idempotency
 
@@ -57,3 +62,4 @@ BuildsDep = Annotated[BuildService, Depends(get_builds)]
 RepoImagesDep = Annotated[RepoImageService, Depends(get_repo_images)]
 LauncherDep = Annotated[SandboxLauncher, Depends(get_launcher)]
 IdempotencyDep = Annotated[IdempotencyService, Depends(get_idempotency)]
+FilesDep = Annotated[FileService, Depends(get_files)]

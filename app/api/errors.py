@@ -100,6 +100,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__, SandboxControlError):
+            # FastAPI wraps anything raised while it reads the body (our size limit on a
+            # chunked body among them) in a 400 "error parsing the body": answer ours.
+            return error_response(exc.__cause__)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return JSONResponse(error_body(str(exc.detail), code), status_code=exc.status_code, headers=exc.headers)
 

@@ -20,6 +20,7 @@ from app.auth import CONTENT_SHA256_HEADER, SIGNATURE_HEADER, RequestVerifier
 from app.errors import PayloadTooLarge, SandboxControlError, Unauthorized
 from app.logging import get_logger, request_id_var
 from app.metrics import Metrics
+from app.schemas.sandboxes import JSON_ESCAPE_FACTOR, MAX_STDIN_BYTES
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -46,6 +47,19 @@ def _header(scope: Scope, name: str) -> str | None:
 def is_streamed_upload(scope: Scope) -> bool:
     """File uploads stream up to the upload limit; everything else is small JSON."""
     return scope.get("method") == "PUT" and str(scope.get("path", "")).endswith("/files")
+
+
+def body_limit(scope: Scope, *, json_bytes: int, upload_bytes: int) -> int:
+    """The body limit of a request: uploads stream big files; exec carries up to 8 MiB of stdin in its JSON.
+
+    An exec body is allowed what the largest stdin can take once JSON-escaped, so the
+    model's stdin limit, not the body limit, is what refuses a too large stdin.
+    """
+    if is_streamed_upload(scope):
+        return upload_bytes
+    if scope.get("method") == "POST" and str(scope.get("path", "")).endswith("/exec"):
+        return json_bytes + MAX_STDIN_BYTES * JSON_ESCAPE_FACTOR
+    return json_bytes
 
 
 class RequestContextMiddleware:
@@ -120,7 +134,7 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
     async def _authenticate(self, scope: Scope, receive: Receive) -> Receive:
-        limit = self.max_upload_bytes if is_streamed_upload(scope) else self.max_json_bytes
+        limit = body_limit(scope, json_bytes=self.max_json_bytes, upload_bytes=self.max_upload_bytes)
         declared = _header(scope, "content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             raise PayloadTooLarge(f"request body exceeds {limit} bytes")

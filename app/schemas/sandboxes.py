@@ -109,6 +109,12 @@ class SandboxList(StrictModel):
     sandboxes: list[SandboxView]
 
 
+#: Largest ``stdin`` of one exec, in UTF-8 bytes.
+MAX_STDIN_BYTES = 8 * 1024 * 1024
+#: How much larger than its text a JSON string can be: a control character is sent as ``\u00XX``.
+JSON_ESCAPE_FACTOR = 6
+
+
 class ExecRequest(StrictModel):
     """``POST /v1/sandboxes/{id}/exec``: argv list, or a shell string run by ``/bin/sh -c``."""
 
@@ -116,12 +122,19 @@ class ExecRequest(StrictModel):
     timeout_seconds: float | None = Field(default=None, gt=0)
     cwd: str | None = Field(default=None, min_length=1, max_length=4096)
     env: dict[str, str] = Field(default_factory=dict)
-    stdin: str | None = Field(default=None, max_length=8 * 1024 * 1024)
+    stdin: str | None = Field(default=None, description=f"at most {MAX_STDIN_BYTES} bytes (UTF-8)")
 
     @field_validator("env")
     @classmethod
     def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
         return validate_env(value)
+
+    @field_validator("stdin")
+    @classmethod
+    def _stdin_size(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) > MAX_STDIN_BYTES:
+            raise ValueError(f"stdin must be at most {MAX_STDIN_BYTES} bytes (upload larger input as a file)")
+        return value
 
     @field_validator("command")
     @classmethod

@@ -8,6 +8,7 @@ from app.metrics import Metrics
 from app.providers.base import Provider
 from app.services.builds import BuildService
 from app.services.callbacks import CallbackOutbox
+from app.services.files import FileService
 from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
 from app.services.leases import LeaseKeeper
@@ -32,6 +33,7 @@ class Services:
     provider: Provider
     blobs: BlobStore
     sandboxes: SandboxService
+    files: FileService
     reconciler: Reconciler
     snapshots: SnapshotService
     sessions: SessionService

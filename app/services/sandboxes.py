@@ -12,7 +12,7 @@ import asyncio
 import builtins
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Any
@@ -20,8 +20,6 @@ from typing import Any
 from app.errors import (
     BadRequest,
     Conflict,
-    NotFound,
-    PayloadTooLarge,
     SandboxControlError,
     SandboxNotFound,
     SandboxNotRunning,
@@ -35,7 +33,6 @@ from app.schemas.sandboxes import CreateSandboxRequest, ExecRequest
 from app.settings import Settings
 from app.storage.state.sandboxes import SandboxRecord, SandboxStore
 from app.storage.state.times import utcnow
-from app.streams import aclose_stream
 
 ID_LABEL = RESERVED_LABEL_PREFIX + "id"
 MANAGED_LABEL = RESERVED_LABEL_PREFIX + "managed"
@@ -216,6 +213,12 @@ class SandboxService:
         """Add ``kind`` to a sandbox's event trail."""
         await self.records.add_event(sandbox_id, kind, **detail)
 
+    async def running_ref(self, any_id: str) -> str:
+        """The provider object id of a running sandbox (``SandboxNotRunning`` otherwise)."""
+        record = await self._running(any_id)
+        assert record.provider_object_id is not None  # _running checked it
+        return record.provider_object_id
+
     async def _running(self, any_id: str) -> SandboxRecord:
         record = await self.get(any_id)
         if record.status != "running" or record.provider_object_id is None:
@@ -282,64 +285,6 @@ class SandboxService:
         if result.timed_out:
             log.info("sandbox.exec_timeout", sandbox_id=record.id, argv0=argv[0], timeout=timeout)
         return result
-
-    async def read_file(self, any_id: str, path: str) -> AsyncIterator[bytes]:
-        """Open a file for streaming; errors (missing file, stopped sandbox) raise before the first byte."""
-        record = await self._running(any_id)
-        assert record.provider_object_id is not None
-        target = resolve_sandbox_path(path)
-        stream = self.provider.read_file(record.provider_object_id, target)
-        try:
-            first = await anext(stream, b"")
-        except FileNotFoundError:
-            raise NotFound(f"no such file: {target}", path=target) from None
-        except IsADirectoryError:
-            raise BadRequest(f"{target} is a directory", field="path") from None
-
-        async def chunks() -> AsyncIterator[bytes]:
-            try:
-                if first:
-                    yield first
-                async for chunk in stream:
-                    yield chunk
-            finally:
-                await aclose_stream(stream)
-
-        return chunks()
-
-    async def write_file(self, any_id: str, path: str, body: AsyncIterator[bytes], *, limit: int) -> int:
-        """Write a file from a byte stream, atomically: a broken upload leaves the old file."""
-        record = await self._running(any_id)
-        ref = record.provider_object_id
-        assert ref is not None
-        target = resolve_sandbox_path(path)
-        partial = f"{target}.upload-{secrets.token_hex(4)}"
-        written = 0
-
-        async def counted() -> AsyncIterator[bytes]:
-            nonlocal written
-            async for chunk in body:
-                written += len(chunk)
-                if written > limit:
-                    raise PayloadTooLarge(f"upload exceeds {limit} bytes")
-                yield chunk
-
-        try:
-            await self.provider.write_file(ref, partial, counted())
-            result = await self.provider.exec(ref, ["mv", "-f", "--", partial, target], timeout=30)
-        except BaseException:
-            await asyncio.shield(self._discard(ref, partial))
-            raise
-        if result.exit_code != 0:
-            await self._discard(ref, partial)
-            raise BadRequest(f"cannot write {target}: {result.stderr.decode(errors='replace').strip()}", field="path")
-        return written
-
-    async def _discard(self, ref: str, path: str) -> None:
-        try:
-            await self.provider.exec(ref, ["rm", "-f", "--", path], timeout=30)
-        except SandboxControlError as exc:
-            log.warning("sandbox.upload_cleanup_failed", error=str(exc))
 
 
 def describe_error(exc: BaseException) -> str:

@@ -41,16 +41,17 @@ def env_file(values: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_config(tmp_path: Path, env_text: str) -> subprocess.CompletedProcess[str]:
-    shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
+def run_config(tmp_path: Path, env_text: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    files = ["docker-compose.yml", *extra]
+    for name in files:
+        shutil.copy(ROOT / name, tmp_path / name)
     (tmp_path / ".env").write_text(env_text)
     return subprocess.run(
         [
             *compose_command(),
             "--project-directory",
             str(tmp_path),
-            "-f",
-            str(tmp_path / "docker-compose.yml"),
+            *[arg for name in files for arg in ("-f", str(tmp_path / name))],
             "config",
         ],
         capture_output=True,
@@ -75,6 +76,33 @@ def test_compose_file_validates(tmp_path: Path) -> None:
     assert "healthcheck" in api and "healthcheck" in services["minio"]
     assert any("minio-data" in str(volume) for volume in services["minio"]["volumes"])
     assert services["bucket-init"]["restart"] == "no"
+
+
+def test_replicas_override_runs_two_replicas_on_postgres_behind_nginx(tmp_path: Path) -> None:
+    (tmp_path / "deploy" / "nginx").mkdir(parents=True)
+    shutil.copy(ROOT / "deploy/nginx/sandbox-control.conf", tmp_path / "deploy/nginx/sandbox-control.conf")
+    refused = run_config(tmp_path, env_file(FILLED), "docker-compose.replicas.yml")
+    assert refused.returncode != 0 and "POSTGRES_PASSWORD" in refused.stderr
+    result = run_config(
+        tmp_path, env_file(FILLED) + "POSTGRES_PASSWORD=" + "p" * 32 + "\n", "docker-compose.replicas.yml"
+    )
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert {"api", "api-2", "postgres", "nginx", "minio", "bucket-init"} <= set(services)
+    replicas = [services["api"], services["api-2"]]
+    urls = {s["environment"]["SANDBOX_STATE_URL"] for s in replicas}
+    assert (
+        len(urls) == 1
+        and next(iter(urls)).startswith("postgresql://sandbox:")
+        and "@postgres:5432/" in next(iter(urls))
+    )
+    assert [s["environment"]["SANDBOX_REPLICA_ID"] for s in replicas] == ["api-1", "api-2"]
+    assert {s["environment"]["S3_BUCKET"] for s in replicas} == {"sandbox-control"}  # one bucket
+    for replica in replicas:
+        assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
+    conf = (ROOT / "deploy/nginx/sandbox-control.conf").read_text()
+    assert "server api:8080" in conf and "server api-2:8080" in conf
+    assert "proxy_buffering off" in conf and "proxy_request_buffering off" in conf and "Upgrade" in conf
 
 
 def test_compose_refuses_missing_storage_secrets(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import IdempotencyDep, LauncherDep, SandboxesDep
+from app.api.deps import FilesDep, IdempotencyDep, LauncherDep, SandboxesDep, ServicesDep
 from app.api.idempotency import run_idempotent
 from app.errors import BadRequest
 from app.schemas.common import validate_labels
@@ -117,15 +117,15 @@ async def exec_in_sandbox(sandbox_id: str, body: ExecRequest, sandboxes: Sandbox
 
 
 @router.put("/{sandbox_id}/files", status_code=204)
-async def upload_file(sandbox_id: str, path: PathQuery, request: Request, sandboxes: SandboxesDep) -> Response:
-    """Write one file from the raw request body (streamed; parents created)."""
-    limit = sandboxes.settings.max_upload_bytes
-    await sandboxes.write_file(sandbox_id, path, request.stream(), limit=limit)
+async def upload_file(
+    sandbox_id: str, path: PathQuery, request: Request, files: FilesDep, services: ServicesDep
+) -> Response:
+    """Write one file from the raw request body (streamed, atomic; parents created)."""
+    await files.write(sandbox_id, path, request.stream(), limit=services.settings.max_upload_bytes)
     return Response(status_code=204)
 
 
 @router.get("/{sandbox_id}/files")
-async def download_file(sandbox_id: str, path: PathQuery, sandboxes: SandboxesDep) -> StreamingResponse:
-    """Read one file as raw bytes (streamed)."""
-    chunks = await sandboxes.read_file(sandbox_id, path)
-    return StreamingResponse(chunks, media_type="application/octet-stream")
+async def download_file(sandbox_id: str, path: PathQuery, files: FilesDep) -> StreamingResponse:
+    """Read one regular file as raw bytes (streamed)."""
+    return StreamingResponse(await files.read(sandbox_id, path), media_type="application/octet-stream")

@@ -37,6 +37,8 @@ CHUNK = 64 * 1024
 _STAT_HEADER = "X-Docker-Container-Path-Stat"
 _MODE_DIR = 1 << 31  # Go's os.ModeDir
 _MODE_SYMLINK = 1 << 27  # Go's os.ModeSymlink
+#: Go's ModeDir | ModeSymlink | ModeDevice | ModeNamedPipe | ModeSocket | ModeCharDevice | ModeIrregular.
+_MODE_NOT_REGULAR = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19)
 _MAX_LINK_HOPS = 8
 _TAR = {"Content-Type": "application/x-tar"}
 
@@ -60,6 +62,11 @@ class PathStat:
     @property
     def is_symlink(self) -> bool:
         return bool(self.mode & _MODE_SYMLINK)
+
+    @property
+    def is_regular(self) -> bool:
+        """Not a directory, link, device, fifo or socket (Go's ``os.FileMode`` type bits)."""
+        return not self.mode & _MODE_NOT_REGULAR
 
 
 def check_path(path: str) -> str:
@@ -112,12 +119,16 @@ async def read_file(engine: EngineClient, container: str, path: str) -> AsyncIte
     path, stat = await _resolve(engine, container, check_path(path))
     if stat.is_dir:
         raise IsADirectoryError(errno.EISDIR, "is a directory in the sandbox", path)
+    if not stat.is_regular:
+        raise OSError(errno.EINVAL, "not a regular file in the sandbox", path)
     async with engine.request("GET", _archive(container), params={"path": path}, ref=container) as response:
         reader = TarReader(response.content.iter_chunked(CHUNK))
         try:
             member = await reader.next()
-            if member is None or not member.isreg():
-                raise FileNotFoundError(errno.ENOENT, "not a regular file in the sandbox", path)
+            if member is None:
+                raise FileNotFoundError(errno.ENOENT, "no such file in the sandbox", path)
+            if not member.isreg():
+                raise OSError(errno.EINVAL, "not a regular file in the sandbox", path)
             async for chunk in member_data(reader):
                 yield chunk
         except TarFormatError as exc:

@@ -214,6 +214,29 @@ async def test_oversized_bodies_are_413(make_settings: Callable[..., Settings], 
         missing = await raw.get(f"/v1/sandboxes/{sandbox['id']}/files", params={"path": "g"}, headers=headers)
         assert missing.status_code == 404
 
+        async def chunked_json() -> Any:  # a JSON body without Content-Length, over the limit
+            yield b'{"labels": {'
+            for i in range(20):
+                yield f'"k{i}": "{"v" * 200}", '.encode()
+            yield b'"end": "x"}}'
+
+        chunked_create = await raw.post(
+            "/v1/sandboxes", content=chunked_json(), headers={**headers, "Content-Type": "application/json"}
+        )
+        assert (chunked_create.status_code, chunked_create.json()["code"]) == (413, "payload_too_large")
+
+
+async def test_exec_stdin_up_to_its_limit_fits_the_body_limit(service: Service) -> None:
+    _, _, client = service
+    sandbox = await client.create()
+    stdin = "\x01" * (1 << 20) + "text\n" * (1 << 20)  # 6 MiB of text, 1 MiB of it sent as \u0001 escapes
+    result = await client.exec(sandbox["id"], ["wc", "-c"], stdin=stdin)
+    assert (result["exit_code"], result["stdout"].strip()) == (0, str(len(stdin.encode())))
+    with pytest.raises(ApiError) as err:
+        await client.exec(sandbox["id"], ["true"], stdin="x" * (8 * 1024 * 1024 + 1))
+    assert (err.value.status, err.value.code) == (422, "validation_error")
+    assert "stdin" in err.value.message
+
 
 async def test_bad_label_filter(service: Service, auth: Callable[[], dict[str, str]]) -> None:
     _, raw, _ = service
