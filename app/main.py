@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from app.api import compat, health
 from app.api.errors import install_error_handlers
 from app.api.middleware import AuthMiddleware, RequestContextMiddleware
+from app.api.openapi import install_openapi
 from app.api.v1 import builds, pools, replicas, sandboxes, snapshots
 from app.auth import RequestVerifier
 from app.metrics import Metrics
@@ -25,6 +26,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for module in (health, sandboxes, snapshots, pools, builds, replicas, compat):
         app.include_router(module.router)
+    install_openapi(app)
     verifier = RequestVerifier(api_secrets, settings.auth_skew_seconds, settings.auth_mode)
     # Added last = outermost: context wraps auth so rejected requests are logged and counted.
     app.add_middleware(

@@ -8,6 +8,7 @@ to the log with the request id).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +21,7 @@ from app.logging import get_logger
 
 log = get_logger("api")
 
+_HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
@@ -82,6 +84,20 @@ def compat_message(exc: RequestValidationError) -> str:
     return f"{field} has an invalid value: {err.get('msg', 'invalid')}"
 
 
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method the API serves at ``path``, read from its OpenAPI document.
+
+    Starlette's own 405 names only the methods of the first route that matched.
+    """
+    methods: set[str] = set()
+    for template, item in app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\{[^/}]+\\}", "[^/]+", re.escape(template)), path):
+            methods |= {method.upper() for method in item if method in _HTTP_METHODS}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map our exceptions, validation errors and framework HTTP errors to the envelope."""
 
@@ -98,8 +114,15 @@ def install_error_handlers(app: FastAPI) -> None:
         message, problems = _validation_message(exc)
         return JSONResponse(error_body(message, "validation_error", problems=problems), status_code=422)
 
-    async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 405:
+            allowed = allowed_methods(app, request.url.path)
+            return JSONResponse(
+                error_body(f"method {request.method} not allowed; use {', '.join(allowed)}", "method_not_allowed"),
+                status_code=405,
+                headers={"Allow": ", ".join(allowed)},
+            )
         if isinstance(exc.__cause__, SandboxControlError):
             # FastAPI wraps anything raised while it reads the body (our size limit on a
             # chunked body among them) in a 400 "error parsing the body": answer ours.

@@ -13,6 +13,7 @@ from app.api.deps import ServicesDep
 from app.errors import SandboxControlError
 
 router = APIRouter(tags=["health"])
+TEXT = {"type": "string"}
 _CHECK_TIMEOUT = 5.0
 
 
@@ -56,7 +57,13 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    },
+)
 async def metrics(services: ServicesDep) -> Response:
     """Prometheus text format."""
     services.metrics.set_sandbox_counts(await services.store.sandboxes.count_by_status())

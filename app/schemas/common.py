@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,3 +58,12 @@ class RepoRef(StrictModel):
     owner: str = Field(pattern=REPO_PART_PATTERN)
     name: str = Field(pattern=REPO_PART_PATTERN)
     branch: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class ErrorBody(StrictModel):
+    """Every error answer: a readable message, a machine code, and details when there are any."""
+
+    success: Literal[False] = False
+    error: str
+    code: str = Field(description="machine code, e.g. sandbox_not_found, validation_error")
+    details: dict[str, Any] | None = None

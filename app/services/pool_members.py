@@ -25,6 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from app.errors import SandboxControlError, SandboxNotFound, SandboxNotRunning
+from app.locks import KeyedLocks
 from app.logging import get_logger
 from app.providers.base import Provider
 from app.schemas.common import RESERVED_LABEL_PREFIX
@@ -79,6 +80,8 @@ class PoolMaintainer:
         # One replica maintains the pools at a time (the lease "job:pools"); claims go anywhere.
         self._loop = Periodic("pools", settings.pool_interval_seconds, self.maintain, leases=leases)
         self._pass_lock = asyncio.Lock()
+        #: One filler per pool at a time in this replica (a pass, or a warm-up asking for a member).
+        self._pool_locks: KeyedLocks[str] = KeyedLocks()
 
     def start(self) -> None:
         """Start the loop; the first pass runs at once (a restarted service refills immediately)."""
@@ -106,10 +109,11 @@ class PoolMaintainer:
     async def ensure_member(self, pool: PoolRecord) -> SandboxRecord:
         """An unclaimed member of ``pool`` (ready first, then booting), created if there is none.
 
-        Serialised with the maintenance pass, so the two never both fill the same gap in this
-        replica (another replica's pass may; its excess is evicted by the next pass).
+        Serialised with the maintenance of that pool (not of the others), so the two never
+        both fill the same gap in this replica (another replica's pass may; its excess is
+        evicted by the next pass).
         """
-        async with self._pass_lock:
+        async with self._pool_locks.hold(pool.name):
             unclaimed = [m for m in await self.members(pool.name) if m.session_id is None]
             for wanted in ("warm", "running", "creating"):
                 for member in unclaimed:
@@ -214,7 +218,8 @@ class PoolMaintainer:
             counts = {"created": 0, "evicted": 0, "cleaned": 0}
             for pool in await self.pools.list():
                 try:
-                    await self._maintain_pool(pool, counts)
+                    async with self._pool_locks.hold(pool.name):
+                        await self._maintain_pool(pool, counts)
                 except SandboxControlError as exc:
                     log.warning("pool.maintain_failed", pool=pool.name, error=str(exc))
             return {k: v for k, v in counts.items() if v}

@@ -61,7 +61,18 @@ async def cancel_build(build_id: BuildIdPath, builds: BuildsDep) -> BuildView:
     return BuildView.of(await builds.cancel(build_id))
 
 
-@router.get("/{build_id}/logs", response_model=None)
+@router.get(
+    "/{build_id}/logs",
+    response_model=None,
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "the log as text, or (follow) server-sent events: `log` events, then one `end` event",
+            # Event data is a log chunk (text) or, on the `end` event, the build as JSON.
+            "content": {"text/plain": {"schema": {"type": "string"}}, "text/event-stream": {"schema": {}}},
+        }
+    },
+)
 async def build_logs(
     build_id: BuildIdPath,
     request: Request,

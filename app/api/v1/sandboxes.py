@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import FilesDep, IdempotencyDep, LauncherDep, SandboxesDep, ServicesDep
 from app.api.idempotency import run_idempotent
+from app.api.params import OCTET_STREAM_ANSWER, OCTET_STREAM_BODY, SandboxIdPath
 from app.errors import BadRequest
 from app.schemas.common import validate_labels
 from app.schemas.sandboxes import (
@@ -81,51 +82,51 @@ async def list_sandboxes(
 
 
 @router.get("/{sandbox_id}")
-async def get_sandbox(sandbox_id: str, sandboxes: SandboxesDep) -> SandboxView:
+async def get_sandbox(sandbox_id: SandboxIdPath, sandboxes: SandboxesDep) -> SandboxView:
     """One sandbox, by its id or its provider object id."""
     return SandboxView.of(await sandboxes.get(sandbox_id))
 
 
 @router.delete("/{sandbox_id}")
-async def delete_sandbox(sandbox_id: str, sandboxes: SandboxesDep) -> SandboxView:
+async def delete_sandbox(sandbox_id: SandboxIdPath, sandboxes: SandboxesDep) -> SandboxView:
     """Delete a sandbox and its filesystem."""
     return SandboxView.of(await sandboxes.delete(sandbox_id))
 
 
 @router.post("/{sandbox_id}/stop")
-async def stop_sandbox(sandbox_id: str, sandboxes: SandboxesDep) -> SandboxView:
+async def stop_sandbox(sandbox_id: SandboxIdPath, sandboxes: SandboxesDep) -> SandboxView:
     """End every process, keep the filesystem."""
     return SandboxView.of(await sandboxes.stop(sandbox_id))
 
 
 @router.post("/{sandbox_id}/start")
-async def start_sandbox(sandbox_id: str, sandboxes: SandboxesDep) -> SandboxView:
+async def start_sandbox(sandbox_id: SandboxIdPath, sandboxes: SandboxesDep) -> SandboxView:
     """Resume a stopped sandbox."""
     return SandboxView.of(await sandboxes.start(sandbox_id))
 
 
 @router.get("/{sandbox_id}/events")
-async def sandbox_events(sandbox_id: str, sandboxes: SandboxesDep) -> EventList:
+async def sandbox_events(sandbox_id: SandboxIdPath, sandboxes: SandboxesDep) -> EventList:
     """What happened to a sandbox, oldest first."""
     return EventList(events=[EventView(**e) for e in await sandboxes.events(sandbox_id)])
 
 
 @router.post("/{sandbox_id}/exec")
-async def exec_in_sandbox(sandbox_id: str, body: ExecRequest, sandboxes: SandboxesDep) -> ExecResponse:
+async def exec_in_sandbox(sandbox_id: SandboxIdPath, body: ExecRequest, sandboxes: SandboxesDep) -> ExecResponse:
     """Run a command with a hard timeout; a non-zero exit is a result, not an error."""
     return ExecResponse.of(await sandboxes.exec(sandbox_id, body))
 
 
-@router.put("/{sandbox_id}/files", status_code=204)
+@router.put("/{sandbox_id}/files", status_code=204, openapi_extra=OCTET_STREAM_BODY)
 async def upload_file(
-    sandbox_id: str, path: PathQuery, request: Request, files: FilesDep, services: ServicesDep
+    sandbox_id: SandboxIdPath, path: PathQuery, request: Request, files: FilesDep, services: ServicesDep
 ) -> Response:
     """Write one file from the raw request body (streamed, atomic; parents created)."""
     await files.write(sandbox_id, path, request.stream(), limit=services.settings.max_upload_bytes)
     return Response(status_code=204)
 
 
-@router.get("/{sandbox_id}/files")
-async def download_file(sandbox_id: str, path: PathQuery, files: FilesDep) -> StreamingResponse:
+@router.get("/{sandbox_id}/files", response_class=StreamingResponse, responses=OCTET_STREAM_ANSWER)
+async def download_file(sandbox_id: SandboxIdPath, path: PathQuery, files: FilesDep) -> StreamingResponse:
     """Read one regular file as raw bytes (streamed)."""
     return StreamingResponse(await files.read(sandbox_id, path), media_type="application/octet-stream")

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import IdempotencyDep, SnapshotsDep
 from app.api.idempotency import run_idempotent
+from app.api.params import SandboxIdPath, SnapshotIdPath
 from app.schemas.sandboxes import SandboxView
 from app.schemas.snapshots import CreateSnapshotRequest, RestoreRequest, SnapshotList, SnapshotView
 from app.services.sandboxes import new_sandbox_id
@@ -18,7 +19,11 @@ router = APIRouter(tags=["snapshots"])
 
 @router.post("/v1/sandboxes/{sandbox_id}/snapshots", status_code=201, response_model=SnapshotView)
 async def create_snapshot(
-    sandbox_id: str, body: CreateSnapshotRequest, request: Request, snapshots: SnapshotsDep, idempotency: IdempotencyDep
+    sandbox_id: SandboxIdPath,
+    body: CreateSnapshotRequest,
+    request: Request,
+    snapshots: SnapshotsDep,
+    idempotency: IdempotencyDep,
 ) -> Response:
     """Snapshot a running sandbox's workspace (and env server state) to the blob store.
 
@@ -43,7 +48,7 @@ async def create_snapshot(
 
 
 @router.get("/v1/sandboxes/{sandbox_id}/snapshots")
-async def list_sandbox_snapshots(sandbox_id: str, snapshots: SnapshotsDep) -> SnapshotList:
+async def list_sandbox_snapshots(sandbox_id: SandboxIdPath, snapshots: SnapshotsDep) -> SnapshotList:
     """Snapshots of one sandbox, newest first."""
     records = await snapshots.list(sandbox_id=sandbox_id)
     return SnapshotList(snapshots=[SnapshotView.of(r) for r in records])
@@ -61,19 +66,23 @@ async def list_snapshots(
 
 
 @router.get("/v1/snapshots/{snapshot_id}")
-async def get_snapshot(snapshot_id: str, snapshots: SnapshotsDep) -> SnapshotView:
+async def get_snapshot(snapshot_id: SnapshotIdPath, snapshots: SnapshotsDep) -> SnapshotView:
     return SnapshotView.of(await snapshots.get(snapshot_id))
 
 
 @router.delete("/v1/snapshots/{snapshot_id}")
-async def delete_snapshot(snapshot_id: str, snapshots: SnapshotsDep) -> SnapshotView:
+async def delete_snapshot(snapshot_id: SnapshotIdPath, snapshots: SnapshotsDep) -> SnapshotView:
     """Delete the manifest (first: the snapshot stops existing) and the blob."""
     return SnapshotView.of(await snapshots.delete(snapshot_id))
 
 
 @router.post("/v1/snapshots/{snapshot_id}/restore", status_code=201, response_model=SandboxView)
 async def restore_snapshot(
-    snapshot_id: str, body: RestoreRequest, request: Request, snapshots: SnapshotsDep, idempotency: IdempotencyDep
+    snapshot_id: SnapshotIdPath,
+    body: RestoreRequest,
+    request: Request,
+    snapshots: SnapshotsDep,
+    idempotency: IdempotencyDep,
 ) -> Response:
     """A new sandbox (on this service's provider) holding the snapshot's files.
 

@@ -335,7 +335,8 @@ class BuildService:
         request = CreateSandboxRequest(
             sandbox_id=sandbox_id,
             command=build_command(self.provider.runtime_command()),
-            ttl_seconds=self.settings.build_timeout_seconds + SANDBOX_TTL_MARGIN,
+            # The reaper's backstop, within the TTL limit callers have too.
+            ttl_seconds=min(self.settings.build_timeout_seconds + SANDBOX_TTL_MARGIN, self.settings.max_ttl_seconds),
         )
         record = await self.sandboxes.create(
             request,

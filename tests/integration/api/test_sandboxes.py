@@ -250,6 +250,10 @@ async def test_unknown_route_and_method_use_the_envelope(service: Service, auth:
     assert (response.status_code, response.json()["code"]) == (404, "not_found")
     response = await raw.patch("/v1/sandboxes", headers=auth())
     assert (response.status_code, response.json()["code"]) == (405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, HEAD, POST"
+    # Every method of the path, not only those of the first route that matched it.
+    response = await raw.patch("/v1/sandboxes/some-id", headers=auth())
+    assert (response.status_code, response.headers["allow"]) == (405, "DELETE, GET, HEAD")
 
 
 async def test_unexpected_error_is_a_clean_500(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
