@@ -21,6 +21,7 @@ from app.services.background import Periodic
 from app.services.builds import BuildService
 from app.services.callbacks import CallbackOutbox
 from app.services.container import Services
+from app.services.exits import ExitWatcher
 from app.services.files import FileService
 from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
@@ -137,6 +138,11 @@ async def start_background(services: Services, stack: AsyncExitStack) -> None:
         # Every replica looks for builds whose runner died (each build is leased on its own).
         Periodic("builds", settings.lease_ttl_seconds, services.builds.resume),
     ):
+        job.start()
+        stack.push_async_callback(job.aclose)
+    if services.provider.capabilities.exit_events:
+        exits = ExitWatcher(services.store.sandboxes, services.provider, busy=services.sandboxes.is_creating)
+        job = Periodic("exits", 5.0, exits.run, leases=leases, first_run_now=True)
         job.start()
         stack.push_async_callback(job.aclose)
 

@@ -96,6 +96,17 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
+class ExitEvent:
+    """A sandbox's entry command ended on its own (not through ``stop``/``delete``)."""
+
+    provider_object_id: str
+    #: Its exit status; None when the provider cannot tell.
+    exit_code: int | None
+    #: The end of its output, when the provider keeps it (else empty).
+    output_tail: str = ""
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a provider can honour; services refuse the rest with 422."""
 
@@ -112,6 +123,9 @@ class Capabilities:
     #: Tar streams ``import_tar`` extracts at once when its stream can be split into
     #: lanes (``LaneSplittable``); 1 = it always reads the stream as one.
     import_lanes: int = 1
+    #: ``watch_exits`` reports entry commands that end, within about a second; without it
+    #: the service learns of an exit when it next reads the sandbox's status.
+    exit_events: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +215,14 @@ class Provider(abc.ABC):
         """
         return ["python3", "-m", "sandbox_runtime"]
 
+    def watch_exits(self) -> AsyncIterator[ExitEvent]:
+        """Entry commands of this service's sandboxes that end on their own, as they end (``capabilities.exit_events``).
+
+        Runs until cancelled. A provider that cannot see exits keeps this default,
+        which ends at once.
+        """
+        return _no_events()
+
     async def ping(self) -> None:
         """Readiness check: raise ``ProviderUnavailable`` when the backend cannot serve."""
         await self.list({"sandbox-control.ping": "1"})
@@ -284,3 +306,8 @@ class Provider(abc.ABC):
     async def delete_image(self, image: str) -> bool:
         """Delete an image made by ``commit_image``; False if it did not exist."""
         raise UnsupportedSpec("image", self.name, "this provider cannot save a sandbox as an image")
+
+
+async def _no_events() -> AsyncIterator[ExitEvent]:
+    return
+    yield  # an async generator that yields nothing

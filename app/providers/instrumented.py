@@ -7,7 +7,15 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from app.metrics import Metrics
-from app.providers.base import Capabilities, ExecResult, Provider, ProviderSandbox, ProviderStatus, SandboxSpec
+from app.providers.base import (
+    Capabilities,
+    ExecResult,
+    ExitEvent,
+    Provider,
+    ProviderSandbox,
+    ProviderStatus,
+    SandboxSpec,
+)
 from app.streams import aclose_stream
 
 
@@ -42,6 +50,9 @@ class InstrumentedProvider(Provider):
 
     def runtime_command(self) -> list[str]:
         return self.inner.runtime_command()
+
+    def watch_exits(self) -> AsyncIterator[ExitEvent]:
+        return self.inner.watch_exits()  # a stream that lasts, not a call to time
 
     async def ping(self) -> None:
         with self._timed("ping"):

@@ -197,6 +197,24 @@ class SandboxService:
         """True while this process creates (or deletes, starts, stops) ``sandbox_id``."""
         return self._locks.busy(sandbox_id)
 
+    async def fresh(self, any_id: str) -> SandboxRecord:
+        """A sandbox as it is now: for a provider that reports no exits, its status is read first.
+
+        (Providers with ``exit_events`` keep records current by themselves.)
+        """
+        record = await self.get(any_id)
+        ref = record.provider_object_id
+        if self.provider.capabilities.exit_events or record.status != "running" or ref is None:
+            return record
+        try:
+            status = await self.provider.status(ref)
+        except SandboxControlError:
+            return record  # the reconciler deals with sandboxes that vanished or cannot be read
+        if status != "running" and await self.records.change_status(record.id, ("running",), status):
+            await self.records.add_event(record.id, "status_changed", old="running", new=status)
+            return await self.get(record.id)
+        return record
+
     async def find(self, any_id: str, *, include_deleted: bool = False) -> SandboxRecord | None:
         """A sandbox by either id, or None; ``include_deleted`` also finds deleted ones."""
         return await self.records.get(any_id, include_deleted=include_deleted)

@@ -83,8 +83,8 @@ async def list_sandboxes(
 
 @router.get("/{sandbox_id}")
 async def get_sandbox(sandbox_id: SandboxIdPath, sandboxes: SandboxesDep) -> SandboxView:
-    """One sandbox, by its id or its provider object id."""
-    return SandboxView.of(await sandboxes.get(sandbox_id))
+    """One sandbox, by its id or its provider object id (its status as the provider sees it now)."""
+    return SandboxView.of(await sandboxes.fresh(sandbox_id))
 
 
 @router.delete("/{sandbox_id}")

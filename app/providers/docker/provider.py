@@ -16,10 +16,11 @@ names the setting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +28,7 @@ from app.errors import BadRequest, Conflict, ProviderError, ProviderUnavailable,
 from app.providers.base import (
     Capabilities,
     ExecResult,
+    ExitEvent,
     Provider,
     ProviderContext,
     ProviderSandbox,
@@ -36,6 +38,7 @@ from app.providers.base import (
 from app.providers.docker import files
 from app.providers.docker.engine import CALL_TIMEOUT, EngineClient, ImageMissing
 from app.providers.docker.exec import run_exec
+from app.providers.docker.exits import watch as watch_exits
 from app.providers.docker.spec import (
     MANAGED_LABEL,
     SANDBOX_ID_LABEL,
@@ -86,7 +89,10 @@ class DockerProvider(Provider):
             image_commit=True,
             # On the host network every sandbox's env server would claim the same port.
             shared_loopback=config.network == "host",
+            exit_events=True,
         )
+        #: Containers this provider is stopping or deleting: their die is not an exit of their own.
+        self._stopping: set[str] = set()
 
     # -- lifecycle of the provider ------------------------------------------
 
@@ -261,23 +267,39 @@ class DockerProvider(Provider):
         await self._engine.call("POST", f"containers/{ref}/start", ref=ref)
 
     async def stop(self, ref: str) -> None:
-        await self._engine.call(
-            "POST",
-            f"containers/{ref}/stop",
-            params={"t": str(STOP_GRACE_SECONDS)},
-            ref=ref,
-            timeout=STOP_GRACE_SECONDS + CALL_TIMEOUT,
-        )
-
-    async def delete(self, ref: str) -> None:
-        try:
+        with self._ending(ref):
             await self._engine.call(
-                "DELETE",
-                f"containers/{ref}",
-                params={"force": "1", "v": "1"},
+                "POST",
+                f"containers/{ref}/stop",
+                params={"t": str(STOP_GRACE_SECONDS)},
                 ref=ref,
                 timeout=STOP_GRACE_SECONDS + CALL_TIMEOUT,
             )
+
+    @contextlib.contextmanager
+    def _ending(self, ref: str) -> Iterator[None]:
+        """Mark ``ref`` as being ended by us while the block runs (and a little after: events lag)."""
+        self._stopping.add(ref)
+        try:
+            yield
+        finally:
+            asyncio.get_running_loop().call_later(5.0, self._stopping.discard, ref)
+
+    def watch_exits(self) -> AsyncIterator[ExitEvent]:
+        """Containers whose entry command ended on its own, from the Engine's ``die`` events."""
+        labels = [f"{MANAGED_LABEL}=true", *([f"{SCOPE_LABEL}={self._scope}"] if self._scope else [])]
+        return watch_exits(self._engine, labels, lambda container: any(container.startswith(r) for r in self._stopping))
+
+    async def delete(self, ref: str) -> None:
+        try:
+            with self._ending(ref):
+                await self._engine.call(
+                    "DELETE",
+                    f"containers/{ref}",
+                    params={"force": "1", "v": "1"},
+                    ref=ref,
+                    timeout=STOP_GRACE_SECONDS + CALL_TIMEOUT,
+                )
         except Conflict as exc:
             if "already in progress" not in exc.message:
                 raise

@@ -107,7 +107,7 @@ class InitSupervisor:
             status_text = await asyncio.to_thread(paths.init_status.read_text)
         if "child-pid" not in status_text:
             # bwrap exited before its child ran: a bind or namespace failed.
-            tail = await asyncio.to_thread(_tail, paths.init_log)
+            tail = await asyncio.to_thread(output_tail, paths.init_log)
             raise ProviderError(f"sandbox {meta.ref}: sandbox setup failed: {tail}")
 
     async def _wait_for_keeper(self, meta: SandboxMeta) -> procs.ProcessStamp:
@@ -122,7 +122,7 @@ class InitSupervisor:
                     return procs.stamp(pid) or procs.ProcessStamp(pid, start_time=-1, boot_id=procs.boot_id())
             await asyncio.sleep(_backoff(attempt))
             attempt += 1
-        tail = await asyncio.to_thread(_tail, paths.init_log)
+        tail = await asyncio.to_thread(output_tail, paths.init_log)
         raise ProviderError(f"sandbox {meta.ref}: init failed to start: {tail}")
 
     def is_running(self, record: InitRecord | None) -> bool:
@@ -193,7 +193,8 @@ async def _wait_dead(stamp: procs.ProcessStamp, timeout: float) -> bool:
     return True
 
 
-def _tail(path: Path, size: int = 2000) -> str:
+def output_tail(path: Path, size: int = 2000) -> str:
+    """The end of an init's output (its log), for reports; an error text when unreadable."""
     try:
         return path.read_bytes()[-size:].decode(errors="replace").strip() or "(no output)"
     except OSError as exc:

@@ -37,6 +37,7 @@ from app.locks import KeyedLocks
 from app.providers.base import (
     Capabilities,
     ExecResult,
+    ExitEvent,
     Provider,
     ProviderContext,
     ProviderSandbox,
@@ -56,6 +57,7 @@ from app.providers.local.bwrap import (
     smoke_test_options,
     system_mounts,
 )
+from app.providers.local.exits import ExitWatch
 from app.providers.local.files import IMPORT_LANES, FileOps, Spawn
 from app.providers.local.init import INIT_WAIT_SECONDS, InitSupervisor
 from app.providers.local.io import run_process
@@ -81,6 +83,7 @@ class LocalProvider(Provider):
         networks=frozenset({"host", "none"}),
         shared_loopback=True,
         import_lanes=IMPORT_LANES,
+        exit_events=True,
     )
 
     def __init__(self, config: LocalSettings, context: ProviderContext) -> None:
@@ -241,6 +244,10 @@ class LocalProvider(Provider):
             return self._init.status_of(meta, record)
 
         return await asyncio.to_thread(read)
+
+    def watch_exits(self) -> AsyncIterator[ExitEvent]:
+        """Entry commands that end on their own, from the keepers' records (polled)."""
+        return ExitWatch(self._store).events()
 
     async def list(self, labels: Mapping[str, str] | None = None) -> list[ProviderSandbox]:
         """Sandboxes in this data dir whose labels include ``labels``."""

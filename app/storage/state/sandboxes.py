@@ -220,6 +220,17 @@ class SandboxStore:
                 delay = min(delay * 2, 1.0)
         return False  # pragma: no cover - the loop returns or raises
 
+    async def change_status(self, sandbox_id: str, from_statuses: Sequence[str], to_status: str, **fields: Any) -> bool:
+        """Set ``to_status`` (and ``fields``) only while the sandbox is in one of ``from_statuses``."""
+        statement = (
+            update(SandboxRow)
+            .where(SandboxRow.id == sandbox_id, SandboxRow.status.in_(list(from_statuses)))
+            .values(status=to_status, updated_at=utcnow(), **fields)
+            .execution_options(synchronize_session=False)
+        )
+        async with self._db.sessions.begin() as session:
+            return int(cast(CursorResult[Any], await session.execute(statement)).rowcount) == 1
+
     # -- events ----------------------------------------------------------
 
     async def add_event(self, sandbox_id: str, kind: str, **detail: Any) -> None:
