@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Label keys we set ourselves; callers may read but not set them.
 RESERVED_LABEL_PREFIX = "sandbox-control."
@@ -50,6 +50,28 @@ class StrictModel(BaseModel):
 
 
 SandboxId = Annotated[str, Field(pattern=SANDBOX_ID_PATTERN, description="letters, digits, ._- (max 128)")]
+
+
+class WithEnv(StrictModel):
+    """A request carrying ``env``: checked the one way everywhere."""
+
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return validate_env(value)
+
+
+class EnvAndLabels(WithEnv):
+    """A request carrying ``env`` and ``labels``."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return validate_labels(value)
 
 
 class RepoRef(StrictModel):

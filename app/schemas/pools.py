@@ -4,21 +4,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from pydantic import Field, model_validator
 
-from app.schemas.common import RepoRef, StrictModel
+from app.providers.base import Resources
+from app.schemas.common import EnvAndLabels, RepoRef, StrictModel
 from app.storage.state.pools import PoolRecord
 from app.storage.state.sandboxes import SandboxRecord
 
 MAX_POOL_TARGET = 50
 
 
-class PutPoolRequest(StrictModel):
-    """``PUT /v1/pools/{name}``: keep ``target`` booted sandboxes of ``repo`` ready to claim."""
+class PutPoolRequest(EnvAndLabels):
+    """``PUT /v1/pools/{name}``: keep ``target`` sandboxes ready to claim.
 
-    repo: RepoRef
+    With ``repo``: session sandboxes of that repository, booted (cloned, setup.sh run)
+    and waiting for a session. Without: plain sandboxes of ``image``, ``resources``,
+    ``env``, ``labels`` and ``network``, claimed by ``POST /v1/sandboxes {"from_pool"}``.
+    """
+
+    repo: RepoRef | None = None
     image: str | None = Field(default=None, max_length=512, description="default: the service's base image")
+    resources: Resources = Field(default_factory=Resources, description="plain pools: each member's resources")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="plain pools: each member's env (stored with the pool)"
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="plain pools: each member's labels")
+    network: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     repo_image_id: str | None = Field(
         default=None, pattern=r"^rimg_[0-9a-f]{16}$", description="members boot from this repo image instead"
     )
@@ -28,9 +41,14 @@ class PutPoolRequest(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _one_image(self) -> PutPoolRequest:
+    def _one_kind(self) -> PutPoolRequest:
         if self.image is not None and self.repo_image_id is not None:
             raise ValueError("image and repo_image_id exclude each other")
+        plain_fields = self.resources != Resources() or self.env or self.labels or self.network
+        if self.repo is not None and plain_fields:
+            raise ValueError("resources, env, labels and network are for plain pools (no repo)")
+        if self.repo is None and self.repo_image_id is not None:
+            raise ValueError("repo_image_id needs repo")
         return self
 
 
@@ -43,8 +61,15 @@ class PoolView(StrictModel):
     """
 
     name: str
-    repo: RepoRef
+    #: ``session`` (booted repository sandboxes) or ``plain``.
+    kind: str
+    repo: RepoRef | None
     image: str | None
+    resources: dict[str, Any] = Field(default_factory=dict)
+    #: Names of the members' env vars (values are not shown).
+    env: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    network: str | None = None
     repo_image_id: str | None = None
     target: int
     max_age_seconds: int
@@ -58,18 +83,23 @@ class PoolView(StrictModel):
     @classmethod
     def of(cls, pool: PoolRecord, members: Sequence[SandboxRecord]) -> PoolView:
         """The pool with its live ``members`` counted by state."""
-        unclaimed = [m for m in members if m.session_id is None]
+        unclaimed = [m for m in members if not m.claimed]
         return cls(
             name=pool.name,
-            repo=RepoRef(owner=pool.repo_owner, name=pool.repo_name, branch=pool.branch),
+            kind=pool.kind,
+            repo=None if pool.plain else RepoRef(owner=pool.repo_owner, name=pool.repo_name, branch=pool.branch),
             image=pool.image,
+            resources=pool.resources,
+            env=sorted(pool.env),
+            labels=pool.labels,
+            network=pool.network,
             repo_image_id=pool.repo_image_id,
             target=pool.target,
             max_age_seconds=pool.max_age_seconds,
             implicit=pool.implicit,
             ready=sum(m.status == "warm" for m in unclaimed),
             creating=sum(m.status in ("creating", "running") for m in unclaimed),
-            claimed=sum(m.session_id is not None for m in members),
+            claimed=sum(m.claimed for m in members),
             created_at=pool.created_at,
             updated_at=pool.updated_at,
         )

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 
 from app.providers.base import ExecResult, Resources
-from app.schemas.common import RepoRef, SandboxId, StrictModel, validate_env, validate_labels
+from app.schemas.common import EnvAndLabels, RepoRef, SandboxId, StrictModel, WithEnv
 from app.storage.state.sandboxes import SandboxRecord
 
 
@@ -23,18 +23,17 @@ class SessionRef(StrictModel):
     opencode_session_id: str | None = Field(default=None, max_length=256)
 
 
-class CreateSandboxRequest(StrictModel):
+class CreateSandboxRequest(EnvAndLabels):
     """``POST /v1/sandboxes``.
 
     With ``repo`` and ``session`` the sandbox runs the in-sandbox runtime
     (clone, env server, bridge) and ``command`` must be absent;
-    ``from_snapshot`` starts it from a snapshot's files.
+    ``from_snapshot`` starts it from a snapshot's files; ``from_pool`` claims a
+    ready member of a pool (a session pool with ``session``, else a plain pool).
     """
 
     sandbox_id: SandboxId | None = Field(default=None, description="logical id; generated when absent")
     image: str | None = Field(default=None, max_length=512)
-    env: dict[str, str] = Field(default_factory=dict)
-    labels: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     ttl_seconds: int | None = Field(default=None, ge=1)
     network: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -46,21 +45,8 @@ class CreateSandboxRequest(StrictModel):
     from_snapshot: str | None = Field(default=None, min_length=1, max_length=128)
     from_pool: str | None = Field(default=None, min_length=1, max_length=128)
 
-    @field_validator("labels")
-    @classmethod
-    def _check_labels(cls, value: dict[str, str]) -> dict[str, str]:
-        return validate_labels(value)
-
-    @field_validator("env")
-    @classmethod
-    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
-        return validate_env(value)
-
     @model_validator(mode="after")
-    def _pool_needs_session(self) -> CreateSandboxRequest:
-        # A warm member is handed to a session; without one there is nothing to hand it to.
-        if self.from_pool is not None and self.session is None:
-            raise ValueError("from_pool needs session (the warm sandbox is handed to that session)")
+    def _pool_and_snapshot(self) -> CreateSandboxRequest:
         if self.from_pool is not None and self.from_snapshot is not None:
             raise ValueError("from_pool and from_snapshot exclude each other")
         return self
@@ -115,19 +101,13 @@ MAX_STDIN_BYTES = 8 * 1024 * 1024
 JSON_ESCAPE_FACTOR = 6
 
 
-class ExecRequest(StrictModel):
+class ExecRequest(WithEnv):
     """``POST /v1/sandboxes/{id}/exec``: argv list, or a shell string run by ``/bin/sh -c``."""
 
     command: list[Annotated[str, Field(max_length=65536)]] | Annotated[str, Field(min_length=1, max_length=65536)]
     timeout_seconds: float | None = Field(default=None, gt=0)
     cwd: str | None = Field(default=None, min_length=1, max_length=4096)
-    env: dict[str, str] = Field(default_factory=dict)
     stdin: str | None = Field(default=None, description=f"at most {MAX_STDIN_BYTES} bytes (UTF-8)")
-
-    @field_validator("env")
-    @classmethod
-    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
-        return validate_env(value)
 
     @field_validator("stdin")
     @classmethod

@@ -40,9 +40,10 @@ class SandboxLauncher:
 
         ``repo`` + ``session``: a session sandbox, claimed from a warm pool of the
         repository when one has a ready member, else created cold. ``from_pool``
-        (needs ``session``; ``repo`` defaults to the pool's): claim from that pool,
-        cold when it has no ready member. ``from_snapshot``: restored from a
-        snapshot. Otherwise a plain sandbox. With ``resume`` (an idempotent request
+        with ``session`` (``repo`` defaults to the pool's): claim from that session
+        pool, cold when it has no ready member; without ``session``: claim a plain
+        pool's member (cold from the pool's configuration when none is ready).
+        ``from_snapshot``: restored from a snapshot. Otherwise a plain sandbox. With ``resume`` (an idempotent request
         taken over after a crash) a sandbox of ``request.sandbox_id`` that exists
         already is returned instead of making a second one.
         """
@@ -50,9 +51,11 @@ class SandboxLauncher:
             existing = await self.sandboxes.find(request.sandbox_id, include_deleted=True)
             if existing is not None:
                 return existing
+        if request.from_pool and request.session is None:
+            return await self.pools.launch_plain(request)
         if request.from_pool:
             if request.repo is None:  # the pool knows its repository
-                pool = await self.pools.get(request.from_pool)
+                pool = await self.pools.session_pool(request.from_pool)
                 request = request.model_copy(update={"repo": RepoRef(owner=pool.repo_owner, name=pool.repo_name)})
             return await self.pools.launch(self._v1_session(request), pool_name=request.from_pool)
         if request.repo is not None or request.session is not None:

@@ -27,7 +27,7 @@ from typing import Any
 from app.errors import SandboxControlError, SandboxNotFound, SandboxNotRunning
 from app.locks import KeyedLocks
 from app.logging import get_logger
-from app.providers.base import Provider
+from app.providers.base import Provider, Resources
 from app.schemas.common import RESERVED_LABEL_PREFIX
 from app.schemas.sandboxes import CreateSandboxRequest
 from app.services.background import Periodic
@@ -54,6 +54,18 @@ _PROBE = (
 )
 
 log = get_logger("pools")
+
+
+async def abandon_claim(
+    members: SandboxStore, sandboxes: SandboxService, pool: str, member_id: str, exc: BaseException
+) -> None:
+    """A claim whose hand-over failed: record it and delete the member (never hand out a half-claimed one)."""
+    log.warning("pool.handover_failed", pool=pool, sandbox_id=member_id, error=describe_error(exc))
+    await members.add_event(member_id, "claim_failed", error=describe_error(exc))
+    try:
+        await asyncio.shield(sandboxes.delete(member_id))
+    except SandboxControlError as cleanup:  # the reconciler and the pass retry
+        log.warning("pool.handover_cleanup_failed", sandbox_id=member_id, error=str(cleanup))
 
 
 class PoolMaintainer:
@@ -114,7 +126,7 @@ class PoolMaintainer:
         evicted by the next pass).
         """
         async with self._pool_locks.hold(pool.name):
-            unclaimed = [m for m in await self.members(pool.name) if m.session_id is None]
+            unclaimed = [m for m in await self.members(pool.name) if not m.claimed]
             for wanted in ("warm", "running", "creating"):
                 for member in unclaimed:
                     if member.status == wanted:
@@ -123,6 +135,8 @@ class PoolMaintainer:
 
     async def create_member(self, pool: PoolRecord) -> SandboxRecord:
         """Create one member and start watching it boot; returns once the provider runs it."""
+        if pool.plain:
+            return await self._create_plain_member(pool)
         async with self._creating:
             sandbox_id = new_sandbox_id()
             # A repo image pool's members boot from it (fetch and reset; setup.sh ran in the build).
@@ -155,6 +169,27 @@ class PoolMaintainer:
         self.watch(record)
         return record
 
+    async def _create_plain_member(self, pool: PoolRecord) -> SandboxRecord:
+        """A plain member is ready as soon as the provider runs it: nothing boots inside."""
+        async with self._creating:
+            request = CreateSandboxRequest(
+                sandbox_id=new_sandbox_id(),
+                image=pool.image,
+                env=pool.env,
+                labels=pool.labels,
+                resources=Resources(**pool.resources),
+                network=pool.network,
+            )
+            record = await self.sandboxes.create(request, service_labels={POOL_LABEL: pool.name})
+        await self.member_records.add_event(record.id, "pool_member_created", pool=pool.name)
+        await self._ready(record, 0.0)
+        return record
+
+    async def _ready(self, record: SandboxRecord, seconds: float) -> None:
+        if await self.member_records.transition(record.id, ["running"], "warm"):
+            await self.member_records.add_event(record.id, "pool_member_ready", seconds=round(seconds, 3))
+            log.info("pool.member_ready", sandbox_id=record.id)
+
     def watch(self, record: SandboxRecord) -> None:
         """Poll a booting member until its runtime waits for a claim (then it is ``warm``)."""
         if record.id in self._watchers or record.provider_object_id is None:
@@ -185,10 +220,7 @@ class PoolMaintainer:
                 result = None
             state = result.stdout.decode(errors="replace").strip() if result and result.exit_code == 0 else ""
             if state == "ready":
-                if await self.member_records.transition(record.id, ["running"], "warm"):
-                    seconds = round(time.monotonic() - started, 3)
-                    await self.member_records.add_event(record.id, "pool_member_ready", seconds=seconds)
-                    log.info("pool.member_ready", sandbox_id=record.id)
+                await self._ready(record, time.monotonic() - started)
                 return
             if state == "absent" and time.monotonic() - started > _DEAD_AFTER_SECONDS:
                 await self.retire(record.id, "the runtime is not running")
@@ -228,7 +260,7 @@ class PoolMaintainer:
         oldest_allowed = utcnow() - timedelta(seconds=pool.max_age_seconds)
         live: list[SandboxRecord] = []
         for member in await self.members(pool.name):
-            if member.session_id is not None:
+            if member.claimed:
                 continue  # claimed: a session's sandbox now, not the pool's
             if member.status in ("failed", "stopped", "deleting"):
                 with contextlib.suppress(SandboxControlError):
@@ -239,7 +271,9 @@ class PoolMaintainer:
                 if await self.retire(member.id, f"older than max_age_seconds={pool.max_age_seconds}"):
                     counts["evicted"] += 1
                 continue
-            if member.status == "running":
+            if member.status == "running" and pool.plain:
+                await self._ready(member, 0.0)  # created just before a restart: nothing to wait for
+            elif member.status == "running":
                 self.watch(member)  # after a restart: find out whether it has booted meanwhile
             live.append(member)
         excess = len(live) - pool.target

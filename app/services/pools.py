@@ -35,10 +35,12 @@ from app.logging import get_logger
 from app.providers.base import Provider, Resources
 from app.schemas.common import RepoRef
 from app.schemas.pools import PutPoolRequest
+from app.schemas.sandboxes import CreateSandboxRequest
 from app.services.hosts import check_url_allowed
 from app.services.leases import LeaseKeeper
-from app.services.pool_members import POOL_LABEL, PoolMaintainer
-from app.services.sandboxes import SandboxService, describe_error
+from app.services.plain_pools import PlainClaims
+from app.services.pool_members import POOL_LABEL, PoolMaintainer, abandon_claim
+from app.services.sandboxes import SandboxService
 from app.services.sessions import SessionLaunch, SessionService
 from app.settings import Settings
 from app.storage.state.pools import PoolRecord, PoolStore
@@ -85,24 +87,28 @@ class PoolService:
         self.sessions = sessions
         self.provider = provider
         self.maintainer = PoolMaintainer(settings, pools, members, sandboxes, sessions, provider, leases)
+        self.plain = PlainClaims(members, sandboxes, provider)
 
     # -- configuration and state ---------------------------------------------
 
     async def put(self, name: str, request: PutPoolRequest, *, implicit: bool = False) -> PoolState:
         """Create or reconfigure a pool; the maintainer brings it to target right away."""
-        if request.repo_image_id is not None:
+        repo = request.repo
+        if request.repo_image_id is not None and repo is not None:
             image = await self.sessions.repo_images.get(request.repo_image_id)
-            if (image.repo_owner, image.repo_name) != (request.repo.owner, request.repo.name):
+            if (image.repo_owner, image.repo_name) != (repo.owner, repo.name):
                 raise BadRequest(
                     f"repo image {image.id!r} holds {image.repo_owner}/{image.repo_name}", field="repo_image_id"
                 )
+        if repo is None:
+            self.sandboxes.check_spec(request.resources, request.network)
         now = utcnow()
         record = await self.pools.put(
             PoolRecord(
                 name=name,
-                repo_owner=request.repo.owner,
-                repo_name=request.repo.name,
-                branch=request.repo.branch,
+                repo_owner=repo.owner if repo is not None else "",
+                repo_name=repo.name if repo is not None else "",
+                branch=repo.branch if repo is not None else None,
                 image=request.image,
                 repo_image_id=request.repo_image_id,
                 target=request.target,
@@ -110,6 +116,11 @@ class PoolService:
                 implicit=implicit,
                 created_at=now,
                 updated_at=now,
+                kind="session" if repo is not None else "plain",
+                resources=request.resources.model_dump(exclude_none=True),
+                env=dict(request.env),
+                labels=dict(request.labels),
+                network=request.network,
             )
         )
         self.maintainer.wake()
@@ -132,7 +143,7 @@ class PoolService:
         """Forget the pool and delete its unclaimed members; returns how many were deleted."""
         await self.get(name)
         await self.pools.delete(name)
-        members = [m for m in await self.maintainer.members(name) if m.session_id is None]
+        members = [m for m in await self.maintainer.members(name) if not m.claimed]
         retired = await asyncio.gather(
             *(self.maintainer.retire(m.id, "pool deleted", from_statuses=("warm", "running", "failed", "stopped"))
               for m in members)
@@ -161,7 +172,8 @@ class PoolService:
             name = pool.name if pool else implicit_pool_name(repo_owner, repo_name)
             await self.pools.put(
                 PoolRecord(
-                    name=name, repo_owner=repo_owner, repo_name=repo_name, branch=request.repo.branch, image=None,
+                    name=name, repo_owner=repo_owner, repo_name=repo_name, image=None,
+                    branch=pool.branch if pool else None,
                     target=1, max_age_seconds=request.max_age_seconds, implicit=pool.implicit if pool else True,
                     created_at=pool.created_at if pool else utcnow(), updated_at=utcnow(),
                 )
@@ -172,6 +184,14 @@ class PoolService:
         return member
 
     # -- claims --------------------------------------------------------------
+
+    async def launch_plain(self, request: CreateSandboxRequest) -> SandboxRecord:
+        """``from_pool`` without a session: a ready member of that plain pool, else created cold."""
+        assert request.from_pool is not None
+        record, claimed = await self.plain.launch(await self.get(request.from_pool), request)
+        if claimed:
+            self.maintainer.wake()  # refill behind the claim
+        return record
 
     async def launch(self, launch: SessionLaunch, *, pool_name: str | None = None) -> SandboxRecord:
         """A session sandbox: a claimed warm member when one is ready, else a cold create.
@@ -189,10 +209,17 @@ class PoolService:
                 return record
         return await self.sessions.launch(launch)
 
+    async def session_pool(self, name: str) -> PoolRecord:
+        """The pool ``name`` for a session claim; a plain pool is the caller's mistake."""
+        pool = await self.get(name)
+        if pool.plain:
+            raise BadRequest(f"pool {name!r} holds plain sandboxes: claim it without session", field="from_pool")
+        return pool
+
     async def _pool_for(self, launch: SessionLaunch, pool_name: str | None) -> PoolRecord | None:
         session = launch.session
         if pool_name is not None:
-            pool = await self.get(pool_name)
+            pool = await self.session_pool(pool_name)
             if (pool.repo_owner, pool.repo_name) != (session.repo_owner, session.repo_name):
                 raise BadRequest(f"pool {pool_name!r} serves {pool.repo_owner}/{pool.repo_name}", field="from_pool")
             if launch.image is not None and launch.image != pool.image:
@@ -217,12 +244,7 @@ class PoolService:
         try:
             await self._hand_over(won, launch)
         except (SandboxControlError, OSError) as exc:
-            log.warning("pool.handover_failed", pool=pool.name, sandbox_id=won.id, error=describe_error(exc))
-            await self.member_records.add_event(won.id, "claim_failed", error=describe_error(exc))
-            try:
-                await asyncio.shield(self.sandboxes.delete(won.id))
-            except SandboxControlError as cleanup:  # the reconciler and the pass retry
-                log.warning("pool.handover_cleanup_failed", sandbox_id=won.id, error=str(cleanup))
+            await abandon_claim(self.member_records, self.sandboxes, pool.name, won.id, exc)
             return None
         await self.member_records.add_event(won.id, "claimed", pool=pool.name, session_id=launch.session.session_id)
         log.info("pool.claimed", pool=pool.name, sandbox_id=won.id, session_id=launch.session.session_id)
@@ -246,6 +268,7 @@ class PoolService:
                     ["warm"],
                     "running",
                     session_id=session.session_id,
+                    claimed_at=utcnow(),
                     ttl_seconds=ttl,
                     expires_at=utcnow() + timedelta(seconds=ttl) if ttl else None,
                     add_labels=labels,

@@ -27,7 +27,7 @@ from app.errors import (
 )
 from app.locks import KeyedLocks
 from app.logging import get_logger
-from app.providers.base import ExecResult, Provider, SandboxSpec
+from app.providers.base import ExecResult, Provider, Resources, SandboxSpec
 from app.schemas.common import RESERVED_LABEL_PREFIX
 from app.schemas.sandboxes import CreateSandboxRequest, ExecRequest
 from app.settings import Settings
@@ -37,6 +37,10 @@ from app.storage.state.times import utcnow
 ID_LABEL = RESERVED_LABEL_PREFIX + "id"
 MANAGED_LABEL = RESERVED_LABEL_PREFIX + "managed"
 DEFAULT_CWD = "/workspace"
+#: Where a plain pool claim puts its env in the sandbox (mode 0600, outside the snapshot paths).
+CLAIM_ENV_FILE = "/tmp/.sandbox-control/claim.env"
+#: Runs ``"$@"`` with the claim's env loaded first.
+_WITH_CLAIM_ENV = '. "$0" && exec "$@"'
 _FILE_PATH_MAX = 4096
 
 log = get_logger("sandboxes")
@@ -77,15 +81,19 @@ class SandboxService:
 
     # -- create ------------------------------------------------------------
 
-    def _check_spec(self, request: CreateSandboxRequest) -> None:
+    def check_spec(self, resources: Resources, network: str | None) -> None:
+        """Refuse resources or a network the provider cannot honour (422 naming the field)."""
         caps = self.provider.capabilities
         name = self.provider.name
-        if request.resources.gpu and not caps.gpu:
+        if resources.gpu and not caps.gpu:
             raise UnsupportedSpec("resources.gpu", name, "no GPU is available")
-        if request.resources.disk_mb and caps.max_disk_mb is not None and request.resources.disk_mb > caps.max_disk_mb:
+        if resources.disk_mb and caps.max_disk_mb is not None and resources.disk_mb > caps.max_disk_mb:
             raise UnsupportedSpec("resources.disk_mb", name, f"at most {caps.max_disk_mb} MB")
-        if request.network and caps.networks is not None and request.network not in caps.networks:
+        if network and caps.networks is not None and network not in caps.networks:
             raise UnsupportedSpec("network", name, f"choose one of {sorted(caps.networks)}")
+
+    def _check_spec(self, request: CreateSandboxRequest) -> None:
+        self.check_spec(request.resources, request.network)
         if request.ttl_seconds and request.ttl_seconds > self.settings.max_ttl_seconds:
             raise BadRequest(f"ttl_seconds exceeds the maximum of {self.settings.max_ttl_seconds}", field="ttl_seconds")
 
@@ -289,6 +297,8 @@ class SandboxService:
         if timeout > self.settings.exec_max_timeout:
             raise BadRequest(f"timeout_seconds exceeds the maximum of {self.settings.exec_max_timeout}")
         argv = ["/bin/sh", "-c", request.command] if isinstance(request.command, str) else list(request.command)
+        if record.claim_env:  # a plain pool claim's env: every command sees it, as a created sandbox's
+            argv = ["/bin/sh", "-c", _WITH_CLAIM_ENV, CLAIM_ENV_FILE, *argv]
         cwd = resolve_sandbox_path(request.cwd) if request.cwd else DEFAULT_CWD
         assert record.provider_object_id is not None
         result = await self.provider.exec(

@@ -35,6 +35,17 @@ class PoolRecord:
     image: str | None = None
     repo_image_id: str | None = None
     implicit: bool = False
+    #: ``session`` or ``plain``.
+    kind: str = "session"
+    resources: dict[str, Any] = dataclasses.field(default_factory=dict)
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    network: str | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Members are plain sandboxes (no repository, no session)."""
+        return self.kind == "plain"
 
 
 class PoolStore:

@@ -26,6 +26,8 @@ def record_from_row(cls: type[R], row: Any) -> R:
             value = aware(value)
         elif value is None and spec.default is not dataclasses.MISSING and spec.default is not None:
             value = spec.default
+        elif value is None and spec.default_factory is not dataclasses.MISSING:
+            value = spec.default_factory()
         values[spec.name] = value
     return cls(**values)
 

@@ -64,6 +64,15 @@ class SandboxRecord:
     key: str | None = None
     #: The replica that created it (a ``creating`` record of a live replica is left to it).
     owner: str | None = None
+    #: Names of the env vars a pool claim wrote to the sandbox's env file (execs load it).
+    claim_env: list[str] | None = None
+    #: When a pool claim took it.
+    claimed_at: datetime | None = None
+
+    @property
+    def claimed(self) -> bool:
+        """Taken from a pool by a claim (a session's or a plain one): no longer the pool's."""
+        return self.session_id is not None or self.claimed_at is not None
 
     @property
     def stable_key(self) -> str:
@@ -171,6 +180,7 @@ class SandboxStore:
             SandboxRow.id == sandbox_id,
             SandboxRow.status.in_(list(from_statuses)),
             SandboxRow.session_id.is_(None),
+            SandboxRow.claimed_at.is_(None),
         ]
         values: dict[str, Any] = {"status": to_status, "updated_at": utcnow(), **fields}
         if renaming:

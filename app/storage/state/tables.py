@@ -47,6 +47,10 @@ class SandboxRow(Base):
     repo_name: Mapped[str | None] = mapped_column(String(256))
     session_id: Mapped[str | None] = mapped_column(String(256), index=True)
     error: Mapped[str | None] = mapped_column(Text)
+    #: Names (never values) of env vars a claim put in the sandbox's env file: execs load it.
+    claim_env: Mapped[list[Any] | None] = mapped_column(JSON)
+    #: When a warm pool claim took it (session or plain); a claimed sandbox is no pool's to evict.
+    claimed_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
@@ -162,6 +166,14 @@ class PoolRow(Base):
     max_age_seconds: Mapped[int] = mapped_column(Integer)
     #: True for pools made by ``POST /api/warm-sandbox`` rather than ``PUT /v1/pools``.
     implicit: Mapped[bool | None] = mapped_column(default=False)
+    #: ``session`` (members boot a repository's runtime; NULL in older rows) or ``plain`` (plain
+    #: sandboxes; repo_owner/repo_name are empty then).
+    kind: Mapped[str | None] = mapped_column(String(16))
+    #: A plain pool's member configuration (its env is configuration: claim-time env is never stored).
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    env: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    network: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

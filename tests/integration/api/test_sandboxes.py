@@ -187,7 +187,7 @@ async def test_missing_file_is_404(service: Service) -> None:
     with pytest.raises(ApiError) as err:
         async for _ in client.download(sandbox["id"], "/workspace/missing.txt"):
             pass
-    assert (err.value.status, err.value.code) == (404, "not_found")
+    assert (err.value.status, err.value.code) == (404, "file_not_found")
 
 
 async def test_oversized_bodies_are_413(make_settings: Callable[..., Settings], api_secret: str) -> None:
