@@ -2,7 +2,10 @@
 
 Read from the sandbox itself, so the answer holds after a service restart
 and covers whatever the caller passed in: snapshots refuse archives holding
-them, build logs mask them.
+them, build logs mask them. A claimed warm sandbox got its session's env vars
+after it started, in the runtime's session env file (a POSIX shell script):
+the environment is read with that file loaded, so they count too, and so does
+the env server's password the runtime made inside the sandbox.
 """
 
 from __future__ import annotations
@@ -10,16 +13,26 @@ from __future__ import annotations
 import re
 
 from app.providers.base import Provider
+from sandbox_runtime.contract import DEFAULT_RUN_DIR, ENV_SERVER_AUTH_FILE, SESSION_ENV_FILE
 
 #: Env var names whose values count as secrets.
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
 #: Shorter values would mask ordinary words.
 MIN_SECRET_LEN = 8
+#: The environment, with the session env file loaded and the env server's password when there are
+#: (plain ``env -0`` where ``sh`` is missing).
+_READ_ENV = (
+    f'f={DEFAULT_RUN_DIR}/{SESSION_ENV_FILE}; [ -r "$f" ] && . "$f" >/dev/null 2>&1; '
+    f'p=$(cat {DEFAULT_RUN_DIR}/{ENV_SERVER_AUTH_FILE} 2>/dev/null) && export SANDBOX_ENV_SERVER_PASSWORD="$p"; '
+    "exec env -0"
+)
 
 
 async def sandbox_secret_values(provider: Provider, ref: str) -> list[str]:
     """Values of secret-looking variables in the sandbox's environment (e.g. the clone token)."""
-    result = await provider.exec(ref, ["env", "-0"], timeout=30)
+    result = await provider.exec(ref, ["sh", "-c", _READ_ENV], timeout=30)
+    if result.exit_code != 0:
+        result = await provider.exec(ref, ["env", "-0"], timeout=30)
     values = []
     for entry in result.stdout.split(b"\0"):
         name, eq, value = entry.decode(errors="replace").partition("=")
