@@ -156,7 +156,7 @@ class Supervisor:
             outcome = await _unless(boot.build(self._stdout), self._done)
             # A build stopped by a signal did not complete: say so with a non-zero exit.
             return c.EXIT_FATAL if outcome is None else outcome
-        self._credentials = warm.prepare_files(config, self._env, self._log)
+        self._credentials = await asyncio.to_thread(warm.prepare_files, config, self._env, self._log)
         started = time.monotonic()
         try:
             booted = await _unless(self._boot(boot), self._done)

@@ -53,6 +53,14 @@ async def warm_up(api: EnvServerApi, log: JsonLogger) -> WarmUp:
     return WarmUp(warmed=status is not None, catalogue=catalogue)
 
 
+async def _finished(warmup: asyncio.Task[WarmUp], timeout: float) -> WarmUp:
+    """The warm-up's outcome, once done (a claim may overtake it); nothing when it failed or takes too long."""
+    await asyncio.wait({warmup}, timeout=timeout)  # leaves it running when it takes too long
+    if not warmup.done() or warmup.cancelled() or warmup.exception() is not None:
+        return WarmUp()
+    return warmup.result()
+
+
 async def hand_over_claim_env(
     new_vars: Mapping[str, str], warmup: asyncio.Task[WarmUp], api: EnvServerApi, log: JsonLogger
 ) -> bool:
@@ -61,10 +69,7 @@ async def hand_over_claim_env(
     The env file is written either way (the agent's shells read it, also after a restart).
     """
     config = api.config
-    try:  # the catalogue comes with the warm-up, which a claim may overtake
-        catalogue = (await asyncio.wait_for(asyncio.shield(warmup), config.health_timeout)).catalogue
-    except (TimeoutError, asyncio.CancelledError):
-        catalogue = None
+    catalogue = (await _finished(warmup, config.health_timeout)).catalogue
     plan = sessionenv.plan(new_vars, catalogue, config.session.provider if config.session else "")
     await asyncio.to_thread(sessionenv.write, config.session_env_file, plan.shell)
     refused = [] if plan.restart else await api.set_provider_keys(plan.provider_keys)

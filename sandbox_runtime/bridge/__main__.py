@@ -58,7 +58,7 @@ async def _main(argv: list[str]) -> int:
         log.error("config.invalid", error=f"{c.SESSION_CONFIG} and {c.CONTROL_PLANE_URL} are required")
         return c.EXIT_CONFIG
     # The supervisor made the env server's password before starting us (None: it has none).
-    credentials = serverauth.load(config.run_dir)
+    credentials = await asyncio.to_thread(serverauth.load, config.run_dir)
     headers = credentials.headers if credentials else {}
     if credentials:
         log.add_secrets([credentials.password, credentials.authorization])
