@@ -15,8 +15,11 @@ Rows:
 
 * cold and warm: the same create-sandbox request without user env vars; their
   ratio is the issue-6 target (≤ 0.2);
-* warm, with user env: the claim brings env vars the agent must see, so the
-  runtime restarts the pre-started env server with them (correct, not fast).
+* warm, with user env: the claim brings what control planes usually send (a
+  provider key, a token, settings); the runtime hands them to the running env
+  server (session env file, OpenCode's auth API), no restart; target ≤ 0.15 x cold;
+* warm, with env only a restart applies (an ``OPENCODE_*`` setting): the env
+  server is restarted with it, for reference.
 
 Usage: ``python bench/pool_claim.py [--runs 5] [--setup-seconds 3]``.
 """
@@ -37,9 +40,17 @@ sys.path.insert(0, str(ROOT))
 from app.client import SandboxClient  # noqa: E402
 from app.services.pool_members import POOL_LABEL  # noqa: E402
 from bench.session_stack import print_table, session_stack, session_to_ready  # noqa: E402
-from tests.fixtures.runtime import OPENCODE_OFFLINE  # noqa: E402
 
 WARMED_UP = b'"event": "env_server.warmed_up"'
+#: What a control plane typically sends along: a provider key (to OpenCode's auth API), secrets and settings.
+USER_ENV = {
+    "ANTHROPIC_API_KEY": "sk-ant-bench-00000000000000000000",
+    "GITHUB_TOKEN": "ghp_bench0000000000000000000000000000",
+    "DATABASE_URL": "postgres://app:secret@127.0.0.1:5432/app",
+    "NODE_ENV": "development",
+}
+#: Env only OpenCode's own process acts on: the runtime restarts the env server for it.
+RESTART_ENV = {**USER_ENV, "OPENCODE_DISABLE_SHARE": "1"}
 
 
 async def wait_warm_member(client: SandboxClient, pool: str, data_dir: Path, timeout: float = 180) -> None:
@@ -65,6 +76,7 @@ async def main() -> None:
     cold: list[float] = []
     warm: list[float] = []
     warm_env: list[float] = []
+    warm_restart: list[float] = []
     setup = f"#!/bin/sh\nsleep {args.setup_seconds}\n"
     async with session_stack("sandbox-bench-pool-", setup, SANDBOX_POOL_INTERVAL="1") as stack:
         client, plane, data_dir = stack.client, stack.plane, stack.workdir / "data"
@@ -74,7 +86,7 @@ async def main() -> None:
             await client.delete(created["sandbox_id"])
         await client.request("PUT", "/v1/pools/bench", json={"repo": {"owner": "acme", "name": "app"}, "target": 1})
         for run in range(args.runs):
-            for user_env, into in (({}, warm), (OPENCODE_OFFLINE, warm_env)):
+            for user_env, into in (({}, warm), (USER_ENV, warm_env), (RESTART_ENV, warm_restart)):
                 await wait_warm_member(client, "bench", data_dir)
                 seconds, created = await session_to_ready(client, plane, f"warm-{len(into)}-{run}", user_env=user_env)
                 into.append(seconds)
@@ -85,13 +97,16 @@ async def main() -> None:
         {
             "cold: create-sandbox → ready (WS)": cold,
             "warm: claim (create-sandbox) → ready": warm,
-            "warm, user env: claim → ready (restart)": warm_env,
+            "warm, user env: claim → ready": warm_env,
+            "warm, env needing a restart: claim → ready": warm_restart,
         }
     )
     ratio = statistics.median(warm) / statistics.median(cold)
     ratio_env = statistics.median(warm_env) / statistics.median(cold)
     print(f"\nclaim/cold p50 ratio: {ratio:.2f} (target ≤ 0.20), runs={args.runs}, setup.sh={args.setup_seconds}s")
-    print(f"claim with user env/cold p50 ratio: {ratio_env:.2f} (the env server restarts: correct, not fast)")
+    ratio_restart = statistics.median(warm_restart) / statistics.median(cold)
+    print(f"claim with user env/cold p50 ratio: {ratio_env:.2f} (target ≤ 0.15)")
+    print(f"claim with env needing a restart/cold p50 ratio: {ratio_restart:.2f} (reference)")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ In one run, on a real ``sandboxctl serve`` (local provider) with a git server
   (probed like the runtime probes it, see :func:`wait_healthy`);
 * ours: create-sandbox → clone → env server healthy → bridge → ``ready``;
 * env-server crash → healthy again: SIGKILL OpenCode inside a session sandbox and
-  time until its port answers ``/global/health`` again (first restart).
+  time until its port answers ``/global/health`` again (first restart), with the
+  password the sandbox's runtime made (read from the sandbox's ``/tmp``).
 
 Usage: ``python bench/session_ready.py [--runs 10]``.
 """
@@ -28,12 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.session_stack import print_table, session_stack, session_to_ready  # noqa: E402
+from sandbox_runtime import serverauth  # noqa: E402
 from sandbox_runtime.health import LoopbackRequest, wait_until_healthy  # noqa: E402
 from tests.fixtures.app import free_port  # noqa: E402
 from tests.fixtures.runtime import OPENCODE_OFFLINE  # noqa: E402
 
 
-async def wait_healthy(url: str, deadline_s: float = 60) -> float:
+async def wait_healthy(url: str, deadline_s: float = 60, headers: dict[str, str] | None = None) -> float:
     """Seconds until ``url`` answers 200, probed the way the runtime probes (overlapping probes).
 
     OpenCode never answers a request it accepted just before it was ready, so a poller
@@ -41,7 +43,7 @@ async def wait_healthy(url: str, deadline_s: float = 60) -> float:
     The runtime no longer loses that time; a baseline that did would flatter the overhead.
     """
     started = time.perf_counter()
-    if not await wait_until_healthy(LoopbackRequest(url), timeout=deadline_s):
+    if not await wait_until_healthy(LoopbackRequest(url, headers=headers), timeout=deadline_s):
         raise TimeoutError(url)
     return time.perf_counter() - started
 
@@ -106,7 +108,10 @@ async def main() -> None:
                     if not Path(f"/proc/{pid}").exists():
                         break
                     await asyncio.sleep(0.01)
-                await wait_healthy(f"http://127.0.0.1:{port}/global/health")
+                run_dir = stack.workdir / "data" / "local" / "sandboxes" / created["provider_object_id"] / "tmp"
+                credentials = serverauth.load(run_dir / "sandbox-runtime")
+                assert credentials is not None, "the runtime protects its env server"
+                await wait_healthy(f"http://127.0.0.1:{port}/global/health", headers=credentials.headers)
                 restart.append(time.perf_counter() - started)
             await client.delete(created["sandbox_id"])
 

@@ -123,11 +123,22 @@ class Boot:
             image_sha=self.config.repo_image_sha,
             seconds=round(time.monotonic() - started, 3),
         )
+        if mode is not c.BootMode.BUILD:
+            await self._ensure_identity(repo)
         if mode in (c.BootMode.FRESH, c.BootMode.BUILD):
             setup = await self._hook("setup", self.config.setup_timeout)
             if not setup.ok and mode is c.BootMode.BUILD:
                 raise BootError(_tail(self._log.scrub(setup.describe())))
         return state.head_sha
+
+    async def _ensure_identity(self, repo: Repository) -> None:
+        """A repository without a commit identity gets the fallback one, so ``git commit`` works at once."""
+        try:
+            if await repo.identity() is None:
+                await repo.set_identity(self.config.git_fallback_identity)
+                self._log.info("git.identity", identity=str(self.config.git_fallback_identity))
+        except GitError as exc:  # commits would fail, the session can still be useful
+            self._log.warning("git.identity_failed", error=str(exc))
 
     async def run_start_hook(self) -> bool:
         """Run start.sh (failure is logged, not fatal: the session can still be useful); True if it ran."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from sandbox_runtime import contract as c
+from sandbox_runtime.identity import GitIdentity
 
 
 class ConfigError(ValueError):
@@ -104,6 +105,9 @@ class RuntimeConfig:
     stop_grace: float
     restart: RestartSettings = field(default_factory=RestartSettings)
     bridge: BridgeSettings = field(default_factory=BridgeSettings)
+    git_fallback_identity: GitIdentity = field(
+        default_factory=lambda: GitIdentity.parse(c.DEFAULT_GIT_FALLBACK_IDENTITY)
+    )
 
     @property
     def repo_dir(self) -> Path:
@@ -134,6 +138,11 @@ class RuntimeConfig:
     def env_server_state_dir(self) -> Path:
         """XDG data/state root given to the env server, so its sessions are snapshotted."""
         return self.state_dir / c.ENV_SERVER_STATE_SUBDIR
+
+    @property
+    def session_env_file(self) -> Path:
+        """The session's env vars for the agent's shells (see :mod:`sandbox_runtime.sessionenv`)."""
+        return self.run_dir / c.SESSION_ENV_FILE
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -187,6 +196,10 @@ def _from_env(env: Mapping[str, str]) -> RuntimeConfig:
     repo_name = env.get(c.REPO_NAME, "") or (session.repo_name if session else "")
     if "/" in repo_name or repo_name in (".", ".."):
         raise ConfigError(f"{c.REPO_NAME}={repo_name!r} is not a plain directory name")
+    try:
+        identity = GitIdentity.parse(env.get(c.GIT_FALLBACK_IDENTITY) or c.DEFAULT_GIT_FALLBACK_IDENTITY)
+    except ValueError as exc:
+        raise ConfigError(f"{c.GIT_FALLBACK_IDENTITY}: {exc}") from None
     return RuntimeConfig(
         sandbox_id=env.get(c.SANDBOX_ID, ""),
         control_plane_url=env.get(c.CONTROL_PLANE_URL, "").rstrip("/"),
@@ -232,4 +245,5 @@ def _from_env(env: Mapping[str, str]) -> RuntimeConfig:
             buffer_max_events=_int(env, c.BRIDGE_BUFFER_MAX_EVENTS, 1000, 1),
             prompt_inactivity_timeout=_float(env, c.BRIDGE_PROMPT_INACTIVITY_TIMEOUT, 900.0, 1.0),
         ),
+        git_fallback_identity=identity,
     )

@@ -15,9 +15,12 @@ Process layout inside a sandbox (all paths configurable through the names below)
         outbox.jsonl                    the bridge's durable event buffer
         inflight-prompt.json            marker of a prompt being executed
         env-server/data, env-server/state   XDG_DATA_HOME / XDG_STATE_HOME of the env server
+          (data/opencode/auth.json: provider keys of a claim; see SNAPSHOT_EXCLUDED_STATE_FILES)
     RUNTIME_RUN_DIR/                    /tmp/sandbox-runtime (ephemeral, never snapshotted)
       supervisor.pid env-server.pid bridge.pid   pids (= process group ids of the children)
       hooks/setup.log hooks/start.log            full hook output (the tail is also logged)
+      env-server-auth                   the env server's password (0600, made at every start)
+      session.env                       the session's env vars for the agent's shells (0600)
 
 Build mode prints exactly one result line to stdout, parsed by
 :func:`parse_build_result`::
@@ -29,12 +32,17 @@ Build mode prints exactly one result line to stdout, parsed by
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Mapping
 from pathlib import PurePosixPath
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# The build result line is part of the contract; it lives in its own module for size.
+from sandbox_runtime.build_result import BUILD_COMPLETE_MARKER as BUILD_COMPLETE_MARKER
+from sandbox_runtime.build_result import BUILD_FAILED_MARKER as BUILD_FAILED_MARKER
+from sandbox_runtime.build_result import BuildResult as BuildResult
+from sandbox_runtime.build_result import format_build_line as format_build_line
+from sandbox_runtime.build_result import parse_build_result as parse_build_result
 
 # --- Identity and control plane -------------------------------------------------------------
 
@@ -63,6 +71,8 @@ VCS_CLONE_URL_TEMPLATE = "VCS_CLONE_URL_TEMPLATE"
 """Clone URL template with ``{host}``, ``{owner}``, ``{name}``; must not embed credentials."""
 GIT_CLONE_DEPTH = "GIT_CLONE_DEPTH"
 """History depth for clone and fetch (``0`` = full history)."""
+GIT_FALLBACK_IDENTITY = "GIT_FALLBACK_IDENTITY"
+"""Commit identity ``Name <email>`` in the repository's git config until a prompt names its author."""
 
 # --- Session and boot -----------------------------------------------------------------------
 
@@ -154,6 +164,7 @@ DEFAULT_WORKSPACE_DIR = "/workspace"
 DEFAULT_STATE_DIR_NAME = ".sandbox-runtime"
 DEFAULT_RUN_DIR = "/tmp/sandbox-runtime"
 DEFAULT_CLONE_DEPTH = 100
+DEFAULT_GIT_FALLBACK_IDENTITY = "OpenInspect <open-inspect@noreply.github.com>"
 DEFAULT_PROVIDER = "anthropic"
 DEFAULT_MODEL = "claude-sonnet-4-6"
 
@@ -163,15 +174,20 @@ OUTBOX_FILE = "outbox.jsonl"
 """File name (in RUNTIME_STATE_DIR) of the bridge's durable event buffer."""
 ENV_SERVER_STATE_SUBDIR = "env-server"
 """Sub-directory of RUNTIME_STATE_DIR holding the env server's XDG data and state dirs."""
+ENV_SERVER_AUTH_FILE = "env-server-auth"
+"""File name (in RUNTIME_RUN_DIR, 0600) of the env server's password, made at every start; never leaves the sandbox."""
+ENV_SERVER_USERNAME = "opencode"
+"""Basic-auth user name of the env server (OpenCode's ``OPENCODE_SERVER_USERNAME``)."""
+SESSION_ENV_FILE = "session.env"
+"""File name (in RUNTIME_RUN_DIR, 0600): a claim's env vars as a shell script the agent's shells load."""
+SNAPSHOT_EXCLUDED_STATE_FILES = ("env-server/data/opencode/auth.json", "env-server/data/opencode/mcp-auth.json")
+"""Files under RUNTIME_STATE_DIR holding credentials (provider keys handed over at a claim): never snapshotted."""
 CLAIM_WAITING_FILE = "claim-waiting"
 """File name (in RUNTIME_RUN_DIR) present while a warm sandbox has booted (clone, setup.sh) and
 waits for its claim; the service polls it to count the sandbox as ready. The env server starts
 at the same moment and is usually healthy a few seconds later."""
 DEFAULT_CLAIM_FILE = f"{DEFAULT_RUN_DIR}/claim.json"
 """Where the service asks warm sandboxes (``SESSION_CONFIG_FILE``) to expect their claim."""
-
-BUILD_COMPLETE_MARKER = "SANDBOX_BUILD_COMPLETE"
-BUILD_FAILED_MARKER = "SANDBOX_BUILD_FAILED"
 
 EXIT_OK = 0
 """Session over (bridge exit 0, shutdown command, SIGTERM) or build complete."""
@@ -191,7 +207,7 @@ RESERVED_ENV_NAMES = frozenset(
     {
         SANDBOX_ID, CONTROL_PLANE_URL, SANDBOX_AUTH_TOKEN,
         REPO_OWNER, REPO_NAME, REPO_BRANCH, VCS_HOST, VCS_CLONE_USERNAME, VCS_CLONE_TOKEN,
-        VCS_CLONE_URL_TEMPLATE, GIT_CLONE_DEPTH,
+        VCS_CLONE_URL_TEMPLATE, GIT_CLONE_DEPTH, GIT_FALLBACK_IDENTITY,
         SESSION_CONFIG, SESSION_CONFIG_FILE, WAIT_FOR_SESSION_TIMEOUT,
         BOOT_MODE, RESTORED_FROM_SNAPSHOT, FROM_REPO_IMAGE, REPO_IMAGE_SHA, IMAGE_BUILD_MODE,
         ENV_SERVER_CMD, ENV_SERVER_PORT, ENV_SERVER_HEALTH_PATH, ENV_SERVER_HEALTH_TIMEOUT,
@@ -286,8 +302,8 @@ class SessionClaim(BaseModel):
 
     ``env`` carries what the warm sandbox could not know at boot (``CONTROL_PLANE_URL``,
     ``SANDBOX_AUTH_TOKEN``, a fresh ``VCS_CLONE_TOKEN``, ``SANDBOX_ID``, user env vars); it is
-    merged over the supervisor's environment. User env vars make the runtime restart the env
-    server it started before the claim, so the agent sees them. Write the file atomically
+    merged over the supervisor's environment. User env vars reach the running env server through
+    :data:`SESSION_ENV_FILE` and its auth API (see ``sandbox_runtime.sessionenv``). Write the file atomically
     (temp file + rename); the runtime deletes it once read because it holds secrets.
     """
 
@@ -382,34 +398,3 @@ def build_sandbox_env(
             raise ValueError(f"runtime override {name!r} is not a runtime env name")
         env[name] = value
     return env
-
-
-class BuildResult(BaseModel):
-    """A build-mode outcome parsed from the supervisor's stdout."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    success: bool
-    head_sha: str | None = None
-    branch: str | None = None
-    duration_seconds: float | None = None
-    error: str | None = None
-
-
-def format_build_line(marker: str, payload: Mapping[str, Any]) -> str:
-    """Render one result line (marker, space, compact JSON, newline)."""
-    return f"{marker} {json.dumps(dict(payload), separators=(',', ':'))}\n"
-
-
-def parse_build_result(stdout: str) -> BuildResult | None:
-    """Find the last build result line in ``stdout``; None when the build printed none."""
-    for line in reversed(stdout.splitlines()):
-        for marker, success in ((BUILD_COMPLETE_MARKER, True), (BUILD_FAILED_MARKER, False)):
-            if line.startswith(marker + " "):
-                try:
-                    payload = json.loads(line[len(marker) + 1 :])
-                except ValueError:
-                    continue
-                if isinstance(payload, dict):
-                    return BuildResult(success=success, **payload)
-    return None

@@ -16,7 +16,7 @@ Two facts about OpenCode shape this module:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import urlsplit
 
 HealthCheck = Callable[[float], Awaitable[bool]]
@@ -26,15 +26,19 @@ _FIRST_INTERVAL = 0.002
 _LISTENING_INTERVAL = 0.01
 _PROBE_TIMEOUT = 1.0
 _MAX_IN_FLIGHT = 32
+_MAX_BODY = 4 << 20
 
 
 class LoopbackRequest:
-    """One bodiless HTTP/1.1 request to a plain-http URL, answered by its status code only.
+    """One HTTP/1.1 request to a plain-http URL on loopback, without an HTTP library.
 
-    Calling it is a health probe: healthy means status 200.
+    Calling it is a health probe: healthy means status 200. :meth:`fetch` also reads the
+    answer's body (for the few JSON calls the supervisor makes to the env server).
     """
 
-    def __init__(self, url: str, method: str = "GET") -> None:
+    def __init__(
+        self, url: str, method: str = "GET", *, headers: Mapping[str, str] | None = None, body: bytes | None = None
+    ) -> None:
         """Raises:
         ValueError: ``url`` is not an ``http://host[:port]/path`` URL.
         """
@@ -44,10 +48,14 @@ class LoopbackRequest:
         self.host = parts.hostname
         self.port = parts.port or 80
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        length = "Content-Length: 0\r\n" if method != "GET" else ""
-        self._request = (
-            f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n{length}Connection: close\r\n\r\n".encode()
-        )
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        if body is not None:
+            lines.append("Content-Type: application/json")
+        if body is not None or method != "GET":
+            lines.append(f"Content-Length: {len(body or b'')}")
+        lines.append("Connection: close")
+        self._request = ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
 
     async def status(self, timeout: float) -> int | None:
         """The answer's status code; None on refusal, timeout or a malformed answer (never raises OSError)."""
@@ -62,12 +70,67 @@ class LoopbackRequest:
         finally:
             if writer is not None:
                 writer.close()
-        fields = status_line.split(None, 2)
-        return int(fields[1]) if len(fields) >= 2 and fields[1].isdigit() else None
+        return _status_of(status_line)
+
+    async def fetch(self, timeout: float, limit: int = _MAX_BODY) -> tuple[int, bytes] | None:
+        """(status, body) of the answer; None on refusal, timeout, a malformed or an oversized answer."""
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(self.host, self.port, limit=limit)
+                writer.write(self._request)
+                status = _status_of(await reader.readline())
+                body = await _read_body(reader, await _read_headers(reader), limit)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return None
+        finally:
+            if writer is not None:
+                writer.close()
+        return None if status is None or body is None else (status, body)
 
     async def __call__(self, timeout: float) -> bool:
         """One health probe: True when the answer is 200 within ``timeout`` seconds."""
         return await self.status(timeout) == 200
+
+
+def _status_of(status_line: bytes) -> int | None:
+    fields = status_line.split(None, 2)
+    return int(fields[1]) if len(fields) >= 2 and fields[1].isdigit() else None
+
+
+async def _read_headers(reader: asyncio.StreamReader) -> dict[str, str]:
+    """Header lines up to the empty one, names lower-cased."""
+    headers: dict[str, str] = {}
+    while line := (await reader.readline()).rstrip(b"\r\n"):
+        name, sep, value = line.decode("latin-1").partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str], limit: int) -> bytes | None:
+    """The body per ``Transfer-Encoding: chunked``, ``Content-Length`` or the connection's end."""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            length = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+            if length == 0:
+                return b"".join(chunks)
+            size += length
+            if size > limit:
+                return None
+            chunks.append(await reader.readexactly(length))
+            await reader.readline()
+    if "content-length" in headers:
+        length = int(headers["content-length"])
+        return await reader.readexactly(length) if length <= limit else None
+    data = bytearray()
+    while chunk := await reader.read(65536):
+        data += chunk
+        if len(data) > limit:
+            return None
+    return bytes(data)
 
 
 async def wait_until_healthy(

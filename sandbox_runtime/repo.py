@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sandbox_runtime.contract import BootMode
 from sandbox_runtime.gitcmd import Git, GitError
+from sandbox_runtime.identity import GitIdentity
 from sandbox_runtime.jsonlog import JsonLogger
 
 
@@ -132,6 +133,23 @@ class Repository:
         )  # fmt: skip
         await self._git.run("checkout", "-B", branch, f"refs/remotes/origin/{branch}", cwd=self.repo_dir)
         return True
+
+    async def identity(self) -> GitIdentity | None:
+        """The commit identity in the repository's own config (None when it has none)."""
+        result = await self._git.run(
+            "config", "--local", "--get-regexp", r"^user\.(name|email)$", cwd=self.repo_dir, check=False
+        )
+        found = dict(line.partition(" ")[::2] for line in result.stdout.decode(errors="replace").splitlines())
+        return GitIdentity.of(found.get("user.name"), found.get("user.email"))
+
+    async def set_identity(self, identity: GitIdentity) -> None:
+        """Make ``identity`` the author and committer of every commit in the repository.
+
+        Raises:
+            GitError: the config cannot be written.
+        """
+        await self._git.run("config", "--local", "user.name", identity.name, cwd=self.repo_dir)
+        await self._git.run("config", "--local", "user.email", identity.email, cwd=self.repo_dir)
 
     async def state(self) -> RepoState:
         """The checked-out commit and branch (None when detached), from one git process."""

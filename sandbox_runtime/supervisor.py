@@ -8,12 +8,14 @@ Lifecycle::
         │
         └─ warm pool (SESSION_CONFIG_FILE) ──▶ env server (the sandbox's base env), its
            per-repository state warmed up, and a standby bridge ──▶ wait for the claim ──▶
-           merge the claim's env, [switch branch], start.sh, [env server restarted if its
-           env changed] ──▶ the standby bridge gets the session's env (stdin) and goes
+           merge the claim's env, hand its env vars to the env server, [switch branch],
+           start.sh ──▶ the standby bridge gets the session's env (stdin) and goes
 
     env server ── restart with backoff ──┐   past the budget: POST /sandbox/{id}/error, exit 1
     bridge     ── restart with backoff ──┘   bridge exit 0: session over, graceful shutdown, exit 0
     SIGTERM/SIGINT: stop bridge, then env server (grace, then SIGKILL), kill orphans, exit 0
+
+The env server runs with a password made at every start (:mod:`sandbox_runtime.serverauth`).
 
 The bridge starts together with the env server rather than after it: its interpreter
 start-up and imports overlap the env server's boot, and it connects to the control
@@ -23,9 +25,12 @@ plane meanwhile; only its ``POST /session`` waits for the env server to be healt
 Warm pool, what a claim changes. The env server never sees the session's runtime
 names (secrets, ``SESSION_CONFIG``, ``CONTROL_PLANE_URL``, ...; see
 :func:`sandbox_runtime.envserver.env_server_env`), so the env server a warm sandbox
-started before its claim has exactly the env a cold start would give it, unless the
-claim brings env of its own (user env vars): then it is restarted with the merged env
-(not counted as a crash), because the agent must see the session's env vars.
+started before its claim has exactly the env a cold start would give it, but for the
+claim's own env vars (user env vars). Those reach the running env server without a
+restart: the agent's shells load them from the session env file, provider keys go
+through OpenCode's auth API (see :mod:`sandbox_runtime.sessionenv`). Only names that
+just OpenCode's own process can act on (proxies, ``OPENCODE_*``, ...) restart it with
+the merged env (not counted as a crash).
 ``start.sh`` runs after the claim (it may need the session's env) and before the
 bridge, so the session's first prompt still finds whatever start.sh started, as in a
 cold boot; the pre-started env server is kept while start.sh runs. Because OpenCode
@@ -49,14 +54,17 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from sandbox_runtime import contract as c
-from sandbox_runtime import envserver
+from sandbox_runtime import sessionenv, warm
 from sandbox_runtime.boot import Boot, BootError, make_repository
 from sandbox_runtime.bridge import SESSION_FROM_STDIN
 from sandbox_runtime.config import ConfigError, RuntimeConfig
+from sandbox_runtime.envserver import EnvServerApi, env_server_env
+from sandbox_runtime.fatal import report_fatal
 from sandbox_runtime.gitcmd import GitError
 from sandbox_runtime.jsonlog import JsonLogger
 from sandbox_runtime.procs import ManagedProcess, become_subreaper, kill_orphans, make_undumpable, reap_orphans
 from sandbox_runtime.restart import RestartPolicy
+from sandbox_runtime.serverauth import ServerCredentials
 
 BRIDGE_ARGV = [sys.executable, "-m", "sandbox_runtime.bridge"]
 _REAP_INTERVAL = 2.0
@@ -97,12 +105,18 @@ class Supervisor:
         self._env_server_replace = asyncio.Event()  # a new env server (new env) is asked for
         self._env_server_spawning = asyncio.Condition()  # notified when the keeper spawns again
         self._env_server_started_env: dict[str, str] | None = None
+        self._credentials: ServerCredentials | None = None  # the env server's, made at every start
 
     @property
     def config(self) -> RuntimeConfig:
         """The current configuration (a warm sandbox's changes with its claim)."""
         assert self._config is not None, "run() first"
         return self._config
+
+    @property
+    def api(self) -> EnvServerApi:
+        """The env server's API, with its credentials."""
+        return EnvServerApi(self.config, self._credentials)
 
     # --- entry ----------------------------------------------------------------------------
 
@@ -142,6 +156,7 @@ class Supervisor:
             outcome = await _unless(boot.build(self._stdout), self._done)
             # A build stopped by a signal did not complete: say so with a non-zero exit.
             return c.EXIT_FATAL if outcome is None else outcome
+        self._credentials = await asyncio.to_thread(warm.prepare_files, config, self._env, self._log)
         started = time.monotonic()
         try:
             booted = await _unless(self._boot(boot), self._done)
@@ -155,7 +170,10 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._fatal_error is not None:
-            await self._report_fatal(self._fatal_error)
+            self._outcome = c.EXIT_FATAL
+            error = self._log.scrub(self._fatal_error)
+            self._log.error("fatal", error=error)
+            await report_fatal(self.config, error, self._log)
         return await self._shutdown()  # start.sh may have left processes behind, even after a failed boot
 
     async def _boot(self, boot: Boot) -> bool:
@@ -189,11 +207,7 @@ class Supervisor:
             raise BootError(f"session claim is invalid: {exc}") from None
         self._log.add_secrets(config.secrets)
         self._config = config
-        started_env = self._env_server_started_env
-        replaced = started_env is not None and started_env != envserver.env_server_env(self._env, config)
-        if replaced:  # the session brings env vars of its own, which the agent must see
-            warmup.cancel()
-            await self._replace_env_server()
+        replaced = await self._hand_over_claim_env(warmup)
         switched = False
         branch = config.effective_branch
         if branch and config.repo_name:
@@ -202,10 +216,22 @@ class Supervisor:
             except GitError as exc:
                 raise BootError(str(exc)) from None
         ran_start = await Boot(config, self._env, self._log).run_start_hook()
-        if (switched or ran_start) and not replaced and await warmup:
+        if (switched or ran_start) and not replaced and (await warmup).warmed:
             # The warmed-up state holds the configuration start.sh or the branch may have changed.
-            self._log.info("env_server.warm_state_dropped", status=await envserver.drop_warm_state(config))
+            self._log.info("env_server.warm_state_dropped", status=await self.api.drop_warm_state())
         return standby if standby_started else None
+
+    async def _hand_over_claim_env(self, warmup: asyncio.Task[warm.WarmUp]) -> bool:
+        """Give the running env server the claim's env vars; True when that took a restart."""
+        started = self._env_server_started_env
+        if started is None:  # not spawned yet: it will start with the claim's env
+            return False
+        new_vars = sessionenv.changed(started, env_server_env(self._env, self.config, self._credentials))
+        if not new_vars or not await warm.hand_over_claim_env(new_vars, warmup, self.api, self._log):
+            return False
+        warmup.cancel()
+        await self._replace_env_server()
+        return True
 
     def _start_env_server(self) -> None:
         self._tasks.append(asyncio.create_task(self._keep_env_server(), name="env-server"))
@@ -245,7 +271,7 @@ class Supervisor:
             async with self._env_server_spawning:
                 self._env_server_replace.clear()
                 self._env_server_spawning.notify_all()
-            env = self._env_server_started_env = envserver.env_server_env(self._env, config)
+            env = self._env_server_started_env = env_server_env(self._env, config, self._credentials)
             proc = self._spawn("env-server", config.env_server_argv, env)
             reason = await self._start(proc)
             if reason is None:
@@ -262,29 +288,26 @@ class Supervisor:
     async def _run_env_server(self, proc: ManagedProcess, config: RuntimeConfig, policy: RestartPolicy) -> str:
         """Wait until ``proc`` is healthy, then watch it; returns why it has to be restarted."""
         started = time.monotonic()
-        if not await envserver.wait_healthy(proc, config):
+        if not await self.api.wait_healthy(proc):
             if proc.returncode is None:
                 return f"not healthy within {config.health_timeout:.0f}s"
             return f"exited with code {proc.returncode} before becoming healthy"
         self._log.info("env_server.healthy", seconds=round(time.monotonic() - started, 3))
         policy.on_healthy()
         self._env_server_healthy.set()
-        return await envserver.watch(proc, config, self._log)
+        return await self.api.watch(proc, self._log)
 
     async def _replace_env_server(self) -> None:
         """Restart the env server with the current env; returns once the old one is gone."""
-        self._log.info("env_server.replacing", reason="the session's env differs")
+        self._log.info("env_server.replacing", reason="the session brings env only a restart applies")
         async with self._env_server_spawning:
             self._env_server_replace.set()
             await self._env_server_spawning.wait_for(lambda: not self._env_server_replace.is_set())
 
-    async def _warm_up_env_server(self) -> bool:
-        """Once the env server is healthy, have it set up its repository state before the claim."""
+    async def _warm_up_env_server(self) -> warm.WarmUp:
+        """Once the env server is healthy, warm it up before the claim (see :func:`warm.warm_up`)."""
         await self._env_server_healthy.wait()
-        started = time.monotonic()
-        status = await envserver.warm_up(self.config)
-        self._log.info("env_server.warmed_up", status=status, seconds=round(time.monotonic() - started, 3))
-        return status is not None
+        return await warm.warm_up(self.api, self._log)
 
     async def _keep_bridge(self, standby: ManagedProcess | None = None) -> None:
         """Keep the bridge running; a warm sandbox's ``standby`` bridge is handed the session first."""
@@ -360,32 +383,6 @@ class Supervisor:
                 (config.run_dir / "supervisor.pid").unlink()
         self._log.info("supervisor.exit", code=self._outcome)
         return self._outcome
-
-    async def _report_fatal(self, error: str) -> None:
-        """POST the fatal error to the control plane (best effort, a few attempts)."""
-        self._outcome = c.EXIT_FATAL
-        error = self._log.scrub(error)
-        self._log.error("fatal", error=error)
-        config = self._config
-        if config is None or not config.control_plane_url or not config.sandbox_id:
-            return
-        import httpx  # only on this rare path: importing it costs every boot ~0.1 s of CPU
-
-        url = f"{config.control_plane_url}/sandbox/{config.sandbox_id}/error"
-        headers = {"Authorization": f"Bearer {config.auth_token}"}
-        async with httpx.AsyncClient(timeout=10.0) as client:
-            for attempt in range(3):
-                try:
-                    response = await client.post(url, json={"error": error, "fatal": True}, headers=headers)
-                    if response.is_success:
-                        self._log.info("fatal.reported", status=response.status_code)
-                        return
-                    self._log.warning("fatal.report_refused", status=response.status_code)
-                    if response.status_code < 500:
-                        return
-                except httpx.HTTPError as exc:
-                    self._log.warning("fatal.report_failed", error=type(exc).__name__)
-                await asyncio.sleep(0.5 * 2**attempt)
 
 
 def main() -> int:

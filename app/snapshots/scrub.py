@@ -10,7 +10,9 @@ What the archive writer does with each member, by absolute sandbox path
 (``fnmatch`` patterns, where ``*`` also matches ``/``):
 
 * **dropped**: ``*/.git-credentials``, ``*/.netrc``, and the env server's credential
-  stores ``*/.local/share/opencode/auth.json`` and ``*/.local/share/opencode/mcp-auth.json``;
+  stores ``*/.local/share/opencode/auth.json`` and ``*/.local/share/opencode/mcp-auth.json``,
+  also where the runtime keeps them (``sandbox_runtime.contract.SNAPSHOT_EXCLUDED_STATE_FILES``:
+  provider keys handed to a warm sandbox's env server at its claim);
   hard links to a dropped file are dropped with it;
 * **git config rewritten** (``*/.gitconfig``, ``*/.config/git/config``,
   ``*/.git/config``, ``*/.git/config.worktree``,
@@ -42,6 +44,7 @@ from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
 from app.snapshots.safe_tar import UnsafeEntry
+from sandbox_runtime.contract import SNAPSHOT_EXCLUDED_STATE_FILES
 
 MAX_REWRITE_BYTES = 4 << 20
 #: Shorter secret values are ignored: they would match innocent bytes.
@@ -52,6 +55,7 @@ DROP_PATTERNS = (
     "*/.netrc",
     "*/.local/share/opencode/auth.json",
     "*/.local/share/opencode/mcp-auth.json",
+    *(f"*/{path}" for path in SNAPSHOT_EXCLUDED_STATE_FILES),
 )
 GIT_CONFIG_PATTERNS = (
     "*/.gitconfig",

@@ -15,6 +15,7 @@ import signal
 import sys
 
 from sandbox_runtime import contract as c
+from sandbox_runtime import serverauth
 from sandbox_runtime.bridge import SESSION_FROM_STDIN
 from sandbox_runtime.bridge.client import EXIT_SIGNALLED, Bridge
 from sandbox_runtime.bridge.opencode import OpenCodeClient
@@ -56,7 +57,16 @@ async def _main(argv: list[str]) -> int:
     if config.session is None or not config.control_plane_url:
         log.error("config.invalid", error=f"{c.SESSION_CONFIG} and {c.CONTROL_PLANE_URL} are required")
         return c.EXIT_CONFIG
-    opencode = OpenCodeClient(config.env_server_url, health=LoopbackRequest(config.env_server_url + config.health_path))
+    # The supervisor made the env server's password before starting us (None: it has none).
+    credentials = await asyncio.to_thread(serverauth.load, config.run_dir)
+    headers = credentials.headers if credentials else {}
+    if credentials:
+        log.add_secrets([credentials.password, credentials.authorization])
+    opencode = OpenCodeClient(
+        config.env_server_url,
+        headers=headers,
+        health=LoopbackRequest(config.env_server_url + config.health_path, headers=headers),
+    )
     bridge = Bridge(config, opencode=opencode, log=log)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from sandbox_runtime import contract as c
 from sandbox_runtime.bridge import protocol as p
+from sandbox_runtime.bridge.attachments import FetchUpload
 from sandbox_runtime.bridge.buffer import DurableOutbox
 from sandbox_runtime.bridge.opencode import OpenCodeClient
 from sandbox_runtime.bridge.session import SessionRunner
@@ -55,7 +56,14 @@ def websocket_url(control_plane_url: str, session_id: str) -> str:
 class Bridge:
     """Runs until the session is over; :meth:`run` returns the process exit code."""
 
-    def __init__(self, config: RuntimeConfig, *, opencode: OpenCodeClient, log: JsonLogger) -> None:
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        *,
+        opencode: OpenCodeClient,
+        log: JsonLogger,
+        fetch_upload: FetchUpload | None = None,
+    ) -> None:
         if config.session is None:
             raise ValueError(f"the bridge needs {c.SESSION_CONFIG}")
         self.config = config
@@ -65,7 +73,9 @@ class Bridge:
         self._wakeup = asyncio.Event()
         self._exit = asyncio.Event()
         self._exit_code = c.EXIT_OK
-        self.runner = SessionRunner(config, opencode=opencode, emit=self.emit, log=log)
+        self.runner = SessionRunner(
+            config, opencode=opencode, emit=self.emit, log=log, fetch_upload=fetch_upload, reported=self._reported
+        )
         self._starting: asyncio.Task[None] | None = None
 
     # --- outbound -------------------------------------------------------------------------
@@ -81,7 +91,17 @@ class Bridge:
             self._log.info("event.critical", type=data["type"], ack_id=entry.entry_id)
         self._wakeup.set()
 
+    def _reported(self, message_id: str) -> bool:
+        """True when an ``execution_complete`` of ``message_id`` waits in the outbox."""
+        return any(
+            e.event.get("type") == "execution_complete" and e.event.get("messageId") == message_id
+            for e in self.outbox.pending()
+        )
+
     async def _send(self, ws: ClientConnection, data: dict[str, object]) -> None:
+        # Stamped again on the way out: an event from the outbox may have been produced under
+        # another id (a snapshot's pending events, restored into a sandbox with a new id).
+        data["sandboxId"] = self.config.sandbox_id
         await ws.send(json.dumps(data, separators=(",", ":")))
 
     async def _sender(self, ws: ClientConnection) -> None:

@@ -5,9 +5,16 @@ Routes used::
     GET  /global/health                        {"healthy": true, "version": ...}
     GET  /session/{id}                          200 session | 404
     POST /session                               {"title"} -> {"id": "ses_...", ...}
-    POST /session/{id}/prompt_async             {"parts": [...], "model": {providerID, modelID}} -> 204
+    POST /session/{id}/prompt_async             {"parts": [...], "model": {providerID, modelID},
+                                                 "variant"?} -> 204
     POST /session/{id}/abort                    -> true
     GET  /event                                 SSE, ``data: {"type", "properties"}``; first ``server.connected``
+
+Every request carries the env server's basic auth (:mod:`sandbox_runtime.serverauth`).
+A prompt's parts are its text, then one ``{"type": "file", "mime", "url", "filename"}`` per
+attachment (``data:`` URLs for inline content). ``variant`` is the control plane's
+``reasoningEffort``: OpenCode's name for a model's reasoning presets (``low``, ``medium``,
+``high``, ``max``, ... per model; a variant the model does not have is ignored).
 
 A prompt subscribes to ``/event`` *before* calling ``prompt_async`` (events are not
 replayed), and :class:`PromptTranslator` turns OpenCode events into bridge events.
@@ -19,7 +26,7 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,16 +103,26 @@ class OpenCodeClient:
     """
 
     def __init__(
-        self, base_url: str, *, http: httpx.AsyncClient | None = None, health: HealthCheck | None = None
+        self,
+        base_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        http: httpx.AsyncClient | None = None,
+        health: HealthCheck | None = None,
     ) -> None:
+        """``headers`` go with every request (the env server's ``Authorization``)."""
         # trust_env=False: loopback traffic must never be sent to a proxy from the environment.
         # The env server speaks plain http on loopback, so no CA bundle is loaded (that costs
         # ~50 ms of CPU while the env server boots next to us). Verification stays on: a
         # context that trusts no CA fails closed should a URL ever name https.
         self._http = http or httpx.AsyncClient(
-            base_url=base_url, timeout=_REQUEST_TIMEOUT, trust_env=False, verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            base_url=base_url,
+            headers=dict(headers or {}),
+            timeout=_REQUEST_TIMEOUT,
+            trust_env=False,
+            verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
         )
-        self._health = health or LoopbackRequest(f"{base_url.rstrip('/')}{HEALTH_PATH}")
+        self._health = health or LoopbackRequest(f"{base_url.rstrip('/')}{HEALTH_PATH}", headers=headers)
 
     async def aclose(self) -> None:
         """Close the HTTP client."""
@@ -145,11 +162,24 @@ class OpenCodeClient:
             raise EnvServerError("POST /session answered without an id")
         return session_id
 
-    async def prompt_async(self, session_id: str, text: str, model: ModelRef | None) -> None:
-        """Start a prompt; returns once accepted (events arrive on ``/event``)."""
-        body: dict[str, Any] = {"parts": [{"type": "text", "text": text}]}
+    async def prompt_async(
+        self,
+        session_id: str,
+        text: str,
+        model: ModelRef | None,
+        *,
+        variant: str | None = None,
+        files: Sequence[Mapping[str, str]] = (),
+    ) -> None:
+        """Start a prompt; returns once accepted (events arrive on ``/event``).
+
+        ``files`` are OpenCode file parts (``type``, ``mime``, ``url``, ``filename``).
+        """
+        body: dict[str, Any] = {"parts": [{"type": "text", "text": text}, *(dict(f) for f in files)]}
         if model is not None:
             body["model"] = {"providerID": model.provider_id, "modelID": model.model_id}
+        if variant:
+            body["variant"] = variant
         response = await self._request("POST", f"/session/{session_id}/prompt_async", json=body)
         if response.status_code not in (200, 204):
             raise EnvServerError(f"prompt_async answered {response.status_code}: {response.text[:300]}")
@@ -239,6 +269,9 @@ class PromptTranslator:
             message = error_text(props.get("error"))
             self.errors.append(message)
             self._started = True
+            # Refused before any answer began (e.g. an attachment it cannot decode): OpenCode
+            # reports the error and goes quiet, no idle follows.
+            self.done = not self._assistant_ids
             return [p.ErrorEvent(error=message, message_id=self.message_id)]
         elif kind == "session.status":
             return self._status(props.get("status") or {})

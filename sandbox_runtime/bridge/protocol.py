@@ -15,7 +15,9 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+
+from sandbox_runtime.identity import GitIdentity
 
 CRITICAL_EVENT_TYPES = frozenset({"execution_complete", "error", "snapshot_ready", "push_complete", "push_error"})
 
@@ -134,11 +136,55 @@ class InboundModel(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
-class PromptAuthor(InboundModel):
-    """Who sent the prompt; used as the git identity for the agent's commits."""
+def _object_or_none(value: Any) -> Any:
+    """A nested object the control plane sent in a shape we cannot use counts as absent."""
+    return value if isinstance(value, dict) else None
 
-    github_name: str | None = Field(default=None, alias="githubName")
-    github_email: str | None = Field(default=None, alias="githubEmail")
+
+def _text_or_none(value: Any) -> Any:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _objects(value: Any) -> Any:
+    """Keep the objects of a list (anything else in it, or a non-list, is dropped)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+OptionalText = Annotated[str | None, BeforeValidator(_text_or_none)]
+
+
+class PromptAuthor(InboundModel):
+    """Who sent the prompt; the git identity of the agent's commits.
+
+    Control planes send ``scmName``/``scmEmail`` (since early 2026) or ``githubName``/
+    ``githubEmail`` (before); both are read, the newer first.
+    """
+
+    user_id: OptionalText = Field(default=None, alias="userId")
+    scm_name: OptionalText = Field(default=None, alias="scmName")
+    scm_email: OptionalText = Field(default=None, alias="scmEmail")
+    github_name: OptionalText = Field(default=None, alias="githubName")
+    github_email: OptionalText = Field(default=None, alias="githubEmail")
+
+    def identity(self) -> GitIdentity | None:
+        """The identity the author names, None when they name no usable one."""
+        return GitIdentity.of(self.scm_name, self.scm_email) or GitIdentity.of(self.github_name, self.github_email)
+
+
+class PromptAttachment(InboundModel):
+    """A file sent with a prompt: inline (base64 ``content``), by ``url``, or an ``uploadId`` to fetch.
+
+    Shapes vary across control-plane versions, so every field is optional; one that
+    leads nowhere is skipped (with a warning in the log), never the whole prompt.
+    """
+
+    name: OptionalText = None
+    filename: OptionalText = None
+    mime_type: OptionalText = Field(default=None, alias="mimeType")
+    mime: OptionalText = None
+    content: OptionalText = None
+    url: OptionalText = None
+    upload_id: OptionalText = Field(default=None, alias="uploadId")
 
 
 class PromptCommand(InboundModel):
@@ -147,8 +193,10 @@ class PromptCommand(InboundModel):
     type: Literal["prompt"]
     message_id: str = Field(alias="messageId", min_length=1)
     content: str
-    model: str | None = None
-    author: PromptAuthor | None = None
+    model: OptionalText = None
+    reasoning_effort: OptionalText = Field(default=None, alias="reasoningEffort")
+    author: Annotated[PromptAuthor | None, BeforeValidator(_object_or_none)] = None
+    attachments: Annotated[list[PromptAttachment], BeforeValidator(_objects)] = Field(default_factory=list)
 
 
 class StopCommand(InboundModel):

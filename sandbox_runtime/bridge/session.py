@@ -7,7 +7,11 @@ persisted id if the env server still knows them, and creates a session otherwise
 
 A prompt that was executing when the previous bridge died (``inflight-prompt.json``)
 is aborted and reported as failed: its events cannot be recovered, and a control
-plane waiting for its ``execution_complete`` must not wait forever.
+plane waiting for its ``execution_complete`` must not wait forever. Unless its
+``execution_complete`` is already in the outbox: the bridge died just after reporting it.
+
+Before each prompt the repository's commit identity becomes the prompt's author, or the
+fallback identity when the prompt names none (the previous author must not sign for it).
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from sandbox_runtime.boot import child_env, make_git
+from sandbox_runtime.boot import child_env, make_git, make_repository
 from sandbox_runtime.bridge import protocol as p
+from sandbox_runtime.bridge.attachments import FetchUpload, UploadFetcher, file_parts
 from sandbox_runtime.bridge.opencode import EnvServerError, ModelRef, OpenCodeClient, PromptTranslator
 from sandbox_runtime.config import RuntimeConfig
 from sandbox_runtime.gitcmd import Git, GitCredentials, GitError
+from sandbox_runtime.identity import GitIdentity
 from sandbox_runtime.jsonlog import JsonLogger, scrub
 from sandbox_runtime.repo import Repository, strip_userinfo
 
@@ -51,13 +57,21 @@ class SessionRunner:
         opencode: OpenCodeClient,
         emit: Callable[[p.OutboundEvent], None],
         log: JsonLogger,
+        fetch_upload: FetchUpload | None = None,
+        reported: Callable[[str], bool] = lambda message_id: False,
     ) -> None:
+        """``reported(message_id)`` says whether that prompt's ``execution_complete`` is pending delivery."""
         assert config.session is not None
         self.config = config
         self.session = config.session
         self._oc = opencode
         self._emit = emit
         self._log = log
+        self._fetch_upload = fetch_upload or UploadFetcher(
+            config.control_plane_url, config.session.session_id, config.auth_token
+        )
+        self._identity: GitIdentity | None = None  # the one last written into the repository
+        self._reported = reported
         self.opencode_session_id: str | None = None
         self._queue: asyncio.Queue[p.PromptCommand] = asyncio.Queue(maxsize=_MAX_QUEUED_PROMPTS)
         self._current: asyncio.Task[None] | None = None
@@ -116,7 +130,7 @@ class SessionRunner:
         except (OSError, ValueError):
             return
         message_id = str(marker.get("messageId", "")) if isinstance(marker, dict) else ""
-        if message_id and self.opencode_session_id:
+        if message_id and self.opencode_session_id and not self._reported(message_id):
             await self._oc.abort(self.opencode_session_id)
             error = "interrupted: the bridge restarted while the prompt was executing"
             self._log.warning("prompt.interrupted", message_id=message_id)
@@ -158,14 +172,22 @@ class SessionRunner:
         translator = PromptTranslator(session_id, message_id)
         error: str | None = None
         try:
-            if command.author and command.author.github_name and command.author.github_email:
-                await self._set_git_identity(command.author.github_name, command.author.github_email)
+            await self._set_git_identity(command.author.identity() if command.author else None)
             model = ModelRef.parse(command.model, self.session.provider, self.session.model)
+            files = await file_parts(command.attachments, fetch_upload=self._fetch_upload, log=self._log)
             # The env server may be restarting under the supervisor: wait rather than fail.
             await self._oc.wait_healthy(self.config.health_timeout)
             async with self._oc.subscribe() as stream:
-                await self._oc.prompt_async(session_id, command.content, model)
-                self._log.info("prompt.started", message_id=message_id, model=model and model.model_id)
+                await self._oc.prompt_async(
+                    session_id, command.content, model, variant=command.reasoning_effort, files=files
+                )
+                self._log.info(
+                    "prompt.started",
+                    message_id=message_id,
+                    model=model and model.model_id,
+                    variant=command.reasoning_effort,
+                    attachments=len(files),
+                )
                 while not translator.done:
                     event = await stream.next(self.config.bridge.prompt_inactivity_timeout)
                     for produced in translator.feed(event):
@@ -187,13 +209,18 @@ class SessionRunner:
         with contextlib.suppress(OSError):
             self._inflight_path.unlink()
 
-    async def _set_git_identity(self, name: str, email: str) -> None:
-        if not (self.config.repo_dir / ".git").exists():
+    async def _set_git_identity(self, author: GitIdentity | None) -> None:
+        """The prompt's author (else the fallback) becomes the repository's commit identity."""
+        identity = author or self.config.git_fallback_identity
+        if identity == self._identity or not (self.config.repo_dir / ".git").exists():
             return
-        git = Git(GitCredentials("", ""), timeout=30, base_env=child_env(os.environ))
-        for key, value in (("user.name", name), ("user.email", email)):
-            with contextlib.suppress(GitError):
-                await git.run("config", "--local", key, value, cwd=self.config.repo_dir)
+        try:
+            await make_repository(self.config, os.environ, self._log).set_identity(identity)
+        except GitError as exc:
+            self._log.warning("git.identity_failed", error=str(exc))
+            return
+        self._identity = identity
+        self._log.info("git.identity", author=author is not None)
 
     # --- push -----------------------------------------------------------------------------
 

@@ -179,15 +179,20 @@ async def test_plain_claim_on_bubblewrap(make_settings: Any, provider_workdir: P
             if (await raw.get("/v1/pools/plain", headers=auth)).json()["ready"] == 1:
                 break
             await asyncio.sleep(0.05)
-        claim = {"from_pool": "plain", "sandbox_id": "task-1", "env": {"TOKEN": "it's $secret"}}
+        claim = {"from_pool": "plain", "sandbox_id": "task-1", "env": {"TASK_TOKEN": "it's $secret"}}
         claimed = await raw.post("/v1/sandboxes", json=claim, headers=auth)
         assert claimed.status_code == 201, claimed.text
         record = await app.state.services.sandboxes.get("task-1")
         assert record.claimed
         mode = await client.exec("task-1", ["stat", "-c", "%a", CLAIM_ENV_FILE])
         assert mode["stdout"] == "600\n"
-        echoed = await client.exec("task-1", ["sh", "-c", 'printf %s "$TOKEN"'])
+        echoed = await client.exec("task-1", ["sh", "-c", 'printf %s "$TASK_TOKEN"'])
         assert echoed["stdout"] == "it's $secret"
+        # The claim's values count as the sandbox's secrets: a snapshot holding one is refused.
+        await client.exec("task-1", ["sh", "-c", 'printf %s "$TASK_TOKEN" > /workspace/leak.txt'])
+        refused = await raw.post("/v1/sandboxes/task-1/snapshots", json={}, headers=auth)
+        assert refused.status_code == 422, refused.text
+        assert "$secret" not in refused.text
         await raw.put("/v1/pools/plain", json={"target": 0, "network": "none"}, headers=auth)
         await raw.delete("/v1/pools/plain", headers=auth)
         assert (await raw.delete("/v1/sandboxes/task-1", headers=auth)).status_code == 200

@@ -7,6 +7,7 @@ scripted so the translation of every event kind is checked without an LLM.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 from collections.abc import AsyncIterator
@@ -16,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from sandbox_runtime.bridge.buffer import DurableOutbox
 from sandbox_runtime.bridge.client import Bridge, websocket_url
 from sandbox_runtime.bridge.opencode import OpenCodeClient, PromptTranslator
+from sandbox_runtime.bridge.protocol import ExecutionCompleteEvent
 from sandbox_runtime.config import RuntimeConfig
 from sandbox_runtime.contract import EXIT_FATAL, build_sandbox_env
 from sandbox_runtime.jsonlog import JsonLogger
@@ -136,6 +139,20 @@ def test_translator_ignores_other_sessions_and_user_parts() -> None:
     kinds = [e.type for e in produced]
     assert kinds == ["step_start", "token", "token", "tool_call", "tool_call", "step_finish"]
     assert translator.done and translator.success
+
+
+def test_a_prompt_refused_before_any_answer_ends_with_its_error() -> None:
+    """OpenCode fails a prompt it cannot take (an undecodable image) with an error and no idle."""
+    translator = PromptTranslator(SID, "m1")
+    error = {"name": "UnknownError", "data": {"message": "ImageDecodeError: Image could not be decoded"}}
+    produced = translator.feed({"type": "session.error", "properties": {"sessionID": SID, "error": error}})
+    assert [e.type for e in produced] == ["error"] and translator.done and not translator.success
+    # Once an answer is under way, an error is followed by idle, which ends the prompt.
+    translator = PromptTranslator(SID, "m2")
+    for event in _assistant_turn()[:4]:
+        translator.feed(event)
+    translator.feed({"type": "session.error", "properties": {"sessionID": SID, "error": error}})
+    assert not translator.done
 
 
 async def test_prompt_events_snapshot_and_shutdown(tmp_path: Path, control_plane: ControlPlane) -> None:
@@ -270,3 +287,86 @@ async def test_a_silent_env_server_fails_the_prompt_after_the_inactivity_timeout
     assert fake.aborted == 1
     await control_plane.send({"type": "shutdown"})
     assert await asyncio.wait_for(run, timeout=10) == 0
+
+
+async def test_prompt_options_reach_opencode(tmp_path: Path, control_plane: ControlPlane) -> None:
+    """``reasoningEffort`` becomes OpenCode's ``variant``; attachments become file parts after the text."""
+    fake = FakeOpenCode(_assistant_turn())
+
+    async def fetch_upload(upload_id: str) -> bytes | None:
+        return b"uploaded" if upload_id == "up-1" else None
+
+    config = _config(tmp_path, control_plane.url, opencode_session_id=SID)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(fake.handle), base_url="http://oc")
+    opencode = OpenCodeClient("http://oc", http=http, health=fake.health)
+    bridge = Bridge(
+        config, opencode=opencode, log=JsonLogger("bridge", stream=io.StringIO()), fetch_upload=fetch_upload
+    )
+    run = asyncio.create_task(bridge.run())
+    await control_plane.wait_for("ready", timeout=10)
+    for n, extra in enumerate(
+        [
+            {"model": "anthropic/claude-sonnet-4-6", "reasoningEffort": "max"},
+            {"attachments": [{"name": "a.txt", "mimeType": "text/plain", "content": "aGk="}, {"uploadId": "up-1"}]},
+            {"reasoningEffort": None, "attachments": None, "unknownField": {"x": 1}},
+        ]
+    ):
+        await control_plane.send({"type": "prompt", "messageId": f"o{n}", "content": "go", **extra})
+        await control_plane.wait_for("execution_complete", messageId=f"o{n}", timeout=10)
+    first, second, third = fake.prompts
+    assert first["variant"] == "max" and first["parts"] == [{"type": "text", "text": "go"}]
+    assert first["model"] == {"providerID": "anthropic", "modelID": "claude-sonnet-4-6"}
+    assert "variant" not in second and second["parts"] == [
+        {"type": "text", "text": "go"},
+        {"type": "file", "mime": "text/plain", "url": "data:text/plain;base64,aGk=", "filename": "a.txt"},
+        {"type": "file", "mime": "application/octet-stream", "url": "data:application/octet-stream;base64,dXBsb2FkZWQ=",
+         "filename": "attachment"},
+    ]  # fmt: skip
+    assert "variant" not in third and third["parts"] == [{"type": "text", "text": "go"}]
+    await control_plane.send({"type": "shutdown"})
+    assert await asyncio.wait_for(run, timeout=10) == 0
+
+
+async def test_events_waiting_in_the_outbox_go_out_under_the_current_sandbox_id(
+    tmp_path: Path, control_plane: ControlPlane
+) -> None:
+    """A snapshot's pending events, restored into a sandbox with another id, carry the new id."""
+    control_plane.auto_ack = False
+    first = _bridge(_config(tmp_path, control_plane.url), FakeOpenCode([]))
+    run = asyncio.create_task(first.run())
+    await control_plane.wait_for("ready", timeout=10)
+    await control_plane.send({"type": "snapshot"})
+    snap = await control_plane.wait_for("snapshot_ready", timeout=10)
+    first.stop(143)
+    await asyncio.wait_for(run, timeout=10)
+
+    control_plane.auto_ack = True
+    mark = len(control_plane.received)
+    moved = _config(tmp_path, control_plane.url)
+    moved = dataclasses.replace(moved, sandbox_id="sbx-restored")
+    second = _bridge(moved, FakeOpenCode([]))
+    run = asyncio.create_task(second.run())
+    again = await control_plane.wait_for("snapshot_ready", after=mark, timeout=10)
+    assert again["ackId"] == snap["ackId"] and again["sandboxId"] == "sbx-restored"
+    assert control_plane.handshakes[-1]["X-Sandbox-ID"] == "sbx-restored"
+    await control_plane.send({"type": "shutdown"})
+    assert await asyncio.wait_for(run, timeout=10) == 0
+
+
+async def test_a_prompt_reported_complete_before_a_crash_is_not_reported_again(
+    tmp_path: Path, control_plane: ControlPlane
+) -> None:
+    """The bridge died between recording ``execution_complete`` and clearing its in-flight marker."""
+    config = _config(tmp_path, control_plane.url)
+    outbox = DurableOutbox(config.outbox_file)
+    outbox.add(ExecutionCompleteEvent(message_id="m9", success=True).to_wire("sbx-unit"), critical=True, durable=True)
+    (config.state_dir / "inflight-prompt.json").write_text(json.dumps({"messageId": "m9"}))
+    fake = FakeOpenCode([])
+    bridge = _bridge(config, fake)
+    run = asyncio.create_task(bridge.run())
+    done = await control_plane.wait_for("execution_complete", messageId="m9", timeout=10)
+    assert done["success"] is True
+    await control_plane.send({"type": "shutdown"})
+    assert await asyncio.wait_for(run, timeout=10) == 0
+    assert [e["type"] for e in control_plane.received if e.get("messageId") == "m9"] == ["execution_complete"]
+    assert fake.aborted == 0 and not (config.state_dir / "inflight-prompt.json").exists()

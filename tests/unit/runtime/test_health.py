@@ -91,3 +91,48 @@ async def test_waiting_ends_when_the_process_dies_or_time_is_up(server: tuple[Sc
     refused = LoopbackRequest(f"http://127.0.0.1:{free_port()}/global/health")
     assert await asyncio.wait_for(wait_until_healthy(refused, timeout=30, alive=lambda: False), 5) is False
     assert await asyncio.wait_for(wait_until_healthy(refused, timeout=0.1), 5) is False
+
+
+async def _serve_once(answer: bytes) -> tuple[int, list[bytes], asyncio.Server]:
+    """A server that records each request (head and body) and answers ``answer``, then closes."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0
+        )
+        seen.append(head + await reader.readexactly(length))
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return int(server.sockets[0].getsockname()[1]), seen, server
+
+
+async def test_requests_carry_headers_and_bodies_and_answers_are_read_whole() -> None:
+    chunked = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"a"\r\n3\r\n: 1\r\n1\r\n}\r\n0\r\n\r\n'
+    for answer, body in (
+        (b'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{"a": 1}', b'{"a": 1}'),
+        (chunked, b'{"a": 1}'),
+        (b"HTTP/1.1 404 Not Found\r\n\r\nuntil the end", b"until the end"),
+    ):
+        port, seen, server = await _serve_once(answer)
+        async with server:
+            request = LoopbackRequest(
+                f"http://127.0.0.1:{port}/auth/x", "PUT", headers={"Authorization": "Basic abc"}, body=b'{"k":1}'
+            )
+            assert await request.fetch(1.0) == (404 if b"404" in answer else 200, body)
+        assert seen[0].startswith(b"PUT /auth/x HTTP/1.1\r\n") and b"Authorization: Basic abc\r\n" in seen[0]
+        assert b"Content-Type: application/json\r\nContent-Length: 7\r\n" in seen[0] and seen[0].endswith(b'{"k":1}')
+
+
+async def test_an_oversized_or_broken_answer_is_none() -> None:
+    port, _, server = await _serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+    async with server:
+        assert await LoopbackRequest(f"http://127.0.0.1:{port}/x").fetch(1.0) is None
+    port, _, server = await _serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100)
+    async with server:
+        assert await LoopbackRequest(f"http://127.0.0.1:{port}/x").fetch(1.0, limit=10) is None
+    assert await LoopbackRequest(f"http://127.0.0.1:{free_port()}/x").fetch(1.0) is None

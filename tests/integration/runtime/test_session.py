@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -59,12 +60,22 @@ def _cmdlines(pids: set[int]) -> str:
     return "\n".join(text)
 
 
-async def _healthy(port: int) -> bool:
-    async with httpx.AsyncClient(trust_env=False) as client:
+async def _health(port: int, password: str | None) -> int | None:
+    auth = ("opencode", password) if password else None
+    async with httpx.AsyncClient(trust_env=False, auth=auth) as client:
         try:
-            return (await client.get(f"http://127.0.0.1:{port}/global/health", timeout=1.0)).status_code == 200
+            return (await client.get(f"http://127.0.0.1:{port}/global/health", timeout=1.0)).status_code
         except httpx.HTTPError:
-            return False
+            return None
+
+
+def _commit_as_anyone(repo: Path, home: Path, name: str) -> str:
+    """Commit with no identity of the committer's own (as the agent's tools do); returns the author."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
+    (repo / name).write_text(f"{name}\n")
+    for argv in (["git", "add", name], ["git", "commit", "-q", "-m", name]):
+        subprocess.run(argv, cwd=repo, env=env, check=True, capture_output=True, timeout=30)
+    return git("log", "-1", "--format=%an <%ae>|%cn <%ce>", cwd=repo)
 
 
 async def test_fresh_boot_prompt_push_restart_sigterm_and_restore(
@@ -118,15 +129,27 @@ async def test_fresh_boot_prompt_push_restart_sigterm_and_restore(
     assert GIT_TOKEN not in cmdlines and SANDBOX_TOKEN not in cmdlines
     env_server_environ = Path(f"/proc/{env_server_pid}/environ").read_bytes().decode(errors="replace")
     assert GIT_TOKEN not in env_server_environ and SANDBOX_TOKEN not in env_server_environ
+    # The env server demands its password (made in the run dir, outside the workspace) of everyone.
+    password = (tmp_path / "run" / "env-server-auth").read_text().strip()
+    assert await _health(port, None) == 401 and await _health(port, "wrong") == 401
+    assert await _health(port, password) == 200
+    assert password not in runtime.stderr() + runtime.stdout()
+    in_workspace = [f for f in workspace.rglob("*") if f.is_file() and password.encode() in f.read_bytes()]
+    assert in_workspace == [], "nothing a snapshot takes holds the password"
+
+    # A commit works before any prompt named an author: the fallback identity is configured.
+    home = tmp_path / "home"
+    fallback = "OpenInspect <open-inspect@noreply.github.com>"
+    assert _commit_as_anyone(repo, home, "boot.txt") == f"{fallback}|{fallback}"
 
     # The env server dies: the supervisor brings it back, and the bridge keeps working with it.
     os.killpg(env_server_pid, signal.SIGKILL)
     env_server_pid = await runtime.wait_child("env-server", other_than=env_server_pid)
     for _ in range(600):
-        if await _healthy(port):
+        if await _health(port, password) == 200:
             break
         await asyncio.sleep(0.1)
-    assert await _healthy(port)
+    assert await _health(port, password) == 200, "the restarted env server has the same password"
 
     # A prompt without any LLM key: error and a failed execution_complete, both acked once.
     await control_plane.send({"type": "prompt", "messageId": "msg-1", "content": "Say hi."})
@@ -142,6 +165,18 @@ async def test_fresh_boot_prompt_push_restart_sigterm_and_restore(
     mark = len(control_plane.received)
     await asyncio.sleep(1.5)  # ...and then, three resend intervals later, has sent nothing again
     assert [e for e in control_plane.received[mark:] if e.get("ackId") in (error["ackId"], done["ackId"])] == []
+
+    # Each prompt's author signs the commits made while it runs: both spellings, else the fallback.
+    authors = [
+        ({"userId": "u1", "scmName": "Ada Lovelace", "scmEmail": "ada@example.com"}, "Ada Lovelace <ada@example.com>"),
+        ({"githubName": "Grace Hopper", "githubEmail": "grace@example.com"}, "Grace Hopper <grace@example.com>"),
+        (None, fallback),
+    ]
+    for n, (author, expected) in enumerate(authors):
+        prompt = {"type": "prompt", "messageId": f"msg-a{n}", "content": "Commit.", "author": author}
+        await control_plane.send({k: v for k, v in prompt.items() if v is not None})
+        await control_plane.wait_for("execution_complete", messageId=f"msg-a{n}", timeout=60)
+        assert _commit_as_anyone(repo, home, f"a{n}.txt") == f"{expected}|{expected}"
 
     # Push the agent's commit to a new branch through the credential helper.
     (repo / "feature.txt").write_text("agent work\n")
