@@ -123,6 +123,13 @@ class Boot:
             image_sha=self.config.repo_image_sha,
             seconds=round(time.monotonic() - started, 3),
         )
+        base_sha = self.config.session.base_sha if self.config.session else None
+        if base_sha and mode in (c.BootMode.FRESH, c.BootMode.REPO_IMAGE):  # a restore keeps the agent's work
+            try:
+                await repo.check_out_commit(base_sha, self.config.effective_branch)
+                state = await repo.state()
+            except GitError as exc:
+                raise BootError(_tail(str(exc))) from None
         if mode is not c.BootMode.BUILD:
             await self._ensure_identity(repo)
         if mode in (c.BootMode.FRESH, c.BootMode.BUILD):

@@ -283,6 +283,10 @@ def resolve_boot_mode(env: Mapping[str, str]) -> BootMode:
     return BootMode.FRESH
 
 
+#: A commit named by its (possibly abbreviated) hex sha: SHA-1 or SHA-256 object names.
+COMMIT_SHA_PATTERN = r"^[0-9a-f]{7,64}$"
+
+
 class SessionConfig(BaseModel):
     """The session a sandbox serves; travels as JSON in ``SESSION_CONFIG``."""
 
@@ -295,6 +299,11 @@ class SessionConfig(BaseModel):
     provider: str = Field(default=DEFAULT_PROVIDER, description="LLM provider id the env server uses.")
     model: str = Field(default=DEFAULT_MODEL, description="Model id at that provider.")
     opencode_session_id: str | None = Field(default=None, description="Env server session to continue.")
+    base_sha: str | None = Field(
+        default=None,
+        pattern=COMMIT_SHA_PATTERN,
+        description="Commit the session starts from: the branch is set to it after the clone (not on a restore).",
+    )
 
 
 class SessionClaim(BaseModel):

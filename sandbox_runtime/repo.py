@@ -134,6 +134,37 @@ class Repository:
         await self._git.run("checkout", "-B", branch, f"refs/remotes/origin/{branch}", cwd=self.repo_dir)
         return True
 
+    async def check_out_commit(self, sha: str, branch: str | None) -> None:
+        """Set ``branch`` (default: the checked-out one; else a detached HEAD) to commit ``sha``.
+
+        A shallow clone may not hold it: the commit itself is fetched first (servers
+        answer wants of reachable commits), then the whole history.
+
+        Raises:
+            GitError: the commit cannot be fetched or checked out.
+        """
+        if not await self._has_commit(sha):
+            try:
+                await self._git.run("fetch", *self._depth_args(), "--no-tags", "origin", sha, cwd=self.repo_dir)
+            except GitError as exc:
+                self._log.info("repo.fetch_sha_refused", sha=sha, error=str(exc))
+            if not await self._has_commit(sha):  # the checkout below names it when still missing
+                unshallow = ["--unshallow"] if await self._is_shallow() else []
+                await self._git.run("fetch", *unshallow, "--no-tags", "origin", cwd=self.repo_dir)
+        branch = branch or await self.current_branch()
+        if branch:
+            await self._git.run("checkout", "--force", "-B", branch, sha, cwd=self.repo_dir)
+        else:
+            await self._git.run("checkout", "--force", "--detach", sha, cwd=self.repo_dir)
+        self._log.info("repo.base_sha", sha=sha, branch=branch)
+
+    async def _has_commit(self, sha: str) -> bool:
+        found = await self._git.run("cat-file", "-e", f"{sha}^{{commit}}", cwd=self.repo_dir, check=False)
+        return found.returncode == 0
+
+    async def _is_shallow(self) -> bool:
+        return (await self._git.output("rev-parse", "--is-shallow-repository", cwd=self.repo_dir)) == "true"
+
     async def identity(self) -> GitIdentity | None:
         """The commit identity in the repository's own config (None when it has none)."""
         result = await self._git.run(

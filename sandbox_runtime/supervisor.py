@@ -210,9 +210,15 @@ class Supervisor:
         replaced = await self._hand_over_claim_env(warmup)
         switched = False
         branch = config.effective_branch
-        if branch and config.repo_name:
+        if config.repo_name:
+            repo = make_repository(config, self._env, self._log)
+            base_sha = config.session.base_sha if config.session else None
             try:
-                switched = await make_repository(config, self._env, self._log).switch_branch(branch)
+                if branch:
+                    switched = await repo.switch_branch(branch)
+                if base_sha:
+                    await repo.check_out_commit(base_sha, branch)
+                    switched = True
             except GitError as exc:
                 raise BootError(str(exc)) from None
         ran_start = await Boot(config, self._env, self._log).run_start_hook()

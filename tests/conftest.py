@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.s3",
     "tests.fixtures.runtime",
+    "tests.fixtures.control_plane",
     "tests.fixtures.callbacks",
     "tests.fixtures.terraform",
 ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from sandbox_runtime.contract import COMMIT_SHA_PATTERN
 
 #: Label keys we set ourselves; callers may read but not set them.
 RESERVED_LABEL_PREFIX = "sandbox-control."
@@ -50,6 +52,13 @@ class StrictModel(BaseModel):
 
 
 SandboxId = Annotated[str, Field(pattern=SANDBOX_ID_PATTERN, description="letters, digits, ._- (max 128)")]
+
+#: A commit by its hex object name (7-64 digits, any case; stored lower case).
+CommitSha = Annotated[
+    str,
+    BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v),
+    Field(pattern=COMMIT_SHA_PATTERN, description="hex commit id"),
+]
 
 
 class WithEnv(StrictModel):

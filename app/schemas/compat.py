@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from app.providers.base import Resources
 from app.schemas.builds import BUILD_ID_PATTERN
-from app.schemas.common import REPO_PART_PATTERN, SANDBOX_ID_PATTERN
+from app.schemas.common import REPO_PART_PATTERN, SANDBOX_ID_PATTERN, CommitSha
 from app.storage.state.builds import BuildRecord
 from app.storage.state.repo_images import RepoImageRecord
 from app.storage.state.sandboxes import SandboxRecord
@@ -120,6 +120,7 @@ class CompatCreateSandbox(_SessionSandbox, _CreateTarget):
     branch: str | None = Field(default=None, min_length=1, max_length=255)
     repo_image_id: str | None = Field(default=None, max_length=256)
     repo_image_sha: str | None = Field(default=None, max_length=64)
+    base_sha: CommitSha | None = Field(default=None, description="the session starts from this commit")
 
 
 class CompatSnapshotSandbox(CompatModel):

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 
 from app.providers.base import ExecResult, Resources
-from app.schemas.common import EnvAndLabels, RepoRef, SandboxId, StrictModel, WithEnv
+from app.schemas.common import CommitSha, EnvAndLabels, RepoRef, SandboxId, StrictModel, WithEnv
 from app.storage.state.sandboxes import SandboxRecord
 
 
@@ -21,6 +21,7 @@ class SessionRef(StrictModel):
     provider: str = Field(default="anthropic", max_length=64)
     model: str = Field(default="claude-sonnet-4-6", max_length=128)
     opencode_session_id: str | None = Field(default=None, max_length=256)
+    base_sha: CommitSha | None = Field(default=None, description="the session starts from this commit")
 
 
 class CreateSandboxRequest(EnvAndLabels):

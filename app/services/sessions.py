@@ -70,6 +70,7 @@ class SessionLaunch:
         provider: str | None = None,
         model: str | None = None,
         opencode_session_id: str | None = None,
+        base_sha: str | None = None,
         **launch: Any,
     ) -> SessionLaunch:
         """The one place a session's config is assembled, whichever API's fields it comes from.
@@ -84,6 +85,7 @@ class SessionLaunch:
             repo_name=repo_name,
             branch=branch,
             opencode_session_id=opencode_session_id,
+            base_sha=base_sha,
             **{k: v for k, v in config.items() if v is not None},
         )
         return cls(

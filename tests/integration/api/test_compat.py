@@ -117,3 +117,19 @@ async def test_latest_snapshot_of_a_repository_without_images_is_null(api: API) 
     assert response.json() == {"success": True, "data": None}
     bad = await raw.get("/api/snapshot", params={"repo_owner": "ac me", "repo_name": "app"}, headers=auth)
     assert bad.status_code == 400
+
+
+@pytest.mark.parametrize("value", ["main", "abc", "g" * 40, 1234567])
+async def test_base_sha_must_be_a_commit_id(api: API, value: object) -> None:
+    _, raw, auth = api
+    body = {
+        "session_id": "s",
+        "repo_owner": "acme",
+        "repo_name": "app",
+        "control_plane_url": "http://127.0.0.1:1/cp",
+        "sandbox_auth_token": "t",
+        "base_sha": value,
+    }
+    response = await raw.post("/api/create-sandbox", json=body, headers=auth)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "bad_request" and "base_sha" in response.json()["error"]

@@ -88,6 +88,21 @@ async def test_fresh_boot_over_an_existing_checkout_does_not_reclone(tmp_path: P
     assert (repo.repo_dir / "wip.txt").exists()
 
 
+async def test_base_sha_beyond_a_shallow_clone_is_fetched_and_checked_out(
+    tmp_path: Path, upstream: GitHttpServer
+) -> None:
+    first = git("rev-list", "--max-parents=0", "main", cwd=upstream.bare("acme", "widget"))
+    repo = _repo(tmp_path, upstream, depth=1)
+    await repo.prepare(BootMode.FRESH, "main")
+    assert git("rev-list", "--count", "HEAD", cwd=repo.repo_dir) == "1"  # the first commit is not here
+    await repo.check_out_commit(first[:12], None)
+    state = await repo.state()
+    assert (state.head_sha, state.branch) == (first, "main")  # the branch moved, HEAD is not detached
+    assert (repo.repo_dir / "a.txt").read_text() == "1\n"
+    with pytest.raises(GitError):
+        await repo.check_out_commit("0" * 40, "main")
+
+
 async def test_hook_timeout_kills_the_hook_and_keeps_the_tail(tmp_path: Path) -> None:
     repo_dir = tmp_path / "repo"
     (repo_dir / ".openinspect").mkdir(parents=True)
