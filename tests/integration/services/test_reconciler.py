@@ -78,3 +78,30 @@ async def test_a_creating_record_is_left_to_its_live_owner_and_failed_once_the_o
     statuses = {r.id: r.status for r in await records.list()}
     # Ours (alive) and the ownerless young one wait; the dead replica's create is over.
     assert statuses == {"mine": "creating", "legacy": "creating", "dead-owner": "failed"}
+
+
+async def test_a_record_is_never_more_pessimistic_or_optimistic_than_the_provider(service: Service) -> None:
+    """A kill mid-create or mid-stop leaves the record wrong; reconciliation makes it the provider's."""
+    app, _, client = service
+    services = app.state.services
+    records = services.store.sandboxes
+    await client.create(sandbox_id="runs")
+    halted = await client.create(sandbox_id="halted")
+    adoptee = await client.create(sandbox_id="adoptee")
+    # Recorded stopped while it runs: exec would be refused with 409.
+    await records.update("runs", status="stopped")
+    # Recorded running while the provider stopped it (a stop whose answer was lost).
+    await services.provider.stop(halted["provider_object_id"])
+    # Recorded creating by a replica killed after the provider made the sandbox.
+    await records.update(
+        "adoptee", status="creating", provider_object_id=None, owner="replica-that-died", expires_at=None
+    )
+
+    counts = await services.reconciler.reconcile()
+    assert (counts["updated"], counts["adopted"]) == (2, 1)
+    assert (await client.get("runs"))["status"] == "running"
+    assert (await client.exec("runs", ["echo", "ok"]))["stdout"] == "ok\n"
+    assert (await client.get("halted"))["status"] == "stopped"
+    adopted = await client.get("adoptee")
+    assert adopted["status"] == "running" and adopted["provider_object_id"] == adoptee["provider_object_id"]
+    assert adopted["expires_at"] is not None  # nobody may know it: it does not run forever
