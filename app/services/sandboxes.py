@@ -12,7 +12,7 @@ import asyncio
 import builtins
 import contextlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Any
@@ -39,8 +39,15 @@ MANAGED_LABEL = RESERVED_LABEL_PREFIX + "managed"
 DEFAULT_CWD = "/workspace"
 #: Where a plain pool claim puts its env in the sandbox (mode 0600, outside the snapshot paths).
 CLAIM_ENV_FILE = "/tmp/.sandbox-control/claim.env"
-#: Runs ``"$@"`` with the claim's env loaded first.
-_WITH_CLAIM_ENV = '. "$0" && exec "$@"'
+#: Runs ``"$@"`` with the claim's env loaded first, then the command's own env on top: that
+#: travels as ``_SC_EXEC_<name>`` (the names, validated env names, in ``$1``), so sourcing the
+#: file cannot override it; values are only ever expanded, never evaluated.
+_WITH_CLAIM_ENV = (
+    '[ -r "$0" ] && . "$0"; '
+    r'for n in $1; do eval "export $n=\"\$_SC_EXEC_$n\"; unset _SC_EXEC_$n"; done; '
+    'shift; exec "$@"'
+)
+_EXEC_ENV_PREFIX = "_SC_EXEC_"
 _FILE_PATH_MAX = 4096
 
 log = get_logger("sandboxes")
@@ -296,9 +303,7 @@ class SandboxService:
         timeout = request.timeout_seconds or self.settings.exec_default_timeout
         if timeout > self.settings.exec_max_timeout:
             raise BadRequest(f"timeout_seconds exceeds the maximum of {self.settings.exec_max_timeout}")
-        argv = ["/bin/sh", "-c", request.command] if isinstance(request.command, str) else list(request.command)
-        if record.claim_env:  # a plain pool claim's env: every command sees it, as a created sandbox's
-            argv = ["/bin/sh", "-c", _WITH_CLAIM_ENV, CLAIM_ENV_FILE, *argv]
+        argv, env = command_line(record, request.command, request.env)
         cwd = resolve_sandbox_path(request.cwd) if request.cwd else DEFAULT_CWD
         assert record.provider_object_id is not None
         result = await self.provider.exec(
@@ -306,13 +311,29 @@ class SandboxService:
             argv,
             timeout=timeout,
             cwd=cwd,
-            env=request.env,
+            env=env,
             stdin=request.stdin.encode() if request.stdin is not None else None,
             max_output_bytes=self.settings.exec_max_output_bytes,
         )
         if result.timed_out:
             log.info("sandbox.exec_timeout", sandbox_id=record.id, argv0=argv[0], timeout=timeout)
         return result
+
+
+def command_line(
+    record: SandboxRecord, command: Sequence[str] | str, env: Mapping[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and env to run ``command`` (argv, or a shell string) with in the sandbox.
+
+    A plain pool claim's env is loaded from its file first (every command sees it, as
+    a created sandbox's env), and the command's own ``env`` still wins over it.
+    """
+    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+    if not record.claim_env:
+        return argv, dict(env)
+    names = " ".join(sorted(env))
+    wrapped = ["/bin/sh", "-c", _WITH_CLAIM_ENV, CLAIM_ENV_FILE, names, *argv]
+    return wrapped, {_EXEC_ENV_PREFIX + name: value for name, value in env.items()}
 
 
 def describe_error(exc: BaseException) -> str:

@@ -196,3 +196,49 @@ async def test_plain_claim_on_bubblewrap(make_settings: Any, provider_workdir: P
         await raw.put("/v1/pools/plain", json={"target": 0, "network": "none"}, headers=auth)
         await raw.delete("/v1/pools/plain", headers=auth)
         assert (await raw.delete("/v1/sandboxes/task-1", headers=auth)).status_code == 200
+
+
+@pytest.mark.parametrize("origin", ["created", "claimed"])
+async def test_a_claimed_sandbox_behaves_as_a_created_one(
+    make_settings: Any, provider_workdir: Path, origin: str
+) -> None:
+    """The same checks on a sandbox created with env and labels and on one claimed from a plain pool with them."""
+    if shutil.which("bwrap") is None:
+        missing_component("bubblewrap (bwrap) is not installed")
+    settings = make_settings(provider="local", data_dir=provider_workdir / "data")
+    async with serve_in_process(settings) as (_app, raw, client):
+        auth = {"Authorization": f"Bearer {make_token(settings.resolved_secrets()[0])}"}
+        wanted = {"sandbox_id": "box", "env": {"API_TOKEN": "v@lue-123456"}, "labels": {"run": "9"}}
+        if origin == "claimed":
+            await raw.put("/v1/pools/p", json={"target": 1, "env": {"BASE": "b"}, "network": "none"}, headers=auth)
+            for _ in range(200):
+                if (await raw.get("/v1/pools/p", headers=auth)).json()["ready"] == 1:
+                    break
+                await asyncio.sleep(0.05)
+            answer = await raw.post("/v1/sandboxes", json={"from_pool": "p", **wanted}, headers=auth)
+            await raw.put("/v1/pools/p", json={"target": 0, "network": "none"}, headers=auth)
+        else:
+            body = {**wanted, "env": {"BASE": "b", **wanted["env"]}, "network": "none"}
+            answer = await raw.post("/v1/sandboxes", json=body, headers=auth)
+        assert answer.status_code == 201, answer.text
+        view = answer.json()
+        assert (view["id"], view["status"], view["labels"]["run"]) == ("box", "running", "9")
+
+        env = 'printf "%s|%s" "$BASE" "$API_TOKEN"'
+        assert (await client.exec("box", ["sh", "-c", env]))["stdout"] == "b|v@lue-123456"
+        assert (await client.exec("box", env))["stdout"] == "b|v@lue-123456"
+        assert (await client.exec("box", ["sh", "-c", "exit 3"]))["exit_code"] == 3
+        assert (await client.exec("box", env, env={"API_TOKEN": "override-1"}))["stdout"] == "b|override-1"
+        put = await raw.put("/v1/sandboxes/box/files", params={"path": "data.txt"}, content=b"kept", headers=auth)
+        assert put.status_code in (200, 201, 204), put.text
+        assert (await raw.post("/v1/sandboxes/box/stop", headers=auth)).status_code == 200
+        stopped = await raw.post("/v1/sandboxes/box/exec", json={"command": "true"}, headers=auth)
+        assert stopped.json()["code"] == "sandbox_not_running"
+        assert (await raw.post("/v1/sandboxes/box/start", headers=auth)).status_code == 200
+        assert (await client.exec("box", env))["stdout"] == "b|v@lue-123456"  # env survives a restart
+        got = await raw.get("/v1/sandboxes/box/files", params={"path": "data.txt"}, headers=auth)
+        assert got.content == b"kept"
+        listed = (await raw.get("/v1/sandboxes", params={"label": "run=9"}, headers=auth)).json()["sandboxes"]
+        assert [s["id"] for s in listed] == ["box"]
+        assert (await raw.delete("/v1/sandboxes/box", headers=auth)).status_code == 200
+        assert (await raw.get("/v1/sandboxes/box", headers=auth)).status_code == 404
