@@ -21,6 +21,7 @@ from app.auth import make_token
 from app.settings import Settings
 from tests.fixtures.app import serve_in_process
 from tests.fixtures.runtime import GIT_TOKEN, OPENCODE_OFFLINE, SANDBOX_TOKEN, ControlPlane, GitHttpServer
+from tests.support import private_local
 
 # Runs in a sandbox: the status of each request to the env server at 127.0.0.1:<port>.
 PROBE = """
@@ -54,7 +55,7 @@ async def service(
         allowed_control_plane_hosts=["127.0.0.1"],
         vcs_clone_url_template=git_server.url_template,
         vcs_clone_token=SecretStr(GIT_TOKEN),
-        local_opencode_dir=opencode_bin.parent.parent,
+        local=private_local(opencode_dir=opencode_bin.parent.parent),
     )
     secret = settings.resolved_secrets()[0]
     async with serve_in_process(settings) as (app, raw, client):

@@ -25,6 +25,7 @@ from app.settings import Settings
 from tests.e2e.test_pools_local import auth_for, delete_all, pool_settings, wait_pool
 from tests.fixtures.app import serve_in_process
 from tests.fixtures.runtime import SANDBOX_TOKEN, ControlPlane, GitHttpServer
+from tests.support import private_local
 
 SECRET = "e2e-secret-token-5b1f0c9d8e7a"
 API_KEY = "sk-ant-e2e-3c2b1a0f9e8d7c6b"
@@ -83,7 +84,9 @@ async def test_a_claim_with_user_env_keeps_the_env_server_and_snapshots_keep_no_
     control_plane: ControlPlane,
 ) -> None:
     git_server.create_repo("acme", "app", {"README.md": "hi\n"})
-    settings = pool_settings(make_settings, provider_workdir, git_server, local_opencode_dir=opencode_bin.parent.parent)
+    settings = pool_settings(
+        make_settings, provider_workdir, git_server, local=private_local(opencode_dir=opencode_bin.parent.parent)
+    )
     auth = auth_for(settings)
     data_dir = provider_workdir / "data"
     async with serve_in_process(settings) as (app, raw, _client):

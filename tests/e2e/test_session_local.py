@@ -186,7 +186,7 @@ async def test_v1_session_sandbox_and_its_refusals(
     for bad, status in [
         ({"repo": {"owner": "acme", "name": "lib"}}, 400),
         ({**body, "command": ["sleep", "1"]}, 400),
-        ({"from_pool": "default"}, 422),
+        ({"from_pool": "default"}, 404),  # a plain claim of a pool that does not exist
         ({**body, "env": {"BOOT_MODE": "build"}}, 422),
     ]:
         refused = await raw.post("/v1/sandboxes", json=bad, headers=auth())

@@ -141,7 +141,8 @@ async def test_example_deploys_the_service_and_destroy_removes_it(deployment: De
     assert applied.returncode == 0, deployment.outputs[-1]
 
     ready = await wait_ready(deployment.url)
-    assert ready.json() == {"status": "ready", "checks": {"state": "ok", "provider": "ok", "blobs": "ok"}}
+    body = ready.json()
+    assert (body["status"], body["checks"]) == ("ready", {"state": "ok", "provider": "ok", "blobs": "ok"})
     (container,) = leftovers(deployment.name)["containers"]
     inspected = json.loads(subprocess.run(["docker", "inspect", container], capture_output=True, timeout=60).stdout)[0]
     assert inspected["HostConfig"]["ReadonlyRootfs"] is True
