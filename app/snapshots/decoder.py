@@ -20,7 +20,7 @@ from typing import IO, Any, cast
 import zstandard
 
 from app.errors import SnapshotCorrupt
-from app.snapshots.manifest import SnapshotManifest
+from app.snapshots.manifest import ManifestBase, SnapshotManifest
 from app.storage.blobs.base import BlobStore
 
 #: Decompressed bytes per worker-thread read; bounds memory per read.
@@ -32,7 +32,7 @@ MAX_WINDOW_BYTES = 16 << 20
 PULL_TIMEOUT = 600.0
 
 
-def snapshot_corrupt(manifest: SnapshotManifest, problem: str) -> SnapshotCorrupt:
+def snapshot_corrupt(manifest: ManifestBase, problem: str) -> SnapshotCorrupt:
     """The error for a snapshot that failed verification, naming it."""
     return SnapshotCorrupt(f"snapshot {manifest.snapshot_id!r} is corrupt: {problem}", snapshot_id=manifest.snapshot_id)
 

@@ -1,10 +1,10 @@
-"""Snapshot format v1: the manifest model, the blob keys and the archive layout.
+"""Snapshot manifests (v1 here, v2 in ``chunked_manifest``), the blob keys and the archive layout.
 
-A snapshot is two blobs:
+A v1 snapshot is two blobs (v2 replaces the first by shared chunks, see ``chunked_manifest``):
 
 * ``snapshots/<snapshot_id>.tar.zst``: one zstd frame (with its content checksum)
   holding one pax-format tar stream;
-* ``snapshots/<snapshot_id>.json``: this manifest, written **last**. It is the
+* ``snapshots/<snapshot_id>.json``: the manifest, written **last**. It is the
   commit point: a blob without a manifest is debris from a failed write, not a
   snapshot, and may be deleted.
 
@@ -72,12 +72,11 @@ def validate_paths(paths: list[str]) -> list[str]:
     return paths
 
 
-class SnapshotManifest(BaseModel):
-    """The v1 manifest; ``model_dump_json()`` is what is stored."""
+class ManifestBase(BaseModel):
+    """Fields every format's manifest has; ``model_dump_json()`` is what is stored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format_version: Literal[1] = FORMAT_VERSION
     snapshot_id: str = Field(pattern=f"^{_SNAPSHOT_ID_RE.pattern}$")  # pattern= searches: anchor it
     sandbox_id: str = Field(min_length=1, max_length=256)
     session_id: str | None = Field(default=None, max_length=256)
@@ -90,11 +89,11 @@ class SnapshotManifest(BaseModel):
     compression: Literal["zstd"] = "zstd"
     #: Size of the uncompressed tar stream, bytes.
     raw_size: int = Field(ge=0)
-    #: Size of the blob, bytes.
+    #: Bytes stored for the archive (v1: the blob; v2: all its chunks, shared ones included).
     compressed_size: int = Field(ge=0)
     #: Archive members that are not directories (files, hard links, symlinks).
     file_count: int = Field(ge=0)
-    #: SHA-256 of the blob (the compressed bytes), lowercase hex.
+    #: SHA-256, lowercase hex: of the blob in v1, of the uncompressed tar stream in v2.
     sha256: str = Field(pattern=_SHA256_RE)
     git_head: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")
     reason: str = Field(default="manual", max_length=256)
@@ -117,11 +116,6 @@ class SnapshotManifest(BaseModel):
         return value.astimezone(UTC)
 
     @property
-    def blob_key(self) -> str:
-        """Key of this snapshot's archive blob."""
-        return blob_key(self.snapshot_id)
-
-    @property
     def manifest_key(self) -> str:
         """Key of this manifest."""
         return manifest_key(self.snapshot_id)
@@ -129,3 +123,14 @@ class SnapshotManifest(BaseModel):
     def to_bytes(self) -> bytes:
         """The stored form (JSON, UTF-8)."""
         return self.model_dump_json(indent=2).encode()
+
+
+class SnapshotManifest(ManifestBase):
+    """The v1 manifest: one blob."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+
+    @property
+    def blob_key(self) -> str:
+        """Key of this snapshot's archive blob."""
+        return blob_key(self.snapshot_id)

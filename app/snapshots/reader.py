@@ -30,10 +30,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pydantic import ValidationError
 
 from app.errors import NotFound, PayloadTooLarge, ProviderError, SnapshotCorrupt, SnapshotNotFound
+from app.snapshots.chunked_decoder import ChunkedDecoder
+from app.snapshots.chunked_manifest import ChunkedManifest
 from app.snapshots.decoder import VerifyingDecoder, snapshot_corrupt
 from app.snapshots.manifest import (
-    FORMAT_VERSION,
     MAX_MANIFEST_BYTES,
+    ManifestBase,
     SnapshotManifest,
     archive_prefix,
     blob_key,
@@ -47,9 +49,14 @@ from app.storage.blobs.base import BlobStore
 MAX_TRAILING_BYTES = 1 << 20
 
 Importer = Callable[[str, AsyncIterator[bytes]], Awaitable[None]]
+#: A manifest of any readable format.
+Manifest = SnapshotManifest | ChunkedManifest
+_MODELS: dict[int, type[SnapshotManifest] | type[ChunkedManifest]] = {1: SnapshotManifest, 2: ChunkedManifest}
+#: Chunks a v2 restore fetches at once (each up to 4 MiB held until its turn).
+RESTORE_CHUNKS_AHEAD = 4
 
 
-async def load_manifest(store: BlobStore, snapshot_id: str) -> SnapshotManifest:
+async def load_manifest(store: BlobStore, snapshot_id: str) -> Manifest:
     """Load and validate the manifest of ``snapshot_id``.
 
     Raises:
@@ -73,12 +80,13 @@ async def load_manifest(store: BlobStore, snapshot_id: str) -> SnapshotManifest:
     if not isinstance(data, dict):
         raise SnapshotCorrupt(f"snapshot {snapshot_id!r}: manifest is not a JSON object")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    model = _MODELS.get(version) if isinstance(version, int) else None
+    if model is None:
         raise SnapshotCorrupt(
-            f"snapshot {snapshot_id!r} has format version {version!r}; this service reads version {FORMAT_VERSION}"
+            f"snapshot {snapshot_id!r} has format version {version!r}; this service reads versions 1 and 2"
         )
     try:
-        manifest = SnapshotManifest.model_validate(data)
+        manifest = model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         raise SnapshotCorrupt(f"snapshot {snapshot_id!r}: invalid manifest: {problems}") from None
@@ -105,14 +113,14 @@ async def delete_snapshot(store: BlobStore, snapshot_id: str) -> bool:
 
 
 async def read_snapshot(
-    store: BlobStore, snapshot: str | SnapshotManifest, *, allow_external_symlinks: bool = False
+    store: BlobStore, snapshot: str | Manifest, *, allow_external_symlinks: bool = False
 ) -> AsyncGenerator[bytes, None]:
     """The whole snapshot as one sanitized tar stream, in the stored layout.
 
     Names keep their path prefix (``workspace/src/x``), so ``tar -x -C /`` restores
     every path in place. See the module docstring for the error contract.
     """
-    manifest = snapshot if isinstance(snapshot, SnapshotManifest) else await load_manifest(store, snapshot)
+    manifest = snapshot if isinstance(snapshot, ManifestBase) else await load_manifest(store, snapshot)
     prefixes = [archive_prefix(p) for p in manifest.paths]
     emitter = TarEmitter()
     members = _members(store, manifest, allow_external_symlinks)
@@ -130,11 +138,11 @@ async def read_snapshot(
 
 async def restore_snapshot(
     store: BlobStore,
-    snapshot: str | SnapshotManifest,
+    snapshot: str | Manifest,
     import_tar: Importer,
     *,
     allow_external_symlinks: bool = False,
-) -> SnapshotManifest:
+) -> Manifest:
     """Restore each snapshot path through ``import_tar(path, stream)``, in order.
 
     ``import_tar`` is typically ``lambda p, s: provider.import_tar(ref, p, s)``; each
@@ -151,7 +159,7 @@ async def restore_snapshot(
         ProviderError: ``import_tar`` returned without reading its whole stream.
         StorageUnavailable: the blob store failed mid-way (target also incomplete).
     """
-    manifest = snapshot if isinstance(snapshot, SnapshotManifest) else await load_manifest(store, snapshot)
+    manifest = snapshot if isinstance(snapshot, ManifestBase) else await load_manifest(store, snapshot)
     pump = SectionPump(_members(store, manifest, allow_external_symlinks), manifest)
     async with contextlib.aclosing(pump.members):
         for index, path in enumerate(manifest.paths):
@@ -171,9 +179,7 @@ async def restore_snapshot(
     return manifest
 
 
-async def verify_snapshot(
-    store: BlobStore, snapshot_id: str, *, allow_external_symlinks: bool = False
-) -> SnapshotManifest:
+async def verify_snapshot(store: BlobStore, snapshot_id: str, *, allow_external_symlinks: bool = False) -> Manifest:
     """Stream and check the whole snapshot without extracting it; return its manifest.
 
     Checks what a restore checks: manifest, size, SHA-256, zstd frame checksum,
@@ -188,14 +194,18 @@ async def verify_snapshot(
 
 
 async def _members(
-    store: BlobStore, manifest: SnapshotManifest, allow_external_symlinks: bool
+    store: BlobStore, manifest: Manifest, allow_external_symlinks: bool
 ) -> AsyncGenerator[tuple[int, tarfile.TarInfo, TarReader], None]:
     """Checked members as (path index, cleaned header with a path-relative name, reader).
 
     The consumer reads the member's data from the reader before asking for the next.
     Completes only after the blob and the manifest's counts are verified.
     """
-    blob = VerifyingDecoder(store, manifest)
+    blob: VerifyingDecoder | ChunkedDecoder
+    if isinstance(manifest, ChunkedManifest):
+        blob = ChunkedDecoder(store, manifest, concurrency=RESTORE_CHUNKS_AHEAD)
+    else:
+        blob = VerifyingDecoder(store, manifest)
     try:
         reader = TarReader(blob.chunks())
         prefixes = [archive_prefix(p) for p in manifest.paths]

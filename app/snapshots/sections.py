@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 from app.snapshots.decoder import snapshot_corrupt
 from app.snapshots.fanout import LaneRouter, lane_rounds
-from app.snapshots.manifest import SnapshotManifest
+from app.snapshots.manifest import ManifestBase
 from app.snapshots.tarstream import TarEmitter, TarFormatError, TarReader
 
 #: Output batch handed to the importer.
@@ -27,7 +27,7 @@ class SectionPump:
     """Cuts the member sequence into one tar stream per snapshot path."""
 
     def __init__(
-        self, members: AsyncGenerator[tuple[int, tarfile.TarInfo, TarReader], None], manifest: SnapshotManifest
+        self, members: AsyncGenerator[tuple[int, tarfile.TarInfo, TarReader], None], manifest: ManifestBase
     ) -> None:
         self.members = members
         self._manifest = manifest
@@ -129,7 +129,7 @@ async def emit_member(
     emitter: TarEmitter,
     info: tarfile.TarInfo,
     reader: TarReader,
-    manifest: SnapshotManifest,
+    manifest: ManifestBase,
     batch_bytes: int = BATCH_BYTES,
 ) -> AsyncGenerator[bytes, None]:
     """Write one member (header, data, padding) into ``emitter``, yielding each batch that fills.

@@ -21,6 +21,7 @@ import tarfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import zstandard
 
@@ -82,15 +83,8 @@ async def write_snapshot(
         ProviderError: an export was not a valid tar stream (plus whatever ``export`` raises).
         StorageUnavailable: the blob store failed.
     """
-    try:
-        _validate_id(snapshot_id)
-        path_list = validate_paths(list(paths))
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
-    if await store.exists(manifest_key(snapshot_id)):
-        raise Conflict(f"snapshot {snapshot_id!r} already exists", snapshot_id=snapshot_id)
-
-    builder = _ArchiveBuilder(path_list, export, SecretScanner(secret_values), allow_external_symlinks)
+    path_list = await check_new_snapshot(store, snapshot_id, paths)
+    builder = ArchiveBuilder(path_list, export, SecretScanner(secret_values), allow_external_symlinks)
     compressor = _Compressor(compression_level, compression_threads)
     upload = compressor.stream(builder.stream())
     cleanup = BackgroundCleanup()
@@ -104,16 +98,12 @@ async def write_snapshot(
             session_id=session_id,
             repo=repo,
             provider=provider,
-            paths=path_list,
-            raw_size=builder.emitter.size,
             compressed_size=compressor.size,
-            file_count=builder.file_count,
             sha256=compressor.sha256.hexdigest(),
             git_head=git_head,
             reason=reason,
             created_at=datetime.now(UTC),
-            scrubbed=builder.scrubbed[:MAX_LISTED],
-            skipped=builder.skipped[:MAX_LISTED],
+            **builder.manifest_fields(),
         )
         await store.put_bytes(manifest_key(snapshot_id), manifest.to_bytes())
     except BaseException:
@@ -122,6 +112,18 @@ async def write_snapshot(
     finally:
         await upload.aclose()
     return manifest
+
+
+async def check_new_snapshot(store: BlobStore, snapshot_id: str, paths: Sequence[str]) -> list[str]:
+    """The validated paths of a snapshot about to be written; ``BadRequest`` / ``Conflict`` otherwise."""
+    try:
+        _validate_id(snapshot_id)
+        path_list = validate_paths(list(paths))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if await store.exists(manifest_key(snapshot_id)):
+        raise Conflict(f"snapshot {snapshot_id!r} already exists", snapshot_id=snapshot_id)
+    return path_list
 
 
 async def _discard(store: BlobStore, snapshot_id: str) -> None:
@@ -156,7 +158,7 @@ class _Compressor:
         yield await asyncio.to_thread(self._step, None)
 
 
-class _ArchiveBuilder:
+class ArchiveBuilder:
     """Re-emits the provider's exports as one checked, scrubbed tar stream (see manifest layout)."""
 
     def __init__(self, paths: list[str], export: Exporter, scanner: SecretScanner, allow_external: bool) -> None:
@@ -169,6 +171,16 @@ class _ArchiveBuilder:
         self.scrubbed: list[str] = []
         self.skipped: list[str] = []
         self._entry = ""
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """What the manifest says about the archive once it is complete (any format)."""
+        return {
+            "paths": self._paths,
+            "raw_size": self.emitter.size,
+            "file_count": self.file_count,
+            "scrubbed": self.scrubbed[:MAX_LISTED],
+            "skipped": self.skipped[:MAX_LISTED],
+        }
 
     async def stream(self) -> AsyncGenerator[bytes, None]:
         """Raw tar bytes in batches of about ``BATCH_BYTES``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from app.storage.state.builds import BuildRecord, BuildStore
 from app.storage.state.callbacks import CallbackRecord, CallbackStore
+from app.storage.state.chunks import ChunkIndex
 from app.storage.state.database import Database
 from app.storage.state.idempotency import IdempotencyRecord, IdempotencyStore
 from app.storage.state.leases import LeaseRecord, LeaseStore, ReplicaRecord, ReplicaStore
@@ -21,6 +22,7 @@ __all__ = [
     "BuildStore",
     "CallbackRecord",
     "CallbackStore",
+    "ChunkIndex",
     "IdempotencyRecord",
     "IdempotencyStore",
     "LeaseRecord",
@@ -46,6 +48,7 @@ class StateStore:
         self.database = Database(url)
         self.sandboxes = SandboxStore(self.database)
         self.snapshots = SnapshotStore(self.database)
+        self.chunks = ChunkIndex(self.database)
         self.pools = PoolStore(self.database)
         self.builds = BuildStore(self.database)
         self.repo_images = RepoImageStore(self.database)

@@ -17,7 +17,8 @@ from app.errors import StorageUnavailable
 from app.storage.state.sessions import SessionFactory
 from app.storage.state.tables import Base, SchemaVersionRow
 
-SCHEMA_VERSION = 1
+#: 2: snapshot chunk index (``snapshot_chunks``), snapshots' format_version and stored_bytes.
+SCHEMA_VERSION = 2
 
 
 def normalise_url(url: str) -> str:

@@ -38,6 +38,10 @@ class SnapshotRecord:
     error: str | None = None
     #: The replica writing it while ``creating``.
     owner: str | None = None
+    #: Archive format: 1 (one blob) or 2 (chunks); None in records older than the field (1).
+    format_version: int | None = None
+    #: Bytes it added to the bucket (v2: new chunks only; v1: the whole blob).
+    stored_bytes: int | None = None
 
 
 class SnapshotStore:

@@ -108,8 +108,33 @@ class SnapshotRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     #: The replica writing a ``creating`` snapshot; a dead owner's snapshot is failed and cleaned up.
     owner: Mapped[str | None] = mapped_column(String(128))
+    #: Archive format (1: one blob, 2: chunks); NULL in rows older than the column: 1.
+    format_version: Mapped[int | None] = mapped_column(Integer)
+    #: Bytes this snapshot added to the bucket (v2: its new chunks; v1: its whole blob).
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class ChunkRow(Base):
+    """One chunk of the snapshot chunk store (``chunks/<sha256>`` in the blob store).
+
+    ``marked_at`` is refreshed by every writer *before* it relies on the chunk (skips
+    its upload) and again just before it commits a manifest listing it; garbage
+    collection only claims chunks whose mark is older than its grace period
+    (``app.services.chunk_gc`` explains the protocol). ``state`` is ``live``, or
+    ``deleting`` from the moment the collector claimed it until its blob is gone.
+    """
+
+    __tablename__ = "snapshot_chunks"
+    __table_args__ = (Index("ix_snapshot_chunks_state_mark", "state", "marked_at"),)
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    raw_size: Mapped[int] = mapped_column(BigInteger)
+    stored_size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    marked_at: Mapped[datetime]
 
 
 class CallbackRow(Base):

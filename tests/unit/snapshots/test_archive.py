@@ -268,7 +268,8 @@ async def test_manifest_of_another_snapshot(two_snapshots: BlobStore, tmp_path: 
     [
         (b"{not json", "not valid JSON"),
         (b"[1, 2]", "not a JSON object"),
-        (b'{"format_version": 2}', "format version 2"),
+        (b'{"format_version": 3}', "format version 3"),
+        (b'{"format_version": 2, "snapshot_id": "A"}', "invalid manifest"),
         (b'{"format_version": 1, "snapshot_id": "A"}', "invalid manifest"),
     ],
 )

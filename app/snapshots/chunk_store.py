@@ -1,0 +1,123 @@
+"""The snapshot chunk store: ``chunks/<sha256>`` blobs, each one zstd frame, stored once.
+
+Storing a chunk (``ChunkStore.put``) follows the protocol that garbage collection
+relies on (``app.services.chunk_gc``):
+
+1. mark the chunk in the index *before* relying on it: a live mark keeps the
+   collector away from it for a whole grace period;
+2. if the index knows it, confirm with the bucket (the index can be ahead of a
+   failed upload, or out of date): present → reuse it, nothing uploaded;
+3. otherwise index it (marked) and upload it. A chunk the collector is deleting
+   right now is waited for (its blob must be gone before we upload it again, or
+   the collector's delete could land after our upload).
+
+Reading (``fetch_chunk``) checks the stored size, decompresses with bounded
+output, and checks the plaintext's length and SHA-256.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Literal, Protocol
+
+import zstandard
+
+from app.errors import NotFound, PayloadTooLarge, StorageUnavailable
+from app.snapshots.chunked_manifest import ChunkRef, chunk_key
+from app.storage.blobs.base import BlobStore
+
+ChunkState = Literal["live", "deleting"]
+#: Largest zstd window accepted when decoding a chunk (level <= 19 needs at most 8 MiB).
+MAX_WINDOW_BYTES = 16 << 20
+#: How long a writer waits for the collector to finish deleting a chunk it needs.
+DELETING_WAIT_SECONDS = 30.0
+
+
+class ChunkMarks(Protocol):
+    """What the chunk store needs of the chunk index (``app.storage.state.chunks.ChunkIndex``)."""
+
+    async def mark(self, sha256: str) -> ChunkState | None: ...
+
+    async def add(self, sha256: str, *, raw_size: int, stored_size: int) -> ChunkState: ...
+
+
+class ChunkMismatch(ValueError):
+    """A fetched chunk is not the chunk its reference names (names what differs)."""
+
+
+class ChunkStore:
+    """Content-addressed chunk blobs plus their index."""
+
+    def __init__(self, blobs: BlobStore, index: ChunkMarks, *, compression_level: int = 3) -> None:
+        self.blobs = blobs
+        self.index = index
+        self._level = compression_level
+
+    async def put(self, raw: bytes, sha256: str) -> tuple[ChunkRef, bool]:
+        """Make sure chunk ``sha256`` (plaintext ``raw``) is stored; (its reference, uploaded by us)."""
+        key = chunk_key(sha256)
+        state = await self.index.mark(sha256)
+        if state == "deleting":
+            state = await self._await_deleted(sha256)
+        if state == "live":
+            try:
+                stored = await self.blobs.size(key)
+            except NotFound:
+                stored = None
+            if stored is not None:
+                return ChunkRef(sha256=sha256, size=len(raw), stored_size=stored), False
+        packed = await asyncio.to_thread(self._compress, raw)
+        if await self.index.add(sha256, raw_size=len(raw), stored_size=len(packed)) != "live":
+            raise StorageUnavailable(f"chunk {sha256} is being garbage-collected; retry the snapshot")
+        written = await self.blobs.put_bytes(key, packed)
+        if written != len(packed):
+            raise StorageUnavailable(f"blob store stored {written} of {len(packed)} bytes of chunk {sha256}")
+        return ChunkRef(sha256=sha256, size=len(raw), stored_size=len(packed)), True
+
+    async def _await_deleted(self, sha256: str) -> ChunkState | None:
+        deadline = time.monotonic() + DELETING_WAIT_SECONDS
+        delay = 0.05
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            state = await self.index.mark(sha256)
+            if state != "deleting":
+                return state
+        raise StorageUnavailable(f"chunk {sha256} is still being garbage-collected; retry the snapshot")
+
+    def _compress(self, raw: bytes) -> bytes:
+        # A fresh compressor per chunk: they are used from several worker threads at once.
+        return zstandard.ZstdCompressor(level=self._level, write_checksum=True).compress(raw)
+
+
+async def fetch_chunk(blobs: BlobStore, ref: ChunkRef) -> bytes:
+    """The verified plaintext of ``ref``.
+
+    Raises:
+        ChunkMismatch: missing, of the wrong size, undecodable, or of another hash.
+        StorageUnavailable: the blob store failed.
+    """
+    try:
+        packed = await blobs.get_bytes(ref.key, limit=ref.stored_size)
+    except NotFound:
+        raise ChunkMismatch(f"chunk {ref.sha256} is missing") from None
+    except PayloadTooLarge:
+        raise ChunkMismatch(f"chunk {ref.sha256} is larger than the {ref.stored_size} bytes recorded") from None
+    if len(packed) != ref.stored_size:
+        raise ChunkMismatch(f"chunk {ref.sha256} has {len(packed)} bytes, not the {ref.stored_size} recorded")
+    return await asyncio.to_thread(_unpack, packed, ref)
+
+
+def _unpack(packed: bytes, ref: ChunkRef) -> bytes:
+    """Decompress (output bounded by the recorded size) and verify a chunk; runs in a worker thread."""
+    try:
+        raw = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES).decompress(packed, max_output_size=ref.size)
+    except zstandard.ZstdError as exc:
+        raise ChunkMismatch(f"chunk {ref.sha256} does not decompress ({exc})") from None
+    if len(raw) != ref.size:
+        raise ChunkMismatch(f"chunk {ref.sha256} holds {len(raw)} bytes, not the {ref.size} recorded")
+    if hashlib.sha256(raw).hexdigest() != ref.sha256:
+        raise ChunkMismatch(f"chunk {ref.sha256} does not match its SHA-256")
+    return raw

@@ -1,0 +1,167 @@
+"""Writing a v2 snapshot: the v1 tar stream, cut into content-defined chunks, each stored once.
+
+Pipeline (everything streams; nothing on the service's disk):
+
+* ``ArchiveBuilder`` (shared with v1: same checks, scrubbing and secret refusal)
+  yields ~1 MiB batches of tar bytes on the event loop;
+* a worker thread hashes the whole stream and cuts it (``ChunkCutter``, C speed);
+* each chunk is hashed, looked up, and if new compressed and uploaded by a task;
+  at most ``window`` chunk tasks exist at once (bounding memory to a few chunks
+  each), at most ``concurrency`` of them talking to the bucket, and their results
+  are collected in stream order;
+* before the manifest (the commit point) every chunk it lists is marked again, so
+  the collector cannot have removed one it names (``app.services.chunk_gc``).
+
+On failure nothing is committed: no manifest. Chunks already uploaded stay in the
+bucket unreferenced and are collected after the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable, Sequence
+from datetime import UTC, datetime
+
+from app.errors import StorageUnavailable
+from app.snapshots.chunk_store import ChunkStore
+from app.snapshots.chunked_manifest import ChunkedManifest, ChunkRef
+from app.snapshots.chunking import ChunkCutter
+from app.snapshots.manifest import manifest_key
+from app.snapshots.scrub import SecretScanner
+from app.snapshots.writer import ArchiveBuilder, Exporter, check_new_snapshot
+from app.storage.blobs.base import BackgroundCleanup, BlobStore
+
+#: ``ChunkIndex.mark_all``: re-mark chunks, return how many are still live.
+MarkAll = Callable[[Collection[str]], Awaitable[int]]
+
+
+async def write_chunked_snapshot(
+    chunks: ChunkStore,
+    *,
+    snapshot_id: str,
+    sandbox_id: str,
+    provider: str,
+    paths: Sequence[str],
+    export: Exporter,
+    mark_all: MarkAll,
+    session_id: str | None = None,
+    repo: str | None = None,
+    git_head: str | None = None,
+    reason: str = "manual",
+    secret_values: Iterable[str] = (),
+    allow_external_symlinks: bool = False,
+    concurrency: int = 4,
+) -> ChunkedManifest:
+    """Capture ``paths`` as v2 snapshot ``snapshot_id``; arguments and errors as ``write_snapshot``.
+
+    ``mark_all(hashes)`` re-marks the listed chunks and returns how many are still
+    live (``ChunkIndex.mark_all``); fewer than listed means the collector took one
+    during a write longer than its grace period, and the snapshot fails (503) rather
+    than commit a manifest naming a missing chunk.
+    """
+    store = chunks.blobs
+    path_list = await check_new_snapshot(store, snapshot_id, paths)
+    builder = ArchiveBuilder(path_list, export, SecretScanner(secret_values), allow_external_symlinks)
+    pipeline = _ChunkPipeline(chunks, concurrency)
+    cleanup = BackgroundCleanup()
+    try:
+        refs = await pipeline.run(builder.stream())
+        distinct = {ref.sha256 for ref in refs}
+        if await mark_all(distinct) != len(distinct):
+            raise StorageUnavailable(f"snapshot {snapshot_id}: a chunk was garbage-collected while it was written")
+        manifest = ChunkedManifest(
+            snapshot_id=snapshot_id,
+            sandbox_id=sandbox_id,
+            session_id=session_id,
+            repo=repo,
+            provider=provider,
+            compressed_size=sum(ref.stored_size for ref in refs),
+            sha256=pipeline.sha256.hexdigest(),
+            git_head=git_head,
+            reason=reason,
+            created_at=datetime.now(UTC),
+            chunks=refs,
+            stored_bytes=pipeline.stored_bytes,
+            **builder.manifest_fields(),
+        )
+        await store.put_bytes(manifest_key(snapshot_id), manifest.to_bytes())
+    except BaseException:
+        # The manifest only: an appearance-only failure of its write must not leave a snapshot.
+        await cleanup.run(f"discard partial snapshot {snapshot_id}", _forget(store, snapshot_id))
+        raise
+    return manifest
+
+
+async def _forget(store: BlobStore, snapshot_id: str) -> None:
+    with contextlib.suppress(Exception):
+        await store.delete(manifest_key(snapshot_id))
+
+
+class _ChunkPipeline:
+    """Cuts the raw stream into chunks and stores them, ``window`` chunk tasks at a time, in order."""
+
+    def __init__(self, chunks: ChunkStore, concurrency: int) -> None:
+        self._chunks = chunks
+        self._slots = asyncio.Semaphore(concurrency)
+        self._window = 2 * concurrency
+        self._cutter = ChunkCutter()
+        self._tasks: deque[asyncio.Task[ChunkRef]] = deque()
+        self._seen: dict[str, asyncio.Future[ChunkRef]] = {}
+        self.sha256 = hashlib.sha256()
+        self.stored_bytes = 0
+
+    def _feed(self, batch: bytes | None) -> list[bytes]:
+        # Worker thread: hashing and cutting release the GIL on large buffers.
+        if batch is None:
+            return self._cutter.finish()
+        self.sha256.update(batch)
+        return self._cutter.feed(batch)
+
+    async def run(self, raw: AsyncGenerator[bytes, None]) -> list[ChunkRef]:
+        refs: list[ChunkRef] = []
+        try:
+            async with contextlib.aclosing(raw):
+                async for batch in raw:
+                    for chunk in await asyncio.to_thread(self._feed, batch):
+                        await self._submit(chunk, refs)
+            for chunk in await asyncio.to_thread(self._feed, None):
+                await self._submit(chunk, refs)
+            while self._tasks:
+                refs.append(await self._tasks.popleft())
+        except BaseException:
+            await self._cancel()
+            raise
+        return refs
+
+    async def _submit(self, chunk: bytes, refs: list[ChunkRef]) -> None:
+        while len(self._tasks) >= self._window:
+            refs.append(await self._tasks.popleft())
+        self._tasks.append(asyncio.create_task(self._store(chunk)))
+
+    async def _store(self, chunk: bytes) -> ChunkRef:
+        sha = await asyncio.to_thread(lambda: hashlib.sha256(chunk).hexdigest())
+        earlier = self._seen.get(sha)
+        if earlier is not None:  # the same chunk twice in one stream: stored once
+            return await earlier
+        future: asyncio.Future[ChunkRef] = asyncio.get_running_loop().create_future()
+        self._seen[sha] = future
+        try:
+            async with self._slots:
+                ref, uploaded = await self._chunks.put(chunk, sha)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here; the first task re-raises it
+            raise
+        if uploaded:
+            self.stored_bytes += ref.stored_size
+        future.set_result(ref)
+        return ref
+
+    async def _cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
