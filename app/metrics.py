@@ -43,6 +43,19 @@ class Metrics:
             "sandbox_leases_held", "Leases on background work this replica holds", registry=self.registry
         )
 
+        self.snapshot_chunks = Gauge(
+            "sandbox_snapshot_chunks", "Snapshot chunks in the bucket (chunk index)", registry=self.registry
+        )
+        self.snapshot_chunk_bytes = Gauge(
+            "sandbox_snapshot_chunk_bytes",
+            "Bytes the snapshot chunks take in the bucket (compressed, each chunk once)",
+            registry=self.registry,
+        )
+
+    def set_chunk_totals(self, count: int, stored_bytes: int) -> None:
+        self.snapshot_chunks.set(count)
+        self.snapshot_chunk_bytes.set(stored_bytes)
+
     def set_sandbox_counts(self, counts: dict[str, int]) -> None:
         for status in ("creating", "running", "stopped", "failed", "deleted", "warm", *counts):
             self.sandboxes.labels(status=status).set(counts.get(status, 0))

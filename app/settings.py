@@ -244,6 +244,18 @@ class Settings(BaseSettings):
     #: Keep symlinks pointing outside the snapshot paths (e.g. a venv's python -> /usr/bin).
     #: They are stored as links only; nothing is ever written through them on restore.
     snapshot_keep_external_symlinks: bool = Field(default=True, validation_alias="SANDBOX_SNAPSHOT_EXTERNAL_SYMLINKS")
+    #: Archive format of new snapshots: ``v2`` (deduplicated chunks) or ``v1`` (one blob).
+    #: Both are always readable.
+    snapshot_format: Literal["v1", "v2"] = Field(default="v2", validation_alias="SANDBOX_SNAPSHOT_FORMAT")
+    #: Chunks one v2 snapshot stores (or one restore fetches) at once.
+    snapshot_chunk_concurrency: int = Field(
+        default=4, ge=1, le=32, validation_alias="SANDBOX_SNAPSHOT_CHUNK_CONCURRENCY"
+    )
+    #: An unreferenced chunk is deleted only once no writer has relied on it for this long.
+    #: Must exceed the longest snapshot write (a writer re-marks its chunks before committing).
+    snapshot_gc_grace_seconds: float = Field(default=6 * 3600.0, ge=0, validation_alias="SANDBOX_SNAPSHOT_GC_GRACE")
+    #: How often the (leased) chunk garbage collection runs.
+    snapshot_gc_interval_seconds: float = Field(default=3600.0, gt=0, validation_alias="SANDBOX_SNAPSHOT_GC_INTERVAL")
 
     instance_scope_override: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", validation_alias="SANDBOX_INSTANCE_SCOPE"

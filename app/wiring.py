@@ -20,6 +20,7 @@ from app.providers.registry import create_provider
 from app.services.background import Periodic
 from app.services.builds import BuildService
 from app.services.callbacks import CallbackOutbox
+from app.services.chunk_gc import ChunkCollector
 from app.services.container import Services
 from app.services.exits import ExitWatcher
 from app.services.files import FileService
@@ -73,7 +74,9 @@ async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitS
         stack.push_async_callback(tokens.aclose)
 
     sandboxes = SandboxService(settings, store.sandboxes, provider, replica_id=replica_id)
-    snapshots = SnapshotService(settings, store.snapshots, blobs, provider, sandboxes, replica_id=replica_id)
+    snapshots = SnapshotService(
+        settings, store.snapshots, blobs, provider, sandboxes, store.chunks, replica_id=replica_id
+    )
     repo_images = RepoImageService(store.repo_images, provider, sandboxes, snapshots)
     sessions = SessionService(settings, sandboxes, snapshots, provider, tokens, repo_images)
     pools = PoolService(settings, store.pools, store.sandboxes, sandboxes, sessions, provider, leases)
@@ -134,6 +137,14 @@ async def start_background(services: Services, stack: AsyncExitStack) -> None:
     for job in (
         Periodic("reap", settings.reaper_interval_seconds, services.reconciler.reap_expired, leases=leases),
         Periodic("idempotency-keys", 3600, services.idempotency.expire, leases=leases),
+        Periodic(
+            "snapshot-gc",
+            settings.snapshot_gc_interval_seconds,
+            ChunkCollector(
+                services.blobs, services.store.chunks, grace_seconds=settings.snapshot_gc_grace_seconds
+            ).collect,
+            leases=leases,
+        ),
         reconcile,
         # Every replica looks for builds whose runner died (each build is leased on its own).
         Periodic("builds", settings.lease_ttl_seconds, services.builds.resume),

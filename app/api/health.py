@@ -67,5 +67,6 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 async def metrics(services: ServicesDep) -> Response:
     """Prometheus text format."""
     services.metrics.set_sandbox_counts(await services.store.sandboxes.count_by_status())
+    services.metrics.set_chunk_totals(*await services.store.chunks.totals())
     services.metrics.leases_held.set(len(services.leases.held))
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -28,7 +28,16 @@ class SnapshotView(StrictModel):
     status: str
     reason: str | None
     paths: list[str] | None
-    size_bytes: int | None
+    #: Logical size: bytes of the snapshot's (uncompressed) tar stream.
+    size_bytes: int | None = Field(description="Logical size: bytes of the uncompressed archive")
+    #: Bytes this snapshot added to the bucket (v2: its new chunks; v1: its whole blob).
+    stored_bytes: int | None = Field(description="Bytes this snapshot added to the bucket (new chunks only in v2)")
+    #: Share of the snapshot's compressed bytes that were already stored (0 to 1; v1: 0).
+    dedup_ratio: float | None = Field(
+        description="Share of the snapshot's compressed bytes already stored before it (0: none reused, 1: all)"
+    )
+    #: Archive format: 1 (one blob) or 2 (deduplicated chunks).
+    format_version: int | None
     raw_size: int | None
     file_count: int | None
     sha256: str | None
@@ -48,7 +57,10 @@ class SnapshotView(StrictModel):
             status=record.status,
             reason=record.reason,
             paths=record.paths,
-            size_bytes=record.size_bytes,
+            size_bytes=record.raw_size,
+            stored_bytes=record.stored_bytes,
+            dedup_ratio=_dedup_ratio(record),
+            format_version=record.format_version or (1 if record.status == "ready" else None),
             raw_size=record.raw_size,
             file_count=record.file_count,
             sha256=record.sha256,
@@ -57,6 +69,13 @@ class SnapshotView(StrictModel):
             error=record.error,
             created_at=record.created_at,
         )
+
+
+def _dedup_ratio(record: SnapshotRecord) -> float | None:
+    compressed, stored = record.size_bytes, record.stored_bytes
+    if compressed is None or stored is None:
+        return None
+    return round(1 - stored / compressed, 4) if compressed else 1.0
 
 
 class SnapshotList(StrictModel):

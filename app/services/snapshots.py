@@ -11,6 +11,10 @@ captured, keeps the records, and guarantees the invariants around it:
   sandbox's environment are handed to the writer, which scrubs git
   credentials and refuses a snapshot in which a secret still appears;
 * a restore that fails verification deletes the half-restored sandbox.
+
+New snapshots use format v2 (deduplicated chunks, ``app.snapshots.chunked_writer``)
+unless ``SANDBOX_SNAPSHOT_FORMAT=v1``; both formats restore. Repo images are
+snapshots too, so they share chunks with the sessions snapshotted from them.
 """
 
 from __future__ import annotations
@@ -29,10 +33,14 @@ from app.schemas.sandboxes import CreateSandboxRequest
 from app.services.sandboxes import SandboxService, describe_error
 from app.services.secret_values import sandbox_secret_values
 from app.settings import Settings
-from app.snapshots.manifest import SnapshotManifest, validate_snapshot_id
-from app.snapshots.reader import delete_snapshot, load_manifest, restore_snapshot
+from app.snapshots.chunk_store import ChunkStore
+from app.snapshots.chunked_manifest import ChunkedManifest
+from app.snapshots.chunked_writer import write_chunked_snapshot
+from app.snapshots.manifest import validate_snapshot_id
+from app.snapshots.reader import Manifest, delete_snapshot, load_manifest, restore_snapshot
 from app.snapshots.writer import write_snapshot
 from app.storage.blobs.base import BlobStore
+from app.storage.state.chunks import ChunkIndex
 from app.storage.state.sandboxes import SandboxRecord
 from app.storage.state.snapshots import SnapshotRecord, SnapshotStore
 from app.storage.state.times import utcnow
@@ -58,6 +66,21 @@ async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
+def _manifest_fields(manifest: Manifest) -> dict[str, Any]:
+    """Record fields that come from a stored manifest (either format)."""
+    return {
+        "paths": list(manifest.paths),
+        "size_bytes": manifest.compressed_size,
+        "raw_size": manifest.raw_size,
+        "file_count": manifest.file_count,
+        "sha256": manifest.sha256,
+        "git_head": manifest.git_head,
+        "format_version": manifest.format_version,
+        # v1: the whole blob was new; v2: only the chunks not stored before.
+        "stored_bytes": manifest.stored_bytes if isinstance(manifest, ChunkedManifest) else manifest.compressed_size,
+    }
+
+
 class SnapshotService:
     """Take, list, delete and restore snapshots."""
 
@@ -68,6 +91,7 @@ class SnapshotService:
         blobs: BlobStore,
         provider: Provider,
         sandboxes: SandboxService,
+        chunk_index: ChunkIndex,
         *,
         replica_id: str = "",
     ) -> None:
@@ -75,6 +99,8 @@ class SnapshotService:
         self.replica_id = replica_id
         self.records = records
         self.blobs = blobs
+        self.chunk_index = chunk_index
+        self.chunks = ChunkStore(blobs, chunk_index)
         self.provider = provider
         self.sandboxes = sandboxes
         self._locks: KeyedLocks[str] = KeyedLocks()
@@ -126,30 +152,26 @@ class SnapshotService:
                 await asyncio.shield(self.records.update(record.id, status="failed", error=describe_error(exc)))
                 log.warning("snapshot.failed", snapshot_id=record.id, sandbox_id=sandbox.id, error=describe_error(exc))
                 raise
-        updated = await self.records.update(
-            record.id,
-            status="ready",
-            paths=list(manifest.paths),
-            size_bytes=manifest.compressed_size,
-            raw_size=manifest.raw_size,
-            file_count=manifest.file_count,
-            sha256=manifest.sha256,
-            git_head=manifest.git_head,
-        )
+        updated = await self.records.update(record.id, status="ready", **_manifest_fields(manifest))
         await self.sandboxes.record_event(
             sandbox.id, "snapshotted", snapshot_id=record.id, size=manifest.compressed_size
         )
-        log.info("snapshot.ready", snapshot_id=record.id, sandbox_id=sandbox.id, bytes=manifest.compressed_size)
         assert updated is not None
+        log.info(
+            "snapshot.ready",
+            snapshot_id=record.id,
+            sandbox_id=sandbox.id,
+            bytes=manifest.compressed_size,
+            stored_bytes=updated.stored_bytes,
+        )
         return updated
 
-    async def _write(self, record: SnapshotRecord, ref: str, sandbox: SandboxRecord) -> SnapshotManifest:
+    async def _write(self, record: SnapshotRecord, ref: str, sandbox: SandboxRecord) -> Manifest:
         paths = await self._existing_paths(ref)
         if not paths:
             raise BadRequest(f"none of {self.settings.snapshot_paths} exists in the sandbox")
         repo = f"{sandbox.repo_owner}/{sandbox.repo_name}" if sandbox.repo_owner and sandbox.repo_name else None
-        return await write_snapshot(
-            self.blobs,
+        common: dict[str, Any] = dict(
             snapshot_id=record.id,
             sandbox_id=sandbox.id,
             provider=sandbox.provider,
@@ -161,6 +183,14 @@ class SnapshotService:
             reason=record.reason or "manual",
             secret_values=await sandbox_secret_values(self.provider.exec, ref),
             allow_external_symlinks=self.settings.snapshot_keep_external_symlinks,
+        )
+        if self.settings.snapshot_format == "v1":
+            return await write_snapshot(self.blobs, **common)
+        return await write_chunked_snapshot(
+            self.chunks,
+            mark_all=self.chunk_index.mark_all,
+            concurrency=self.settings.snapshot_chunk_concurrency,
+            **common,
         )
 
     async def _existing_paths(self, ref: str) -> list[str]:
@@ -215,14 +245,9 @@ class SnapshotService:
             updated_at=utcnow(),
             session_id=manifest.session_id,
             reason=manifest.reason,
-            paths=list(manifest.paths),
-            size_bytes=manifest.compressed_size,
-            raw_size=manifest.raw_size,
-            file_count=manifest.file_count,
-            sha256=manifest.sha256,
-            git_head=manifest.git_head,
             repo_owner=owner or None,
             repo_name=name or None,
+            **_manifest_fields(manifest),
         )
         existing = await self.records.get(snapshot_id)
         if existing is not None:  # adopted concurrently
@@ -292,6 +317,7 @@ class SnapshotService:
                     manifest,
                     lambda path, stream: self.provider.import_tar(ref, path, stream),
                     allow_external_symlinks=self.settings.snapshot_keep_external_symlinks,
+                    chunks_ahead=self.settings.snapshot_chunk_concurrency,
                 )
                 if gated:
                     await self.provider.write_file(ref, RESTORE_GATE, _one_chunk(b""))

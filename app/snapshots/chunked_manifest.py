@@ -21,8 +21,8 @@ from app.snapshots.manifest import ManifestBase
 
 CHUNK_PREFIX = "chunks/"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-#: Most chunks one manifest may list (~1 TiB of stream at ~1 MiB each); bounds a crafted manifest.
-MAX_CHUNKS = 1 << 20
+#: Most chunks one manifest may list (~270 GiB of stream at ~1.1 MiB each).
+MAX_CHUNKS = 1 << 18
 
 
 def chunk_key(sha256: str) -> str:
@@ -66,3 +66,7 @@ class ChunkedManifest(ManifestBase):
         if self.stored_bytes > self.compressed_size:
             raise ValueError("stored_bytes exceeds compressed_size")
         return self
+
+    def to_bytes(self) -> bytes:
+        """The stored form: compact JSON (the chunk list dominates its size)."""
+        return self.model_dump_json().encode()

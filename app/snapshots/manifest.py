@@ -28,8 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FORMAT_VERSION: Literal[1] = 1
 MAX_PATHS = 16
-#: Largest manifest accepted when loading; a real one is about 1 KiB.
-MAX_MANIFEST_BYTES = 256 * 1024
+#: Largest manifest accepted when loading: a v1 one is about 1 KiB, a v2 one
+#: ~130 bytes per chunk (~70 KiB for 512 MiB of workspace); 32 MiB bounds a crafted one.
+MAX_MANIFEST_BYTES = 32 << 20
 
 _SNAPSHOT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _REPO_RE = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"

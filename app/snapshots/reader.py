@@ -142,6 +142,7 @@ async def restore_snapshot(
     import_tar: Importer,
     *,
     allow_external_symlinks: bool = False,
+    chunks_ahead: int = RESTORE_CHUNKS_AHEAD,
 ) -> Manifest:
     """Restore each snapshot path through ``import_tar(path, stream)``, in order.
 
@@ -160,7 +161,7 @@ async def restore_snapshot(
         StorageUnavailable: the blob store failed mid-way (target also incomplete).
     """
     manifest = snapshot if isinstance(snapshot, ManifestBase) else await load_manifest(store, snapshot)
-    pump = SectionPump(_members(store, manifest, allow_external_symlinks), manifest)
+    pump = SectionPump(_members(store, manifest, allow_external_symlinks, chunks_ahead), manifest)
     async with contextlib.aclosing(pump.members):
         for index, path in enumerate(manifest.paths):
             stream = Section(pump, index)
@@ -194,7 +195,7 @@ async def verify_snapshot(store: BlobStore, snapshot_id: str, *, allow_external_
 
 
 async def _members(
-    store: BlobStore, manifest: Manifest, allow_external_symlinks: bool
+    store: BlobStore, manifest: Manifest, allow_external_symlinks: bool, chunks_ahead: int = RESTORE_CHUNKS_AHEAD
 ) -> AsyncGenerator[tuple[int, tarfile.TarInfo, TarReader], None]:
     """Checked members as (path index, cleaned header with a path-relative name, reader).
 
@@ -203,7 +204,7 @@ async def _members(
     """
     blob: VerifyingDecoder | ChunkedDecoder
     if isinstance(manifest, ChunkedManifest):
-        blob = ChunkedDecoder(store, manifest, concurrency=RESTORE_CHUNKS_AHEAD)
+        blob = ChunkedDecoder(store, manifest, concurrency=chunks_ahead)
     else:
         blob = VerifyingDecoder(store, manifest)
     try:
