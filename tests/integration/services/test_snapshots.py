@@ -24,6 +24,7 @@ from app.snapshots.reader import load_manifest
 from app.storage.state.snapshots import SnapshotRecord
 from app.storage.state.times import utcnow
 from tests.fixtures.app import serve_in_process
+from tests.integration.services.s3_outage import s3_down_during
 from tests.support_tree import build_sample_tree, tar_extract, tar_stream, tree_hash
 
 Service = tuple[Any, httpx.AsyncClient, SandboxClient]
@@ -343,24 +344,17 @@ async def test_s3_outage_mid_upload(
     async with serve_in_process(settings) as (_, _, client):
         sandbox = await client.create()
         await client.exec(sandbox["id"], ["sh", "-c", "head -c 60000000 /dev/urandom > /workspace/big.bin"])
-        s3 = s3_server.client()
         task = asyncio.create_task(client.request("POST", f"/v1/sandboxes/{sandbox['id']}/snapshots", json={}))
-        for _ in range(400):  # until the multipart upload is under way (bounded: 20 s)
-            uploads = await asyncio.to_thread(s3.list_multipart_uploads, Bucket=s3_bucket)
-            if uploads.get("Uploads") or task.done():
-                break
-            await asyncio.sleep(0.05)
-        s3_server.stop()
-        try:
+
+        def multipart(s3: Any) -> bool:
+            return bool(s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads"))
+
+        async with s3_down_during(s3_server, s3_bucket, task, multipart):
             with pytest.raises(ApiError) as err:
                 await task
             assert (err.value.status, err.value.code) == (503, "storage_unavailable")
             listed = await client.request("GET", f"/v1/sandboxes/{sandbox['id']}/snapshots")
             assert [s["status"] for s in listed["snapshots"]] == ["failed"]
-        finally:
-            s3_server.start()
-        # moto keeps nothing across a restart; a real S3 keeps its bucket. Recreate it.
-        await asyncio.to_thread(s3_server.client().create_bucket, Bucket=s3_bucket)
         keys = await asyncio.to_thread(s3_server.client().list_objects_v2, Bucket=s3_bucket)
         assert not [o for o in keys.get("Contents", []) if o["Key"].endswith(".json")]
         again = await client.request("POST", f"/v1/sandboxes/{sandbox['id']}/snapshots", json={})
