@@ -151,6 +151,9 @@ class _ChunkPipeline:
         try:
             async with self._slots:
                 ref, uploaded = await self._chunks.put(chunk, sha)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved here; the first task re-raises it

@@ -144,3 +144,51 @@ async def test_builds_logs_and_repo_images(store: StateStore) -> None:
     assert not await store.repo_images.mark_deleted("rimg_0000000000000002")
     latest = await store.repo_images.latest("o", "r", "local")
     assert latest is not None and latest.id == "rimg_0000000000000001"
+
+
+async def test_chunk_index(store: StateStore) -> None:
+    """Marks, the conditional claim garbage collection relies on, and the totals, on both databases."""
+    index = store.chunks
+    a, b = "a" * 64, "b" * 64
+    assert await index.mark(a) is None  # unknown
+    assert await index.add(a, raw_size=100, stored_size=60) == "live"
+    assert await index.add(a, raw_size=100, stored_size=60) == "live"  # a second writer: no error, one row
+    assert await index.add(b, raw_size=200, stored_size=90) == "live"
+    assert await index.totals() == (2, 150)
+    past, future = utcnow() - timedelta(hours=1), utcnow() + timedelta(hours=1)
+    assert await index.stale(past, 10) == []  # both just marked
+    assert sorted(await index.stale(future, 10)) == [a, b]
+    assert not await index.claim(a, past)  # marked after the cutoff: kept
+    assert await index.claim(a, future)
+    assert await index.mark(a) == "deleting" and await index.deleting(10) == [a]
+    assert await index.mark_all([a, b]) == 1  # a is no longer live
+    await index.forget(a)
+    await index.forget(b)  # live rows are never forgotten
+    assert await index.totals() == (1, 90) and await index.mark(a) is None
+
+
+async def test_schema_1_snapshots_gain_the_v2_columns(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE snapshots (id VARCHAR(128) PRIMARY KEY, sandbox_id VARCHAR(128), provider VARCHAR(32), "
+            "status VARCHAR(16), size_bytes BIGINT, created_at DATETIME, updated_at DATETIME)"
+        )
+        conn.execute(
+            "INSERT INTO snapshots VALUES ('snap_old', 'sbx', 'local', 'ready', 300, "
+            "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+        )
+        conn.execute("CREATE TABLE schema_version (id INTEGER PRIMARY KEY, version INTEGER)")
+        conn.execute("INSERT INTO schema_version VALUES (1, 1)")
+    store = StateStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        old = await store.snapshots.get("snap_old")
+        assert old is not None and old.format_version is None and old.stored_bytes is None
+        assert await store.chunks.totals() == (0, 0)
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(snapshots)")}
+        assert {"format_version", "stored_bytes"} <= columns
