@@ -106,7 +106,8 @@ class _ChunkPipeline:
     def __init__(self, chunks: ChunkStore, concurrency: int) -> None:
         self._chunks = chunks
         self._slots = asyncio.Semaphore(concurrency)
-        self._window = 2 * concurrency
+        # A task per chunk being stored plus two ready to start: bounds memory (<= 4 MiB each).
+        self._window = concurrency + 2
         self._cutter = ChunkCutter()
         self._tasks: deque[asyncio.Task[ChunkRef]] = deque()
         self._seen: dict[str, asyncio.Future[ChunkRef]] = {}

@@ -23,7 +23,7 @@ MIN_CHUNK = 1 << 18
 #: No chunk is larger: bounds the memory of one chunk in flight.
 MAX_CHUNK = 1 << 22
 #: Bytes gathered before cutting, so each (GIL-free) cut runs over a large buffer.
-CUT_BUFFER = 4 * MAX_CHUNK
+CUT_BUFFER = 2 * MAX_CHUNK
 
 
 class ChunkCutter:

@@ -45,13 +45,17 @@ class ChunkIndex:
         it alone for a whole grace period. A ``deleting`` chunk is not marked.
         """
         async with self._db.sessions.begin() as session:
-            await session.execute(
-                update(ChunkRow)
-                .where(ChunkRow.sha256 == sha256, ChunkRow.state == LIVE)
-                .values(marked_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
-            state = (await session.execute(select(ChunkRow.state).where(ChunkRow.sha256 == sha256))).scalar()
+            return await self._mark(session, sha256)
+
+    @staticmethod
+    async def _mark(session: Any, sha256: str) -> ChunkState | None:
+        await session.execute(
+            update(ChunkRow)
+            .where(ChunkRow.sha256 == sha256, ChunkRow.state == LIVE)
+            .values(marked_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        state = (await session.execute(select(ChunkRow.state).where(ChunkRow.sha256 == sha256))).scalar()
         return cast("ChunkState | None", state)
 
     async def add(self, sha256: str, *, raw_size: int, stored_size: int) -> ChunkState:
@@ -68,8 +72,8 @@ class ChunkIndex:
         dialect_insert = sqlite_insert if self._db.is_sqlite else pg_insert
         async with self._db.sessions.begin() as session:
             await session.execute(dialect_insert(ChunkRow).values(**values).on_conflict_do_nothing())
-        state = await self.mark(sha256)
-        return state or "deleting"  # vanished in between: only the collector deletes rows
+            # An existing row (another writer's) is marked too; only the collector deletes rows.
+            return await self._mark(session, sha256) or "deleting"
 
     async def mark_all(self, hashes: Collection[str]) -> int:
         """Refresh the marks of ``hashes``; return how many of them are live (the rest were collected)."""
