@@ -2,9 +2,10 @@
 
 Contract for consumers (the restore flow):
 
-* The blob is streamed once. Its size and SHA-256 are checked *while* streaming, but
-  can only be confirmed after the last byte. Member data therefore reaches the
-  importer before the snapshot is known to be intact.
+* The blob (v1) or the chunk sequence (v2) is streamed once. Its size and SHA-256 are
+  checked *while* streaming (v2: each chunk before it is used), but the whole can only
+  be confirmed after the last byte. Member data therefore reaches the importer before
+  the snapshot is known to be intact.
 * The final end-of-archive marker is held back until the blob is verified. A corrupt
   or truncated snapshot raises ``SnapshotCorrupt`` from the stream *instead of*
   ending it, so ``tar -x`` fed by it fails too ("unexpected EOF"), even if the
@@ -15,7 +16,7 @@ Contract for consumers (the restore flow):
 
 Every member is re-checked by ``EntryGuard`` (see ``safe_tar``) and re-emitted as a
 fresh pax header plus its data: nothing in a stored header reaches the importer
-unexamined. Verification and decompression live in ``decoder``; the per-path streams
+unexamined. Verification and decompression live in ``decoder`` and ``chunked_decoder``; the per-path streams
 (and their split into concurrent lanes) in ``sections`` and ``fanout``.
 """
 

@@ -18,14 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import zstandard
-
 from app.services.pool_members import POOL_LABEL
 from app.settings import Settings
 from tests.e2e.test_pools_local import auth_for, delete_all, pool_settings, wait_pool
 from tests.fixtures.app import serve_in_process
 from tests.fixtures.runtime import SANDBOX_TOKEN, ControlPlane, GitHttpServer
 from tests.support import private_local
+from tests.support_snapshots import stored_archive
 
 SECRET = "e2e-secret-token-5b1f0c9d8e7a"
 API_KEY = "sk-ant-e2e-3c2b1a0f9e8d7c6b"
@@ -146,8 +145,7 @@ async def test_a_claim_with_user_env_keeps_the_env_server_and_snapshots_keep_no_
             assert (await run(sandbox_id, ["rm", "/workspace/app/leak.txt"]))["exit_code"] == 0
             snap = await raw.post(f"/v1/sandboxes/{sandbox_id}/snapshots", json={}, headers=auth())
             assert snap.status_code == 201, snap.text
-            blob = await app.state.services.blobs.get_bytes(f"snapshots/{snap.json()['id']}.tar.zst")
-            archive = zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+            archive = await stored_archive(app.state.services.blobs, snap.json()["id"])
             for value in (SECRET, API_KEY, PLAIN):
                 assert value.encode() not in archive
             assert b"opencode.db" in archive and digest(SECRET).encode() in archive, "the conversation is kept"

@@ -21,6 +21,7 @@ from app.settings import Settings
 from tests.fixtures.app import serve_in_process
 from tests.fixtures.runtime import GIT_TOKEN, OPENCODE_OFFLINE, SANDBOX_TOKEN, ControlPlane, GitHttpServer
 from tests.support import private_local
+from tests.support_snapshots import stored_archive
 
 
 @pytest.fixture
@@ -121,10 +122,7 @@ async def test_create_sandbox_to_ready_prompt_snapshot_and_restore(
     )
     assert snap.status_code == 200, snap.text
     image_id = snap.json()["data"]["image_id"]
-    blob = await app.state.services.blobs.get_bytes(f"snapshots/{image_id}.tar.zst")
-    import zstandard
-
-    archive = zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+    archive = await stored_archive(app.state.services.blobs, image_id)
     assert GIT_TOKEN.encode() not in archive and SANDBOX_TOKEN.encode() not in archive
 
     before = len(control_plane.received)

@@ -18,13 +18,12 @@ from pydantic import SecretStr
 
 from app.client import ApiError, SandboxClient
 from app.settings import Settings
-from app.snapshots.chunked_manifest import ChunkedManifest
 from app.snapshots.manifest import SnapshotManifest
-from app.snapshots.reader import load_manifest
 from app.storage.state.snapshots import SnapshotRecord
 from app.storage.state.times import utcnow
 from tests.fixtures.app import serve_in_process
 from tests.integration.services.s3_outage import s3_down_during
+from tests.support_snapshots import stored_archive, stored_keys
 from tests.support_tree import build_sample_tree, tar_extract, tar_stream, tree_hash
 
 Service = tuple[Any, httpx.AsyncClient, SandboxClient]
@@ -158,11 +157,7 @@ async def test_no_secrets_in_the_archive(service: Service) -> None:
     """
     assert (await client.exec(sandbox["id"], ["sh", "-c", script]))["exit_code"] == 0
     snapshot = await client.request("POST", f"/v1/sandboxes/{sandbox['id']}/snapshots", json={})
-    blobs = app.state.services.blobs
-    archive = b"".join(
-        [zstandard.ZstdDecompressor().stream_reader(io.BytesIO(await blobs.get_bytes(key))).read()
-         for key in await stored_keys(blobs, snapshot["id"])]
-    )  # fmt: skip
+    archive = await stored_archive(app.state.services.blobs, snapshot["id"])
     assert b"main.py" in archive
     assert token.encode() not in archive and api_key.encode() not in archive
     assert b"T0kenValue" not in archive
@@ -175,12 +170,6 @@ async def test_no_secrets_in_the_archive(service: Service) -> None:
     assert api_key not in err.value.message
     failed = (await client.request("GET", f"/v1/sandboxes/{sandbox['id']}/snapshots"))["snapshots"]
     assert [s["status"] for s in failed] == ["failed", "ready"]
-
-
-async def stored_keys(blobs: Any, snapshot_id: str) -> list[str]:
-    """The blobs holding a snapshot's archive: v1's one blob, or v2's chunks in order."""
-    manifest = await load_manifest(blobs, snapshot_id)
-    return [c.key for c in manifest.chunks] if isinstance(manifest, ChunkedManifest) else [manifest.blob_key]
 
 
 async def _corrupt_blob(app: Any, snapshot_id: str, change: Callable[[bytes], bytes]) -> None:
