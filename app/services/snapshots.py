@@ -54,6 +54,18 @@ def gated_command(command: list[str], marker: str = RESTORE_GATE) -> list[str]:
     return ["/bin/sh", "-c", _GATE_SCRIPT, marker, *command]
 
 
+def ready_fields(manifest: SnapshotManifest) -> dict[str, Any]:
+    """What a ``ready`` record says about its manifest."""
+    return {
+        "paths": list(manifest.paths),
+        "size_bytes": manifest.compressed_size,
+        "raw_size": manifest.raw_size,
+        "file_count": manifest.file_count,
+        "sha256": manifest.sha256,
+        "git_head": manifest.git_head,
+    }
+
+
 async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
@@ -78,6 +90,7 @@ class SnapshotService:
         self.provider = provider
         self.sandboxes = sandboxes
         self._locks: KeyedLocks[str] = KeyedLocks()
+        self._writing: set[str] = set()
         self._slots = asyncio.Semaphore(settings.snapshot_concurrency)
 
     # -- taking ------------------------------------------------------------
@@ -120,28 +133,30 @@ class SnapshotService:
         )
         async with self._locks.hold(sandbox.id), self._slots:
             await self.records.insert(record)
+            # Until the record says ready: crash recovery must not take it for a dead writer's.
+            self._writing.add(record.id)
             try:
-                manifest = await self._write(record, ref, sandbox)
-            except BaseException as exc:
-                await asyncio.shield(self.records.update(record.id, status="failed", error=describe_error(exc)))
-                log.warning("snapshot.failed", snapshot_id=record.id, sandbox_id=sandbox.id, error=describe_error(exc))
-                raise
-        updated = await self.records.update(
-            record.id,
-            status="ready",
-            paths=list(manifest.paths),
-            size_bytes=manifest.compressed_size,
-            raw_size=manifest.raw_size,
-            file_count=manifest.file_count,
-            sha256=manifest.sha256,
-            git_head=manifest.git_head,
-        )
+                try:
+                    manifest = await self._write(record, ref, sandbox)
+                except BaseException as exc:
+                    await asyncio.shield(self.records.update(record.id, status="failed", error=describe_error(exc)))
+                    log.warning(
+                        "snapshot.failed", snapshot_id=record.id, sandbox_id=sandbox.id, error=describe_error(exc)
+                    )
+                    raise
+                updated = await self.records.update(record.id, status="ready", **ready_fields(manifest))
+            finally:
+                self._writing.discard(record.id)
         await self.sandboxes.record_event(
             sandbox.id, "snapshotted", snapshot_id=record.id, size=manifest.compressed_size
         )
         log.info("snapshot.ready", snapshot_id=record.id, sandbox_id=sandbox.id, bytes=manifest.compressed_size)
         assert updated is not None
         return updated
+
+    def is_writing(self, snapshot_id: str) -> bool:
+        """True while this process writes that snapshot (crash recovery leaves it alone)."""
+        return snapshot_id in self._writing
 
     async def _write(self, record: SnapshotRecord, ref: str, sandbox: SandboxRecord) -> SnapshotManifest:
         paths = await self._existing_paths(ref)
@@ -215,14 +230,9 @@ class SnapshotService:
             updated_at=utcnow(),
             session_id=manifest.session_id,
             reason=manifest.reason,
-            paths=list(manifest.paths),
-            size_bytes=manifest.compressed_size,
-            raw_size=manifest.raw_size,
-            file_count=manifest.file_count,
-            sha256=manifest.sha256,
-            git_head=manifest.git_head,
             repo_owner=owner or None,
             repo_name=name or None,
+            **ready_fields(manifest),
         )
         existing = await self.records.get(snapshot_id)
         if existing is not None:  # adopted concurrently
