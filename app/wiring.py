@@ -32,6 +32,7 @@ from app.services.reconciler import Reconciler
 from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService
 from app.services.sessions import SessionService, github_tokens_from
+from app.services.snapshot_recovery import SnapshotRecovery
 from app.services.snapshots import SnapshotService
 from app.settings import ConfigError, Settings
 from app.storage.blobs import create_blob_store
@@ -105,6 +106,14 @@ async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitS
             adopted_ttl_seconds=settings.default_ttl_seconds or settings.adopted_ttl_seconds,
         ),
         snapshots=snapshots,
+        snapshot_recovery=SnapshotRecovery(
+            store.snapshots,
+            blobs,
+            replica_id=replica_id,
+            writing=snapshots.is_writing,
+            live_replicas=leases.live_replica_ids,
+            grace_seconds=settings.reconcile_grace_seconds,
+        ),
         sessions=sessions,
         pools=pools,
         repo_images=repo_images,
@@ -125,7 +134,12 @@ async def start_background(services: Services, stack: AsyncExitStack) -> None:
     settings, leases = services.settings, services.leases
     await leases.start()
     stack.push_async_callback(leases.aclose)
-    reconcile = Periodic("reconcile", settings.reconcile_interval_seconds, services.reconciler.reconcile, leases=leases)
+
+    async def reconcile_all() -> dict[str, int]:
+        counts = await services.reconciler.reconcile()
+        return counts | await services.snapshot_recovery.recover()
+
+    reconcile = Periodic("reconcile", settings.reconcile_interval_seconds, reconcile_all, leases=leases)
     counts = await reconcile.run_once()
     log.info("service.started", provider=settings.provider, reconciled=counts)
     # After the reconciler, so the first pass sees the provider's truth about members.

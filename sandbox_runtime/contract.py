@@ -1,8 +1,8 @@
 """The env contract between the control service and the in-sandbox runtime.
 
 This module is the single source of truth both sides import: the service calls
-:func:`build_sandbox_env` to produce a sandbox's environment and
-:func:`find_reserved_env_names` to refuse user env vars that would shadow it;
+:func:`sandbox_runtime.sandbox_env.build_sandbox_env` to produce a sandbox's
+environment from these names and refuses user env vars that would shadow them;
 the runtime reads the same names back. It depends on the standard library and
 pydantic only, so importing it from ``app`` pulls in nothing else.
 
@@ -230,21 +230,6 @@ def is_truthy(value: str | None) -> bool:
     return value is not None and value.strip().lower() in _TRUTHY
 
 
-def find_reserved_env_names(user_env: Mapping[str, str] | None) -> list[str]:
-    """Return the reserved names present in ``user_env``, sorted (empty when the dict is acceptable)."""
-    if not user_env:
-        return []
-    return sorted(name for name in user_env if name in RESERVED_ENV_NAMES)
-
-
-class ReservedEnvNameError(ValueError):
-    """User env vars try to set names the runtime reserves; ``names`` lists them."""
-
-    def __init__(self, names: list[str]) -> None:
-        super().__init__(f"reserved environment variable names may not be set: {', '.join(names)}")
-        self.names = names
-
-
 class BootMode(enum.StrEnum):
     """How the supervisor prepares the repository."""
 
@@ -338,72 +323,3 @@ def snapshot_paths(env: Mapping[str, str]) -> list[str]:
     if not PurePosixPath(state).is_relative_to(workspace):
         paths.append(state)
     return paths
-
-
-def build_sandbox_env(
-    *,
-    sandbox_id: str,
-    repo_owner: str,
-    repo_name: str,
-    boot_mode: BootMode = BootMode.FRESH,
-    control_plane_url: str | None = None,
-    sandbox_auth_token: str | None = None,
-    session: SessionConfig | None = None,
-    branch: str | None = None,
-    vcs_host: str = DEFAULT_VCS_HOST,
-    vcs_clone_username: str = DEFAULT_VCS_CLONE_USERNAME,
-    vcs_clone_token: str | None = None,
-    vcs_clone_url_template: str | None = None,
-    repo_image_sha: str | None = None,
-    env_server_cmd: str | None = None,
-    env_server_port: int | None = None,
-    workspace_dir: str | None = None,
-    state_dir: str | None = None,
-    session_config_file: str | None = None,
-    runtime_overrides: Mapping[str, str] | None = None,
-    user_env: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """Build the environment of a sandbox's ``python -m sandbox_runtime``.
-
-    ``runtime_overrides`` may set any reserved tuning name (e.g. ``GIT_CLONE_DEPTH``);
-    ``user_env`` may set none of them. Unset optional values are left out so the
-    runtime's defaults apply.
-
-    Raises:
-        ReservedEnvNameError: ``user_env`` contains reserved names (answer 422 listing ``names``).
-        ValueError: ``runtime_overrides`` contains a name that is not reserved, or the
-            clone URL template embeds credentials.
-    """
-    reserved = find_reserved_env_names(user_env)
-    if reserved:
-        raise ReservedEnvNameError(reserved)
-    template = vcs_clone_url_template or DEFAULT_CLONE_URL_TEMPLATE
-    if "@" in template.split("://", 1)[-1].split("/", 1)[0]:
-        raise ValueError(f"{VCS_CLONE_URL_TEMPLATE} must not embed credentials")
-    env: dict[str, str] = dict(user_env or {})
-    values: dict[str, str | None] = {
-        SANDBOX_ID: sandbox_id,
-        REPO_OWNER: repo_owner,
-        REPO_NAME: repo_name,
-        BOOT_MODE: BootMode(boot_mode).value,
-        CONTROL_PLANE_URL: control_plane_url,
-        SANDBOX_AUTH_TOKEN: sandbox_auth_token,
-        SESSION_CONFIG: session.model_dump_json() if session else None,
-        REPO_BRANCH: branch,
-        VCS_HOST: vcs_host,
-        VCS_CLONE_USERNAME: vcs_clone_username,
-        VCS_CLONE_TOKEN: vcs_clone_token,
-        VCS_CLONE_URL_TEMPLATE: vcs_clone_url_template,
-        REPO_IMAGE_SHA: repo_image_sha,
-        ENV_SERVER_CMD: env_server_cmd,
-        ENV_SERVER_PORT: str(env_server_port) if env_server_port is not None else None,
-        WORKSPACE_DIR: workspace_dir,
-        RUNTIME_STATE_DIR: state_dir,
-        SESSION_CONFIG_FILE: session_config_file,
-    }
-    env.update({name: value for name, value in values.items() if value is not None})
-    for name, value in (runtime_overrides or {}).items():
-        if name not in RESERVED_ENV_NAMES:
-            raise ValueError(f"runtime override {name!r} is not a runtime env name")
-        env[name] = value
-    return env

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.settings import LocalSettings
+from app.provider_settings import LocalSettings
 
 STRICT = os.environ.get("SANDBOX_TEST_STRICT", "") not in ("", "0", "false")
 

@@ -17,6 +17,7 @@ from app.services.reconciler import Reconciler
 from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService
 from app.services.sessions import SessionService
+from app.services.snapshot_recovery import SnapshotRecovery
 from app.services.snapshots import SnapshotService
 from app.settings import Settings
 from app.storage.blobs.base import BlobStore
@@ -36,6 +37,8 @@ class Services:
     files: FileService
     reconciler: Reconciler
     snapshots: SnapshotService
+    #: Settles the snapshots of writers that died (with reconciliation).
+    snapshot_recovery: SnapshotRecovery
     sessions: SessionService
     pools: PoolService
     repo_images: RepoImageService

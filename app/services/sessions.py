@@ -1,7 +1,7 @@
 """Session sandboxes: a repository, the env server and the bridge, per control-plane session.
 
 This is where the service meets the in-sandbox runtime. The environment is
-built by ``sandbox_runtime.contract.build_sandbox_env`` (the single source
+built by ``sandbox_runtime.sandbox_env.build_sandbox_env`` (the single source
 both sides import), the clone token is minted here (GitHub App) and handed
 over only through the environment, and the sandbox's entry command is the
 provider's way of starting ``python -m sandbox_runtime``.
@@ -27,13 +27,8 @@ from app.services.snapshots import SnapshotService
 from app.settings import Settings
 from app.storage.state.repo_images import RepoImageRecord
 from app.storage.state.sandboxes import SandboxRecord
-from sandbox_runtime.contract import (
-    BootMode,
-    ReservedEnvNameError,
-    SessionConfig,
-    build_sandbox_env,
-    find_reserved_env_names,
-)
+from sandbox_runtime.contract import BootMode, SessionConfig
+from sandbox_runtime.sandbox_env import ReservedEnvNameError, build_sandbox_env, find_reserved_env_names
 
 log = get_logger("sessions")
 

@@ -66,8 +66,8 @@ async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-def _manifest_fields(manifest: Manifest) -> dict[str, Any]:
-    """Record fields that come from a stored manifest (either format)."""
+def ready_fields(manifest: Manifest) -> dict[str, Any]:
+    """What a ``ready`` record says about its manifest (either format)."""
     return {
         "paths": list(manifest.paths),
         "size_bytes": manifest.compressed_size,
@@ -104,6 +104,7 @@ class SnapshotService:
         self.provider = provider
         self.sandboxes = sandboxes
         self._locks: KeyedLocks[str] = KeyedLocks()
+        self._writing: set[str] = set()
         self._slots = asyncio.Semaphore(settings.snapshot_concurrency)
 
     # -- taking ------------------------------------------------------------
@@ -146,13 +147,20 @@ class SnapshotService:
         )
         async with self._locks.hold(sandbox.id), self._slots:
             await self.records.insert(record)
+            # Until the record says ready: crash recovery must not take it for a dead writer's.
+            self._writing.add(record.id)
             try:
-                manifest = await self._write(record, ref, sandbox)
-            except BaseException as exc:
-                await asyncio.shield(self.records.update(record.id, status="failed", error=describe_error(exc)))
-                log.warning("snapshot.failed", snapshot_id=record.id, sandbox_id=sandbox.id, error=describe_error(exc))
-                raise
-        updated = await self.records.update(record.id, status="ready", **_manifest_fields(manifest))
+                try:
+                    manifest = await self._write(record, ref, sandbox)
+                except BaseException as exc:
+                    await asyncio.shield(self.records.update(record.id, status="failed", error=describe_error(exc)))
+                    log.warning(
+                        "snapshot.failed", snapshot_id=record.id, sandbox_id=sandbox.id, error=describe_error(exc)
+                    )
+                    raise
+                updated = await self.records.update(record.id, status="ready", **ready_fields(manifest))
+            finally:
+                self._writing.discard(record.id)
         await self.sandboxes.record_event(
             sandbox.id, "snapshotted", snapshot_id=record.id, size=manifest.compressed_size
         )
@@ -165,6 +173,10 @@ class SnapshotService:
             stored_bytes=updated.stored_bytes,
         )
         return updated
+
+    def is_writing(self, snapshot_id: str) -> bool:
+        """True while this process writes that snapshot (crash recovery leaves it alone)."""
+        return snapshot_id in self._writing
 
     async def _write(self, record: SnapshotRecord, ref: str, sandbox: SandboxRecord) -> Manifest:
         paths = await self._existing_paths(ref)
@@ -247,7 +259,7 @@ class SnapshotService:
             reason=manifest.reason,
             repo_owner=owner or None,
             repo_name=name or None,
-            **_manifest_fields(manifest),
+            **ready_fields(manifest),
         )
         existing = await self.records.get(snapshot_id)
         if existing is not None:  # adopted concurrently

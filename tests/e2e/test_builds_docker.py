@@ -26,10 +26,11 @@ from pydantic import SecretStr
 
 from app.auth import make_token
 from app.client import SandboxClient
+from app.provider_settings import DockerSettings
 from app.providers.docker import REPO_IMAGE_LABEL
 from app.services.builds import BUILD_LABEL
 from app.services.repo_images import NATIVE_IMAGE_REPOSITORY
-from app.settings import DockerSettings, Settings
+from app.settings import Settings
 from tests.fixtures.app import serve_in_process
 from tests.fixtures.callbacks import CALLBACK_SECRET, Receiver, until
 from tests.fixtures.docker import DockerEngine

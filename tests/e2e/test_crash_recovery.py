@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 import httpx
+import pytest
 
 from app.auth import make_token
 from tests.fixtures.app import LiveServer
@@ -58,3 +60,54 @@ async def test_a_keyed_create_survives_a_restart_and_a_kill_mid_create(
         assert [s["id"] for s in live] == [retry.json()["id"]]  # one sandbox for the key, whatever the kill hit
         for sandbox in (answered.json(), retry.json()):
             await client.delete(f"/v1/sandboxes/{sandbox['id']}", headers=headers("cleanup"))
+
+
+@pytest.mark.s3
+async def test_a_snapshot_killed_mid_upload_is_failed_and_its_upload_aborted_at_the_next_start(
+    live_server_factory: Callable[..., LiveServer], s3_server: Any, s3_bucket: str
+) -> None:
+    secret = secrets.token_hex(32)
+    env = {
+        "S3_ENDPOINT": s3_server.endpoint,
+        "S3_BUCKET": s3_bucket,
+        "S3_ACCESS_KEY": s3_server.access_key,
+        "S3_SECRET_KEY": s3_server.secret_key,
+        # The restarted service is the same replica: its own unfinished snapshot is a dead writer's.
+        "SANDBOX_REPLICA_ID": "replica-crash-test",
+    }
+    headers = {"Authorization": f"Bearer {make_token(secret.encode())}"}
+    s3 = s3_server.client()
+
+    first = live_server_factory(secret, **env)
+    await asyncio.to_thread(first.start, 60.0)
+    async with httpx.AsyncClient(base_url=first.url, timeout=120, headers=headers) as client:
+        sandbox = (await client.post("/v1/sandboxes", json={})).json()
+        made = await client.post(
+            f"/v1/sandboxes/{sandbox['id']}/exec",
+            json={"command": ["sh", "-c", "head -c 40000000 /dev/urandom > /workspace/big.bin"], "timeout_seconds": 60},
+        )
+        assert made.json()["exit_code"] == 0, made.text
+        task = asyncio.create_task(client.post(f"/v1/sandboxes/{sandbox['id']}/snapshots", json={}))
+        uploads: list[dict[str, Any]] = []
+        for _ in range(600):  # until the multipart upload is under way (bounded: 30 s)
+            uploads = (await asyncio.to_thread(s3.list_multipart_uploads, Bucket=s3_bucket)).get("Uploads", [])
+            if uploads or task.done():
+                break
+            await asyncio.sleep(0.05)
+        assert uploads, "the snapshot finished before its upload could be interrupted"
+        first.kill()
+        with contextlib.suppress(httpx.HTTPError):
+            await task
+
+    second = live_server_factory(secret, **env)
+    await asyncio.to_thread(second.start, 60.0)
+    async with httpx.AsyncClient(base_url=second.url, timeout=60, headers=headers) as client:
+        listed = (await client.get(f"/v1/sandboxes/{sandbox['id']}/snapshots")).json()["snapshots"]
+        assert [(s["status"], "interrupted" in (s.get("error") or "")) for s in listed] == [("failed", True)]
+        left = await asyncio.to_thread(s3.list_multipart_uploads, Bucket=s3_bucket)
+        assert not left.get("Uploads")
+        objects = await asyncio.to_thread(s3.list_objects_v2, Bucket=s3_bucket, Prefix="snapshots/")
+        assert not objects.get("Contents")
+        again = await client.post(f"/v1/sandboxes/{sandbox['id']}/snapshots", json={})
+        assert again.status_code == 201 and again.json()["status"] == "ready", again.text
+        await client.delete(f"/v1/sandboxes/{sandbox['id']}")

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.settings import DockerSettings, Settings
+from app.provider_settings import DockerSettings
+from app.settings import Settings
 from tests.fixtures.app import serve_in_process
 from tests.fixtures.docker import BASE_IMAGE, DockerEngine
 from tests.support_tree import build_sample_tree, tar_extract, tar_stream, tree_hash

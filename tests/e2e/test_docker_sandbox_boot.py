@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from app.providers.docker import DockerProvider
-from sandbox_runtime.contract import SessionConfig, build_sandbox_env
+from sandbox_runtime.contract import SessionConfig
+from sandbox_runtime.sandbox_env import build_sandbox_env
 from tests.fixtures.runtime import GIT_TOKEN, OPENCODE_OFFLINE, SANDBOX_TOKEN, ControlPlane, GitHttpServer
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from daytona import AsyncDaytona, DaytonaConfig, ListSandboxesQuery
 
 from app.errors import ProviderAuthError, ProviderError, SandboxNotFound, SandboxNotRunning
+from app.provider_settings import DaytonaSettings
 from app.providers.base import (
     Capabilities,
     ExecResult,
@@ -60,7 +61,6 @@ from app.providers.daytona.spec import (
     state_name,
     status_of_state,
 )
-from app.settings import DaytonaSettings
 
 log = logging.getLogger(__name__)
 

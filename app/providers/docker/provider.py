@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 from app.errors import BadRequest, Conflict, ProviderError, ProviderUnavailable, UnsupportedSpec
+from app.provider_settings import DockerSettings
 from app.providers.base import (
     Capabilities,
     ExecResult,
@@ -52,7 +53,6 @@ from app.providers.docker.spec import (
     split_image_reference,
     status_of_container,
 )
-from app.settings import DockerSettings
 
 log = logging.getLogger(__name__)
 

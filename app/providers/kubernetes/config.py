@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from app.errors import ProviderAuthError, ProviderError
+from app.provider_settings import KubernetesSettings
 from app.providers.kubernetes.credentials import (
     Credentials,
     ExecPlugin,
@@ -36,7 +37,6 @@ from app.providers.kubernetes.credentials import (
     StaticToken,
     TokenFile,
 )
-from app.settings import KubernetesSettings
 
 #: Where a pod finds its service account's token, CA and namespace.
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")

@@ -34,6 +34,7 @@ from websockets.asyncio.client import ClientConnection
 
 from app.errors import BadRequest, ProviderError, SandboxNotFound, SandboxNotRunning, UnsupportedSpec
 from app.locks import KeyedLocks
+from app.provider_settings import KubernetesSettings
 from app.providers.base import (
     Capabilities,
     ExecResult,
@@ -51,7 +52,6 @@ from app.providers.kubernetes.names import is_object_name, label_selector, match
 from app.providers.kubernetes.objects import Objects, kinds, poll_until
 from app.providers.kubernetes.spec import CONTAINER, PROVIDER, WORKSPACE, plan_sandbox, pod_from_template
 from app.providers.kubernetes.status import describe, is_ready, pod_status, terminating, unschedulable, waiting_problem
-from app.settings import KubernetesSettings
 
 log = logging.getLogger(__name__)
 

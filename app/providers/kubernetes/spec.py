@@ -25,6 +25,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from app.errors import BadRequest, UnsupportedSpec
+from app.provider_settings import KubernetesSettings
 from app.providers.base import Resources, SandboxSpec
 from app.providers.kubernetes.names import (
     CREATE_TOKEN_ANNOTATION,
@@ -35,7 +36,6 @@ from app.providers.kubernetes.names import (
     object_annotations,
     object_labels,
 )
-from app.settings import KubernetesSettings
 
 PROVIDER = "kubernetes"
 #: The container of every sandbox pod (exec targets it by name).

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from app.errors import ProviderError, ProviderUnavailable, SandboxNotRunning
 from app.locks import KeyedLocks
+from app.provider_settings import LocalSettings
 from app.providers.base import (
     Capabilities,
     ExecResult,
@@ -65,7 +66,6 @@ from app.providers.local.limits import AppliedLimits, ResourceLimiter
 from app.providers.local.runtime import RuntimeBundle, runtime_bundle
 from app.providers.local.spec import check_exec, check_spec
 from app.providers.local.store import InitRecord, LocalStore, SandboxMeta, new_ref
-from app.settings import LocalSettings
 
 log = logging.getLogger(__name__)
 

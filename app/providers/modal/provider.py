@@ -41,6 +41,7 @@ from app.errors import (
     UnsupportedSpec,
 )
 from app.locks import KeyedLocks
+from app.provider_settings import ModalSettings
 from app.providers.base import (
     Capabilities,
     ExecResult,
@@ -62,7 +63,7 @@ from app.providers.modal.spec import (
     sandbox_from_tags,
     status_of,
 )
-from app.settings import ConfigError, ModalSettings
+from app.settings import ConfigError
 
 log = logging.getLogger(__name__)
 

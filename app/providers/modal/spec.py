@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.errors import BadRequest, UnsupportedSpec
+from app.provider_settings import ModalSettings
 from app.providers.base import ProviderSandbox, ProviderStatus, Resources, SandboxSpec, check_argv
-from app.settings import ModalSettings
 
 PROVIDER = "modal"
 TAG_PREFIX = "sandbox-control."

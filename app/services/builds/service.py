@@ -41,8 +41,9 @@ from app.logging import get_logger
 from app.providers.base import Provider
 from app.schemas.common import RESERVED_LABEL_PREFIX, validate_env
 from app.schemas.sandboxes import CreateSandboxRequest
-from app.services.builds.follower import ERROR_TAIL_CHARS, BuildFailed, BuildFollower, BuildStopped, build_command
-from app.services.callbacks import CallbackOutbox, failure_url
+from app.services.builds.follower import BuildFailed, BuildFollower, BuildStopped, build_command
+from app.services.builds.notices import BuildNotice, failure_notice, ready_notice
+from app.services.callbacks import CallbackOutbox
 from app.services.hosts import check_url_allowed
 from app.services.leases import LeaseKeeper
 from app.services.repo_images import RepoImageService
@@ -51,7 +52,8 @@ from app.services.sessions import SessionService
 from app.settings import Settings
 from app.storage.state.builds import ACTIVE_BUILD_STATUSES, BuildRecord, BuildStore
 from app.storage.state.times import utcnow
-from sandbox_runtime.contract import BootMode, find_reserved_env_names
+from sandbox_runtime.contract import BootMode
+from sandbox_runtime.sandbox_env import find_reserved_env_names
 
 log = get_logger("builds")
 
@@ -59,9 +61,6 @@ log = get_logger("builds")
 BUILD_LABEL = RESERVED_LABEL_PREFIX + "build"
 #: Extra lifetime of a build sandbox beyond the build timeout: the reaper's backstop.
 SANDBOX_TTL_MARGIN = 600
-#: Idempotency keys: one callback per build and outcome.
-SUCCESS_KEY = "build:{id}:ready"
-FAILURE_KEY = "build:{id}:failed"
 
 
 class BuildService:
@@ -357,19 +356,7 @@ class BuildService:
             await self._delete_sandbox(build.sandbox_id)
         started = build.started_at or build.created_at
         duration = round((utcnow() - started).total_seconds(), 3)
-        if build.callback_url:
-            assert self.outbox is not None
-            await self.outbox.enqueue(
-                build.callback_url,
-                {
-                    "build_id": build.id,
-                    "provider_image_id": build.repo_image_id,
-                    "base_sha": build.base_sha,
-                    "build_duration_seconds": duration,
-                },
-                kind="build_ready",
-                idempotency_key=SUCCESS_KEY.format(id=build.id),
-            )
+        await self._notify(ready_notice(build, duration))
         await self.records.update(
             build.id, only_if_status=ACTIVE_BUILD_STATUSES, status="ready", finished_at=utcnow(), error=None
         )
@@ -391,14 +378,12 @@ class BuildService:
             await self._delete_sandbox(build.sandbox_id)
         if build.repo_image_id:
             await self.repo_images.delete(build.repo_image_id)
-        if build.callback_url and self.outbox is not None:
-            await self.outbox.enqueue(
-                failure_url(build.callback_url),
-                {"build_id": build.id, "error": error[-ERROR_TAIL_CHARS:]},
-                kind="build_failed",
-                idempotency_key=FAILURE_KEY.format(id=build.id),
-            )
+        await self._notify(failure_notice(build, error))
         await self.records.update(build_id, finished_at=build.finished_at or utcnow(), pending_env=None)
+
+    async def _notify(self, notice: BuildNotice | None) -> None:
+        if notice is not None and self.outbox is not None:  # a callback_url is refused without an outbox
+            await self.outbox.enqueue(notice.url, notice.body, kind=notice.kind, idempotency_key=notice.idempotency_key)
 
     async def _delete_sandbox(self, sandbox_id: str) -> None:
         try:

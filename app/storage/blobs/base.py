@@ -154,6 +154,13 @@ class BlobStore(abc.ABC):
         """Keys starting with ``prefix`` (plain string prefix, as S3), sorted."""
 
     @abc.abstractmethod
+    async def abort_uploads(self, key: str) -> int:
+        """Drop the unfinished uploads of ``key`` (a dead writer's parts); how many there were.
+
+        Only for a key whose writer is known to be gone: a live upload of it would fail.
+        """
+
+    @abc.abstractmethod
     async def ping(self) -> None:
         """Readiness check: return when usable, else raise ``StorageUnavailable``."""
 

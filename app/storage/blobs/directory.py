@@ -172,6 +172,10 @@ class DirectoryBlobStore(BlobStore):
                     keys.append(key)
         return sorted(keys)
 
+    async def abort_uploads(self, key: str) -> int:
+        path = self._path(key)
+        return await asyncio.to_thread(_remove_parts, path.parent, f".{path.name}.")
+
     async def ping(self) -> None:
         ok = await asyncio.to_thread(lambda: self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK))
         if not ok:
@@ -185,6 +189,18 @@ def _open_for_read(path: Path) -> tuple[IO[bytes], int]:
     except BaseException:
         handle.close()
         raise
+
+
+def _remove_parts(directory: Path, stem: str) -> int:
+    """Remove the part files ``put_stream`` names ``.<name>.<random>.part`` in ``directory``."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    parts = [n for n in names if n.startswith(stem) and n.endswith(".part")]
+    for name in parts:
+        _unlink_quietly(directory / name)
+    return len(parts)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -76,6 +76,7 @@ class S3BlobStore(BlobStore):
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._cleanup = BackgroundCleanup()
+        self._bucket_lock = asyncio.Lock()
         config = Config(
             region_name=region,
             s3={"addressing_style": "path" if path_style else "auto"},
@@ -130,7 +131,9 @@ class S3BlobStore(BlobStore):
     ) -> T:
         """Run one boto3 call in a thread with bounded retries; translate its failure."""
         limit = attempts or self._max_attempts
-        for attempt in range(1, limit + 1):
+        attempt, recreated = 0, False
+        while True:
+            attempt += 1
             try:
                 return await asyncio.to_thread(fn, **kwargs)
             except Exception as exc:
@@ -138,8 +141,22 @@ class S3BlobStore(BlobStore):
                     log.info("S3 %s on %s failed (%s), retry %d/%d", what, self.bucket, exc, attempt, limit - 1)
                     await asyncio.sleep(self._backoff(attempt))
                     continue
+                if not recreated and isinstance(exc, ClientError) and error_code(exc)[0] == "NoSuchBucket":
+                    # The bucket went away under us (a wiped MinIO): make it again, once, when allowed.
+                    recreated = True
+                    await self._recreate_bucket()
+                    continue
                 raise self._translate(exc, what, key) from exc
-        raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def _recreate_bucket(self) -> None:
+        if not self._create_bucket:
+            raise StorageUnavailable(
+                f"S3 bucket {self.bucket!r} no longer exists ({self._where()}) and bucket creation is disabled "
+                "(S3_CREATE_BUCKET=false): create the bucket again"
+            )
+        async with self._bucket_lock:  # concurrent failures recreate it once
+            log.warning("S3 bucket %s vanished; creating it again", self.bucket)
+            await self.open()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -276,6 +293,22 @@ class S3BlobStore(BlobStore):
             Key=key,
             UploadId=upload_id,
         )
+
+    async def abort_uploads(self, key: str) -> int:
+        validate_key(key)
+        aborted = 0
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": key}
+        for _page in range(10_000):  # bounded: a key has few uploads, a listing page holds 1000
+            answer = await self._call("list_multipart_uploads", self._client.list_multipart_uploads, **kwargs)
+            for upload in answer.get("Uploads", ()):
+                if upload["Key"] == key:  # the prefix also matches longer keys
+                    await self._abort(key, upload["UploadId"], None)
+                    aborted += 1
+            if not answer.get("IsTruncated"):
+                break
+            kwargs["KeyMarker"] = answer.get("NextKeyMarker", "")
+            kwargs["UploadIdMarker"] = answer.get("NextUploadIdMarker", "")
+        return aborted
 
     # -- reads ----------------------------------------------------------------------
 

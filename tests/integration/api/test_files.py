@@ -12,7 +12,8 @@ import pytest
 
 from app.auth import make_token
 from app.client import SandboxClient
-from app.settings import DockerSettings, Settings
+from app.provider_settings import DockerSettings
+from app.settings import Settings
 from tests.fixtures.app import serve_in_process
 from tests.fixtures.docker import BASE_IMAGE
 from tests.support import missing_component

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from app.errors import ProviderError, ProviderUnavailable, SandboxNotRunning
+from app.provider_settings import KubernetesSettings
 from app.providers.base import TIMEOUT_EXIT_CODE, ProviderContext, SandboxSpec
 from app.providers.kubernetes import KubernetesProvider
-from app.settings import KubernetesSettings
 from tests.fixtures.kubernetes import LIVE_SKIP_REASON
 from tests.support import missing_component
 

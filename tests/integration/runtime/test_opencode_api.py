@@ -22,9 +22,9 @@ import pytest
 from sandbox_runtime import serverauth
 from sandbox_runtime.bridge.opencode import ModelRef, OpenCodeClient
 from sandbox_runtime.config import RuntimeConfig
-from sandbox_runtime.contract import build_sandbox_env
 from sandbox_runtime.envserver import EnvServerApi
 from sandbox_runtime.health import LoopbackRequest
+from sandbox_runtime.sandbox_env import build_sandbox_env
 from sandbox_runtime.serverauth import ServerCredentials
 from tests.fixtures.runtime import free_port, git, opencode_env
 

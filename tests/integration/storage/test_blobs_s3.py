@@ -42,6 +42,50 @@ async def test_open_without_creation_names_the_problem(s3_server: S3Server, s3_b
     await store.aclose()
 
 
+def _drop_bucket(server: S3Server, bucket: str) -> None:
+    """What a wiped MinIO does to the service: the bucket and everything in it gone."""
+    client = server.client()
+    for item in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+        client.delete_object(Bucket=bucket, Key=item["Key"])
+    client.delete_bucket(Bucket=bucket)
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+async def test_a_bucket_that_vanishes_while_serving_is_created_again_when_allowed(
+    s3_server: S3Server, s3_bucket: str, allowed: bool
+) -> None:
+    creator = S3BlobStore(**s3_server.store_kwargs(s3_bucket))
+    await creator.open()
+    await creator.aclose()
+    store = S3BlobStore(**s3_server.store_kwargs(s3_bucket), create_bucket=allowed)
+    await store.open()
+    await store.put_bytes("snapshots/before.json", b"{}")
+    await asyncio.to_thread(_drop_bucket, s3_server, s3_bucket)
+    if allowed:
+        assert await store.put_bytes("snapshots/after.json", b"{}") == 2
+        assert await store.list("snapshots/") == ["snapshots/after.json"]
+    else:
+        with pytest.raises(StorageUnavailable, match=f"{s3_bucket}.*no longer exists.*S3_CREATE_BUCKET=false"):
+            await store.put_bytes("snapshots/after.json", b"{}")
+    await store.aclose()
+
+
+async def test_abort_uploads_drops_a_dead_writers_parts_of_that_key_only(
+    s3_store: BlobStore, s3_server: S3Server, s3_bucket: str
+) -> None:
+    client = s3_server.client()
+    dead = client.create_multipart_upload(Bucket=s3_bucket, Key="snapshots/snap_dead.tar.zst")["UploadId"]
+    client.upload_part(
+        Bucket=s3_bucket, Key="snapshots/snap_dead.tar.zst", UploadId=dead, PartNumber=1, Body=b"x" * 1024
+    )
+    other = client.create_multipart_upload(Bucket=s3_bucket, Key="snapshots/snap_dead.tar.zst.other")["UploadId"]
+    assert await s3_store.abort_uploads("snapshots/snap_dead.tar.zst") == 1
+    left = [u["UploadId"] for u in client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])]
+    assert left == [other]
+    assert await s3_store.abort_uploads("snapshots/snap_dead.tar.zst") == 0
+    client.abort_multipart_upload(Bucket=s3_bucket, Key="snapshots/snap_dead.tar.zst.other", UploadId=other)
+
+
 @pytest.mark.parametrize("fail_after_parts", [1, 2])
 async def test_failed_multipart_upload_is_aborted(
     s3_store: BlobStore, s3_server: S3Server, fail_after_parts: int

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from app.provider_settings import LocalSettings
 from app.providers import registry
 from app.providers.base import ProviderContext
 from app.providers.registry import create_provider, provider_class
-from app.settings import ConfigError, LocalSettings, Settings
+from app.settings import ConfigError, Settings
 
 
 class Recorder:

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from sandbox_runtime import contract as c
+from sandbox_runtime import sandbox_env as e
 from sandbox_runtime.config import ConfigError, RuntimeConfig
 from sandbox_runtime.jsonlog import JsonLogger, scrub
 
@@ -18,9 +19,9 @@ def _session(**kwargs: object) -> c.SessionConfig:
 
 
 def test_reserved_names_are_listed_sorted() -> None:
-    assert c.find_reserved_env_names(None) == []
-    assert c.find_reserved_env_names({"FOO": "1", "ANTHROPIC_API_KEY": "k"}) == []
-    assert c.find_reserved_env_names({"VCS_CLONE_TOKEN": "x", "BOOT_MODE": "y", "OK": "z"}) == [
+    assert e.find_reserved_env_names(None) == []
+    assert e.find_reserved_env_names({"FOO": "1", "ANTHROPIC_API_KEY": "k"}) == []
+    assert e.find_reserved_env_names({"VCS_CLONE_TOKEN": "x", "BOOT_MODE": "y", "OK": "z"}) == [
         "BOOT_MODE",
         "VCS_CLONE_TOKEN",
     ]
@@ -34,20 +35,20 @@ def test_reserved_names_are_listed_sorted() -> None:
 
 
 def test_build_sandbox_env_refuses_reserved_user_env() -> None:
-    with pytest.raises(c.ReservedEnvNameError) as info:
-        c.build_sandbox_env(sandbox_id="x", repo_owner="o", repo_name="n", user_env={"SANDBOX_AUTH_TOKEN": "t"})
+    with pytest.raises(e.ReservedEnvNameError) as info:
+        e.build_sandbox_env(sandbox_id="x", repo_owner="o", repo_name="n", user_env={"SANDBOX_AUTH_TOKEN": "t"})
     assert info.value.names == ["SANDBOX_AUTH_TOKEN"]
     with pytest.raises(ValueError, match="not a runtime env name"):
-        c.build_sandbox_env(sandbox_id="x", repo_owner="o", repo_name="n", runtime_overrides={"FOO": "1"})
+        e.build_sandbox_env(sandbox_id="x", repo_owner="o", repo_name="n", runtime_overrides={"FOO": "1"})
     with pytest.raises(ValueError, match="credentials"):
-        c.build_sandbox_env(
+        e.build_sandbox_env(
             sandbox_id="x", repo_owner="o", repo_name="n", vcs_clone_url_template="https://u:p@{host}/{owner}/{name}"
         )
 
 
 def test_build_sandbox_env_round_trips_into_the_runtime_config() -> None:
     session = _session(branch="dev", opencode_session_id="ses_1")
-    env = c.build_sandbox_env(
+    env = e.build_sandbox_env(
         sandbox_id="sbx-1",
         repo_owner="acme",
         repo_name="widget",

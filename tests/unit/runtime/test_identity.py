@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sandbox_runtime.config import ConfigError, RuntimeConfig
-from sandbox_runtime.contract import build_sandbox_env
 from sandbox_runtime.identity import GitIdentity
+from sandbox_runtime.sandbox_env import build_sandbox_env
 
 
 def test_parse_and_render() -> None:

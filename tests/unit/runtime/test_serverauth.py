@@ -7,8 +7,8 @@ from pathlib import Path
 
 from sandbox_runtime import serverauth
 from sandbox_runtime.config import RuntimeConfig
-from sandbox_runtime.contract import build_sandbox_env
 from sandbox_runtime.envserver import env_server_env
+from sandbox_runtime.sandbox_env import build_sandbox_env
 from tests.fixtures.runtime import SANDBOX_TOKEN, session_config
 
 

@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from app.errors import ProviderAuthError, ProviderError
+from app.provider_settings import KubernetesSettings
 from app.providers.kubernetes.config import load_cluster, load_in_cluster, load_kubeconfig
 from app.providers.kubernetes.credentials import ExecPlugin, StaticToken, TokenFile, parse_exec_credential
-from app.settings import KubernetesSettings
 
 
 def self_signed() -> tuple[bytes, bytes]:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from app.errors import BadRequest, UnsupportedSpec
+from app.provider_settings import KubernetesSettings
 from app.providers.base import Resources, SandboxSpec
 from app.providers.kubernetes.names import (
     HASHED_KEY_PREFIX,
@@ -24,7 +25,6 @@ from app.providers.kubernetes.names import (
 )
 from app.providers.kubernetes.spec import cpu_quantity, mebibytes, parse_quantity, plan_sandbox, pod_from_template
 from app.providers.kubernetes.status import describe, is_ready, pod_status
-from app.settings import KubernetesSettings
 
 
 def config(**overrides: Any) -> KubernetesSettings:

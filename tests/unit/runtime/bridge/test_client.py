@@ -22,8 +22,9 @@ from sandbox_runtime.bridge.client import Bridge, websocket_url
 from sandbox_runtime.bridge.opencode import OpenCodeClient, PromptTranslator
 from sandbox_runtime.bridge.protocol import ExecutionCompleteEvent
 from sandbox_runtime.config import RuntimeConfig
-from sandbox_runtime.contract import EXIT_FATAL, build_sandbox_env
+from sandbox_runtime.contract import EXIT_FATAL
 from sandbox_runtime.jsonlog import JsonLogger
+from sandbox_runtime.sandbox_env import build_sandbox_env
 from tests.fixtures.runtime import SANDBOX_TOKEN, ControlPlane, session_config
 
 SID = "ses_mock"

@@ -75,13 +75,34 @@ async def test_transient_errors_bounded(store: S3BlobStore) -> None:
 async def test_missing_key_and_bucket(store: S3BlobStore) -> None:
     stubber = stub(store)
     stubber.add_client_error("get_object", "NoSuchKey", "The specified key does not exist.", 404)
+    # The bucket vanished: created again (creation allowed), then the key is simply missing.
     stubber.add_client_error("get_object", "NoSuchBucket", "The specified bucket does not exist", 404)
+    stubber.add_client_error("head_bucket", "404", "Not Found", 404)
+    stubber.add_response("create_bucket", {}, {"Bucket": "bucket"})
+    stubber.add_client_error("get_object", "NoSuchKey", "The specified key does not exist.", 404)
+    # Gone again and not creatable: a 503 that says so.
+    stubber.add_client_error("get_object", "NoSuchBucket", "The specified bucket does not exist", 404)
+    stubber.add_client_error("head_bucket", "404", "Not Found", 404)
+    stubber.add_client_error("create_bucket", "AccessDenied", "Access Denied", 403)
     with pytest.raises(NotFound):
         async for _ in store.get_stream("k"):
             pass
-    with pytest.raises(StorageUnavailable, match="bucket 'bucket' does not exist"):
+    with pytest.raises(NotFound):
         async for _ in store.get_stream("k"):
             pass
+    with pytest.raises(StorageUnavailable, match="bucket 'bucket' does not exist and these credentials may not"):
+        async for _ in store.get_stream("k"):
+            pass
+    stubber.assert_no_pending_responses()
+
+
+async def test_a_vanished_bucket_is_not_created_when_creation_is_disabled() -> None:
+    store = S3BlobStore("gone", endpoint_url="http://127.0.0.1:9", access_key="a", secret_key="b", create_bucket=False)
+    stubber = stub(store)
+    stubber.add_client_error("put_object", "NoSuchBucket", "The specified bucket does not exist", 404)
+    with pytest.raises(StorageUnavailable, match=r"'gone' no longer exists.*S3_CREATE_BUCKET=false"):
+        await store.put_bytes("k", b"x")
+    stubber.assert_no_pending_responses()
 
 
 async def test_open_refuses_missing_bucket_when_creation_disabled() -> None:
