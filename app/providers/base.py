@@ -95,6 +95,23 @@ class ExecResult:
     duration_ms: int = 0
 
 
+#: One of the two output streams of a command.
+StreamName = Literal["stdout", "stderr"]
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """Bytes a streamed command wrote to one of its streams, in the order produced."""
+
+    stream: StreamName
+    data: bytes
+
+
+#: What ``exec_stream`` yields: output chunks, then one ``ExecResult`` (with empty
+#: ``stdout``/``stderr``: the output went out as chunks) as the last item.
+ExecEvent = OutputChunk | ExecResult
+
+
 @dataclass(frozen=True)
 class ExitEvent:
     """A sandbox's entry command ended on its own (not through ``stop``/``delete``)."""
@@ -126,6 +143,13 @@ class Capabilities:
     #: ``watch_exits`` reports entry commands that end, within about a second; without it
     #: the service learns of an exit when it next reads the sandbox's status.
     exit_events: bool = False
+    #: ``exec_stream`` yields output as the command produces it; False: the backend answers
+    #: an exec only once it ended, so the output comes in one go just before the result.
+    live_output: bool = True
+    #: A process an exec starts in a session of its own outlives that exec (containers);
+    #: False: it ends with the exec (one pid namespace per exec), so a background process
+    #: needs its start exec held open for its whole life.
+    detached_processes: bool = False
 
 
 @dataclass(frozen=True)
@@ -267,6 +291,28 @@ class Provider(abc.ABC):
 
         On expiry the result has ``timed_out=True`` and exit code 124. Output
         beyond ``max_output_bytes`` per stream is dropped and ``truncated`` set.
+        """
+
+    @abc.abstractmethod
+    def exec_stream(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: AsyncIterator[bytes] | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        """Run ``argv`` as ``exec`` does, yielding its output as it is produced.
+
+        Yields ``OutputChunk``s in the order the provider read them, then exactly one
+        ``ExecResult`` (exit code, ``timed_out``, ``truncated``, duration; no output).
+        ``stdin`` is copied into the command as it arrives and closed at its end.
+        Deadline, caps and the process-group kill are those of ``exec``. A consumer
+        that stops iterating (``aclose``) or is cancelled kills the command.
+        Errors before the command starts raise on the first ``__anext__``.
         """
 
     @abc.abstractmethod

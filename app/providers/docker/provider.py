@@ -20,13 +20,14 @@ import contextlib
 import errno
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from app.errors import BadRequest, Conflict, ProviderError, ProviderUnavailable, UnsupportedSpec
 from app.providers.base import (
     Capabilities,
+    ExecEvent,
     ExecResult,
     ExitEvent,
     Provider,
@@ -37,7 +38,7 @@ from app.providers.base import (
 )
 from app.providers.docker import files
 from app.providers.docker.engine import CALL_TIMEOUT, EngineClient, ImageMissing
-from app.providers.docker.exec import run_exec
+from app.providers.docker.exec import run_exec, stream_exec
 from app.providers.docker.exits import watch as watch_exits
 from app.providers.docker.spec import (
     MANAGED_LABEL,
@@ -90,6 +91,8 @@ class DockerProvider(Provider):
             # On the host network every sandbox's env server would claim the same port.
             shared_loopback=config.network == "host",
             exit_events=True,
+            # One pid namespace per container: a process in its own session outlives its exec.
+            detached_processes=True,
         )
         #: Containers this provider is stopping or deleting: their die is not an exit of their own.
         self._stopping: set[str] = set()
@@ -330,6 +333,28 @@ class DockerProvider(Provider):
         max_output_bytes: int = 1 << 20,
     ) -> ExecResult:
         return await run_exec(
+            self._engine,
+            ref,
+            argv,
+            timeout=timeout,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            max_output_bytes=max_output_bytes,
+        )
+
+    def exec_stream(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: AsyncIterator[bytes] | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        return stream_exec(
             self._engine,
             ref,
             argv,
