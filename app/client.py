@@ -116,6 +116,67 @@ class SandboxClient:
                 if item is not None:
                     yield item
 
+    # -- background processes ------------------------------------------------
+
+    async def start_process(self, sandbox_id: str, command: list[str] | str, **options: Any) -> dict[str, Any]:
+        """Start a background process; its view (``pid``, ``status``, ...)."""
+        body = {"command": command, **options}
+        result: dict[str, Any] = await self.request("POST", f"/v1/sandboxes/{sandbox_id}/processes", json=body)
+        return result
+
+    async def list_processes(self, sandbox_id: str) -> list[dict[str, Any]]:
+        result = await self.request("GET", f"/v1/sandboxes/{sandbox_id}/processes")
+        return list(result["processes"])
+
+    async def get_process(self, sandbox_id: str, pid: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"/v1/sandboxes/{sandbox_id}/processes/{pid}")
+        return result
+
+    async def write_stdin(self, sandbox_id: str, pid: str, data: bytes = b"", *, close: bool = False) -> dict[str, Any]:
+        """Append ``data`` to a process's stdin; ``close`` then ends it."""
+        request = self._http.build_request(
+            "POST",
+            f"/v1/sandboxes/{sandbox_id}/processes/{pid}/stdin",
+            params={"close": "true"} if close else None,
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        request.headers.update(self.auth_headers("POST", request.url, hashlib.sha256(data).hexdigest()))
+        result: dict[str, Any] = _decode(await self._http.send(request))
+        return result
+
+    async def signal_process(self, sandbox_id: str, pid: str, signal: str = "TERM") -> dict[str, Any]:
+        path = f"/v1/sandboxes/{sandbox_id}/processes/{pid}/signal"
+        result: dict[str, Any] = await self.request("POST", path, json={"signal": signal})
+        return result
+
+    async def delete_process(self, sandbox_id: str, pid: str) -> None:
+        await self.request("DELETE", f"/v1/sandboxes/{sandbox_id}/processes/{pid}")
+
+    async def process_log(self, sandbox_id: str, pid: str, stream: str = "stdout", offset: int = 0) -> bytes:
+        """One stream's log so far, from ``offset``."""
+        params = {"stream": stream, "offset": str(offset)}
+        request = self._http.build_request("GET", f"/v1/sandboxes/{sandbox_id}/processes/{pid}/logs", params=params)
+        request.headers.update(self.auth_headers("GET", request.url, EMPTY_BODY_SHA256))
+        response = await self._http.send(request)
+        if response.status_code >= 400:
+            _decode(response)
+        return response.content
+
+    async def follow_process(
+        self, sandbox_id: str, pid: str, *, offset: int = 0, stderr_offset: int = 0
+    ) -> AsyncGenerator[Output | dict[str, Any], None]:
+        """Both streams as ``Output`` chunks while the process runs, then its final view (a dict)."""
+        params = {"follow": "true", "offset": str(offset), "stderr_offset": str(stderr_offset)}
+        async with self._stream("GET", f"/v1/sandboxes/{sandbox_id}/processes/{pid}/logs", params=params) as answer:
+            async for event, data, _ in sse_events(answer):
+                if event == "exit":
+                    yield dict(json.loads(data))
+                    return
+                item = exec_stream_event(event, data)
+                if isinstance(item, Output):
+                    yield item
+
     @asynccontextmanager
     async def _stream(
         self, method: str, path: str, *, json: Any = None, params: Any = None

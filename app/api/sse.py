@@ -19,7 +19,7 @@ def parse_last_event_id(value: str | None) -> int:
     return 0
 
 
-def sse_event(data: str, *, event: str | None = None, event_id: int | None = None) -> str:
+def sse_event(data: str, *, event: str | None = None, event_id: int | str | None = None) -> str:
     """One server-sent event; multi-line data becomes several ``data:`` lines."""
     lines = []
     if event_id is not None:

@@ -54,6 +54,11 @@ class ChunkEncoder:
     def __init__(self) -> None:
         self._pending = b""
 
+    @property
+    def held(self) -> int:
+        """Bytes kept back (the start of a character the next chunk completes)."""
+        return len(self._pending)
+
     def encode(self, data: bytes) -> OutputEvent | None:
         """The event for ``data`` (with bytes held from before), or None while all is held."""
         data, self._pending = self._pending + data, b""

@@ -39,8 +39,8 @@ exec sh -c "$SUPERVISE" sh "$d" "$cap" "$@" </dev/null >/dev/null 2>&1"""
 
 # $1 dir, $2 cap, then argv.
 SUPERVISE = r"""d=$1; cap=$2; shift 2
-{ head -c "$cap" >"$d/stdout"; cat >/dev/null; } <"$d/o" & r1=$!
-{ head -c "$cap" >"$d/stderr"; cat >/dev/null; } <"$d/e" & r2=$!
+{ dd bs=65536 count="$cap" iflag=count_bytes status=none >"$d/stdout"; cat >/dev/null; } <"$d/o" & r1=$!
+{ dd bs=65536 count="$cap" iflag=count_bytes status=none >"$d/stderr"; cat >/dev/null; } <"$d/e" & r2=$!
 setsid "$@" <"$d/stdin" >"$d/o" 2>"$d/e" & c=$!
 (
   exec 3<>"$d/stdin"; closed=; n=0
