@@ -18,6 +18,7 @@ from app.providers.base import (
     ProviderStatus,
     SandboxSpec,
 )
+from app.providers.pty import PtySession
 from app.streams import aclose_stream
 
 T = TypeVar("T")
@@ -127,6 +128,19 @@ class InstrumentedProvider(Provider):
             ref, argv, timeout=timeout, cwd=cwd, env=env, stdin=stdin, max_output_bytes=max_output_bytes
         )
         return self._stream("exec_stream", events)
+
+    def open_pty(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        cols: int,
+        rows: int,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> PtySession:
+        return self.inner.open_pty(ref, argv, cols=cols, rows=rows, timeout=timeout, cwd=cwd, env=env)
 
     def read_file(self, ref: str, path: str) -> AsyncIterator[bytes]:
         return self._stream("read_file", self.inner.read_file(ref, path))

@@ -40,6 +40,7 @@ from app.providers.docker import files
 from app.providers.docker.engine import CALL_TIMEOUT, EngineClient, ImageMissing
 from app.providers.docker.exec import run_exec, stream_exec
 from app.providers.docker.exits import watch as watch_exits
+from app.providers.docker.pty import DockerPty
 from app.providers.docker.spec import (
     MANAGED_LABEL,
     SANDBOX_ID_LABEL,
@@ -53,6 +54,7 @@ from app.providers.docker.spec import (
     split_image_reference,
     status_of_container,
 )
+from app.providers.pty import PtySession
 from app.settings import DockerSettings
 
 log = logging.getLogger(__name__)
@@ -364,6 +366,20 @@ class DockerProvider(Provider):
             stdin=stdin,
             max_output_bytes=max_output_bytes,
         )
+
+    def open_pty(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        cols: int,
+        rows: int,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> PtySession:
+        """The Engine's own terminal (an exec with ``Tty``); no helper needed in the image."""
+        return DockerPty(self._engine, ref, argv, cols=cols, rows=rows, timeout=timeout, cwd=cwd, env=env)
 
     def read_file(self, ref: str, path: str) -> AsyncIterator[bytes]:
         return files.read_file(self._engine, ref, path)

@@ -163,3 +163,29 @@ async def test_stream_cancelled_consumer_kills_the_command(provider: Provider, b
     first = await read_all(provider.read_file(box, "/workspace/ticks"))
     await asyncio.sleep(0.6)
     assert await read_all(provider.read_file(box, "/workspace/ticks")) == first
+
+
+async def test_pty_echo_resize_and_exit_code(provider: Provider, box: str) -> None:
+    live_only(provider)
+    session = provider.open_pty(box, ["sh"], cols=70, rows=15, timeout=60)
+    output = session.output()
+    seen = b""
+
+    async def until_seen(needle: bytes) -> None:
+        nonlocal seen
+        while needle not in seen:
+            seen += await anext(output)
+
+    try:
+        await session.write(b"stty size; echo x-$((2 + 3))\n")
+        await until_seen(b"x-5")
+        assert b"15 70" in seen
+        await session.resize(101, 42)
+        await session.write(b"stty size\n")
+        await until_seen(b"42 101")
+        await session.write(b"exit 4\n")
+        async for data in output:
+            seen += data
+        assert await session.exit_code() == 4
+    finally:
+        await session.aclose()
