@@ -177,6 +177,14 @@ class SandboxClient:
                 if isinstance(item, Output):
                     yield item
 
+    def pty_handshake(self, sandbox_id: str, cols: int, rows: int) -> tuple[str, dict[str, str]]:
+        """The WebSocket URL and signed headers of a terminal in the sandbox (``GET …/pty``)."""
+        url = self._http.base_url.join(f"/v1/sandboxes/{sandbox_id}/pty").copy_merge_params(
+            {"cols": str(cols), "rows": str(rows)}
+        )
+        headers = self.auth_headers("GET", url, EMPTY_BODY_SHA256)
+        return str(url.copy_with(scheme="wss" if url.scheme == "https" else "ws")), headers
+
     @asynccontextmanager
     async def _stream(
         self, method: str, path: str, *, json: Any = None, params: Any = None
