@@ -12,14 +12,14 @@ import json
 from collections.abc import AsyncGenerator
 
 from app.api.errors import error_payload
-from app.api.sse import sse_event
+from app.api.sse import sse_event, sse_json_frame
 from app.errors import SandboxControlError
 from app.providers.base import ExecEvent, OutputChunk, StreamName
 from app.schemas.streams import ChunkEncoder, ExitView, OutputEvent
 
 
 def _event(stream: StreamName, output: OutputEvent | None) -> list[bytes]:
-    return [sse_event(output.model_dump_json(), event=stream).encode()] if output is not None else []
+    return [sse_json_frame(stream, output.model_dump())] if output is not None else []
 
 
 async def exec_sse(events: AsyncGenerator[ExecEvent, None]) -> AsyncGenerator[bytes, None]:

@@ -22,6 +22,8 @@ from app.providers.base import TIMEOUT_EXIT_CODE, ExecEvent, ExecResult, OutputC
 QUEUE_CHUNKS = 16
 #: Seconds output may keep arriving after the deadline kill.
 KILL_DRAIN_SECONDS = 5.0
+#: Largest chunk made by joining chunks that queued up while the consumer was busy.
+COALESCE_BYTES = 1 << 20
 
 
 class OutputPump:
@@ -31,6 +33,8 @@ class OutputPump:
         self._queue: asyncio.Queue[OutputChunk | None] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
         self._room: dict[StreamName, int] = {"stdout": max_output_bytes, "stderr": max_output_bytes}
         self._error: BaseException | None = None
+        #: A chunk taken from the queue while joining, that belongs to the other stream.
+        self._held: OutputChunk | None = None
         self.started = time.monotonic()
         self.truncated = False
         self.timed_out = False
@@ -72,19 +76,40 @@ class OutputPump:
                     await kill()
                     deadline = time.monotonic() + KILL_DRAIN_SECONDS
                     continue
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    continue
+                if self._held is not None:
+                    item: OutputChunk | None = self._held
+                    self._held = None
+                else:
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), remaining)
+                    except TimeoutError:
+                        continue
                 if item is None:
                     break
-                yield item
+                yield self._joined(item)
             if self._error is not None:
                 raise self._error
         finally:
             if not task.done():
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    def _joined(self, first: OutputChunk) -> OutputChunk:
+        """``first`` and the chunks of its stream queued right behind it, as one (fewer, larger events
+        when the consumer is the slower side; a lone chunk goes out as it is)."""
+        parts = [first.data]
+        size = len(first.data)
+        while size < COALESCE_BYTES and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is None:
+                self._queue.put_nowait(None)  # the end stays last (there is room: it was just taken)
+                break
+            if item.stream != first.stream:
+                self._held = item
+                break
+            parts.append(item.data)
+            size += len(item.data)
+        return first if len(parts) == 1 else OutputChunk(first.stream, b"".join(parts))
 
     def result(self, exit_code: int) -> ExecResult:
         """The final event: ``exit_code`` (124 after a deadline kill), flags and duration."""

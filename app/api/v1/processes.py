@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import get_services
 from app.api.params import OCTET_STREAM_BODY, SandboxIdPath
-from app.api.sse import SSE_HEADERS, sse_event, until_disconnected
+from app.api.sse import SSE_HEADERS, sse_event, sse_json_frame, until_disconnected
 from app.errors import BadRequest, PayloadTooLarge
 from app.providers.base import OutputChunk, StreamName
 from app.schemas.processes import LogStream, ProcessList, ProcessView, SignalRequest, StartProcessRequest
@@ -146,7 +146,7 @@ async def _log_frames(
                     # The id counts bytes sent whole: a held partial character is re-sent on resume.
                     resume = {**position, item.stream: position[item.stream] - encoders[item.stream].held}
                     resume_id = f"{resume['stdout']}-{resume['stderr']}"
-                    yield sse_event(event.model_dump_json(), event=item.stream, event_id=resume_id).encode()
+                    yield sse_json_frame(item.stream, event.model_dump(), event_id=resume_id)
                 continue
             for name, encoder in encoders.items():
                 tail = encoder.flush()
