@@ -6,7 +6,7 @@ so any replica (and a restarted service) can serve it with plain execs:
     meta.json        what was started, by the service (one JSON line)
     stdout, stderr   the first ``cap`` bytes of each stream (the rest is read and dropped)
     stdin            a FIFO the command reads; writers append with ``cat``
-    hb               epoch seconds, rewritten every second while the supervisor lives
+    hb               epoch seconds, replaced (never rewritten in place) every second while the supervisor lives
     started, exit    markers; ``exit`` holds the exit status once the command ended
     signal, close    requests to the supervisor: a signal name; "close stdin"
 
@@ -29,7 +29,7 @@ STALE_SECONDS = 5
 # $1 dir, $2 cap, $3 meta JSON, $4 "detach" or "hold", $5 the SUPERVISE script, then argv.
 START = r"""d=$1; cap=$2; meta=$3; mode=$4; SUPERVISE=$5; shift 5
 mkdir -p "$d" && printf '%s\n' "$meta" >"$d/meta.json" && mkfifo "$d/stdin" "$d/o" "$d/e" || exit 125
-: >"$d/stdout"; : >"$d/stderr"; date +%s >"$d/hb"
+: >"$d/stdout"; : >"$d/stderr"; date +%s >"$d/hb.new" && mv "$d/hb.new" "$d/hb"
 if [ "$mode" = detach ]; then
   unset SANDBOX_CONTROL_EXEC  # not swept by the kill of the exec that started it
   setsid sh -c "$SUPERVISE" sh "$d" "$cap" "$@" </dev/null >/dev/null 2>&1 &
@@ -41,16 +41,18 @@ exec sh -c "$SUPERVISE" sh "$d" "$cap" "$@" </dev/null >/dev/null 2>&1"""
 SUPERVISE = r"""d=$1; cap=$2; shift 2
 { dd bs=65536 count="$cap" iflag=count_bytes status=none >"$d/stdout"; cat >/dev/null; } <"$d/o" & r1=$!
 { dd bs=65536 count="$cap" iflag=count_bytes status=none >"$d/stderr"; cat >/dev/null; } <"$d/e" & r2=$!
-setsid "$@" <"$d/stdin" >"$d/o" 2>"$d/e" & c=$!
+# A background job of a shell starts with SIGINT and SIGQUIT ignored: give the command the defaults back.
+reset=; if env --default-signal=INT true 2>/dev/null; then reset="env --default-signal=INT,QUIT"; fi
+$reset setsid "$@" <"$d/stdin" >"$d/o" 2>"$d/e" & c=$!
 (
   exec 3<>"$d/stdin"; closed=; n=0
-  while [ ! -e "$d/ended" ]; do
+  while [ -d "$d" ] && [ ! -e "$d/ended" ]; do  # a deleted process's files are gone: stop too
     if [ -z "$closed" ] && [ -e "$d/close" ]; then exec 3>&-; closed=1; fi
     if [ -s "$d/signal" ]; then
       s=$(cat "$d/signal"); rm -f "$d/signal"
       kill -s "$s" -- "-$c" 2>/dev/null || kill -s "$s" "$c" 2>/dev/null
     fi
-    n=$((n + 1)); if [ "$n" -ge 10 ]; then date +%s >"$d/hb"; n=0; fi
+    n=$((n + 1)); if [ "$n" -ge 10 ]; then date +%s >"$d/hb.new" && mv "$d/hb.new" "$d/hb"; n=0; fi
     sleep 0.1
   done
 ) & k=$!

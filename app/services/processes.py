@@ -57,6 +57,13 @@ class ProcessService:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._held.clear()
 
+    def _release(self, ref: str, pid: str, task: asyncio.Task[ExecResult]) -> None:
+        """A held start exec ended: forget it; how it ended is the process's files' business."""
+        self._held.pop((ref, pid), None)
+        if not task.cancelled() and task.exception() is not None:
+            # Typically the sandbox stopped under it; the heartbeat then reads as exited.
+            log.info("process.hold_ended", ref=ref, pid=pid, error=str(task.exception()))
+
     async def _ref(self, any_id: str) -> str:
         record = await self._running(any_id)
         assert record.provider_object_id is not None
@@ -101,9 +108,12 @@ class ProcessService:
             events = self.provider.exec_stream(ref, start, timeout=self.settings.process_max_seconds, cwd=cwd, env=env)
             task = asyncio.ensure_future(collect(events))
             self._held[(ref, pid)] = task
-            task.add_done_callback(lambda _: self._held.pop((ref, pid), None))
+            task.add_done_callback(lambda done: self._release(ref, pid, done))
         started = await self._sh(ref, scripts.WAIT_STARTED, self._dir(pid))
         if started.exit_code != 0:
+            held = self._held.get((ref, pid))
+            if held is not None:
+                held.cancel()
             raise ProviderError(f"the process did not start: {_tail(started)}", sandbox_id=record.id)
         log.info("process.started", sandbox_id=record.id, pid=pid, held=not detach)
         return await self._get(ref, pid)

@@ -30,7 +30,8 @@ EXIT_CODE_WAIT_SECONDS = 5.0
 _STDIN_CHUNK = 64 * 1024
 
 
-def _env_list(env: Mapping[str, str] | None, token: str) -> list[str]:
+def exec_env(env: Mapping[str, str] | None, token: str) -> list[str]:
+    """The Engine's ``Env`` list of one exec: ``env`` checked, plus the exec's marker."""
     items = []
     for key, value in (env or {}).items():
         if not key or "=" in key or "\0" in key or "\0" in value or key == EXEC_MARKER:
@@ -103,7 +104,7 @@ async def stream_exec(
             "AttachStderr": True,
             "Tty": False,
             "Cmd": wrapped_argv(cwd, argv),
-            "Env": _env_list(env, token),
+            "Env": exec_env(env, token),
             "User": user,
         },
         ref=container,
@@ -133,9 +134,9 @@ async def stream_exec(
             await asyncio.gather(feeder, return_exceptions=True)
         if not finished:
             # Nobody reads on (disconnect, cancellation): do not leave the command running.
-            await asyncio.shield(_kill_quietly(engine, container, token, user))
+            await asyncio.shield(kill_quietly(engine, container, token, user))
         await asyncio.shield(stream.close())
-    yield pump.result(0 if pump.timed_out else await _exit_code(engine, exec_id, container))
+    yield pump.result(0 if pump.timed_out else await recorded_exit_code(engine, exec_id, container))
 
 
 async def _kill_group(engine: EngineClient, container: str, token: str, user: str = "") -> None:
@@ -164,13 +165,13 @@ async def _kill_group(engine: EngineClient, container: str, token: str, user: st
         await stream.close()
 
 
-async def _kill_quietly(engine: EngineClient, container: str, token: str, user: str) -> None:
+async def kill_quietly(engine: EngineClient, container: str, token: str, user: str) -> None:
     # Best effort on cancellation: the container may be gone already.
     with contextlib.suppress(Exception):
         await _kill_group(engine, container, token, user)
 
 
-async def _exit_code(engine: EngineClient, exec_id: str, container: str) -> int:
+async def recorded_exit_code(engine: EngineClient, exec_id: str, container: str) -> int:
     """The exit code the Engine recorded; it can lag the end of the output briefly."""
     deadline = time.monotonic() + EXIT_CODE_WAIT_SECONDS
     delay = 0.005

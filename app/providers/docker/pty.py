@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from aiodocker.stream import Stream
 
 from app.providers.docker.engine import EngineClient, mapped_errors
-from app.providers.docker.exec import _env_list, _exit_code, _kill_quietly
+from app.providers.docker.exec import exec_env, kill_quietly, recorded_exit_code
 from app.providers.exec_wrapper import wrapped_argv
 from app.providers.pty import PtySession, check_size
 
@@ -33,7 +33,7 @@ class DockerPty(PtySession):
         self._engine, self._container, self._argv = engine, container, list(argv)
         self._size, self._timeout, self._cwd = (cols, rows), timeout, cwd
         self._token = secrets.token_hex(8)
-        self._env = _env_list(env, self._token)
+        self._env = exec_env(env, self._token)
         self._exec_id: str | None = None
         self._stream: Stream | None = None
         #: Keystrokes typed before the exec started (the output's first read starts it).
@@ -69,8 +69,8 @@ class DockerPty(PtySession):
             finished = True
         finally:
             if not finished:
-                await asyncio.shield(_kill_quietly(self._engine, self._container, self._token, ""))
-        self._code = await _exit_code(self._engine, self._exec_id, self._container)
+                await asyncio.shield(kill_quietly(self._engine, self._container, self._token, ""))
+        self._code = await recorded_exit_code(self._engine, self._exec_id, self._container)
 
     async def write(self, data: bytes) -> None:
         if self._stream is None:
@@ -93,5 +93,5 @@ class DockerPty(PtySession):
     async def aclose(self) -> None:
         if self._stream is not None:
             if self._code is None:
-                await _kill_quietly(self._engine, self._container, self._token, "")
+                await kill_quietly(self._engine, self._container, self._token, "")
             await self._stream.close()
