@@ -79,6 +79,8 @@ class OutputPump:
                 if self._held is not None:
                     item: OutputChunk | None = self._held
                     self._held = None
+                elif not self._queue.empty():
+                    item = self._queue.get_nowait()  # the common case under load: no timer needed
                 else:
                     try:
                         item = await asyncio.wait_for(self._queue.get(), remaining)
