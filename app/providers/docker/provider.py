@@ -20,7 +20,7 @@ import contextlib
 import errno
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +28,7 @@ from app.errors import BadRequest, Conflict, ProviderError, ProviderUnavailable,
 from app.provider_settings import DockerSettings
 from app.providers.base import (
     Capabilities,
+    ExecEvent,
     ExecResult,
     ExitEvent,
     Provider,
@@ -38,8 +39,9 @@ from app.providers.base import (
 )
 from app.providers.docker import files
 from app.providers.docker.engine import CALL_TIMEOUT, EngineClient, ImageMissing
-from app.providers.docker.exec import run_exec
+from app.providers.docker.exec import run_exec, stream_exec
 from app.providers.docker.exits import watch as watch_exits
+from app.providers.docker.pty import DockerPty
 from app.providers.docker.spec import (
     MANAGED_LABEL,
     SANDBOX_ID_LABEL,
@@ -53,6 +55,7 @@ from app.providers.docker.spec import (
     split_image_reference,
     status_of_container,
 )
+from app.providers.pty import PtySession
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,8 @@ class DockerProvider(Provider):
             # On the host network every sandbox's env server would claim the same port.
             shared_loopback=config.network == "host",
             exit_events=True,
+            # One pid namespace per container: a process in its own session outlives its exec.
+            detached_processes=True,
         )
         #: Containers this provider is stopping or deleting: their die is not an exit of their own.
         self._stopping: set[str] = set()
@@ -339,6 +344,42 @@ class DockerProvider(Provider):
             stdin=stdin,
             max_output_bytes=max_output_bytes,
         )
+
+    def exec_stream(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: AsyncIterator[bytes] | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        return stream_exec(
+            self._engine,
+            ref,
+            argv,
+            timeout=timeout,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            max_output_bytes=max_output_bytes,
+        )
+
+    def open_pty(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        cols: int,
+        rows: int,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> PtySession:
+        """The Engine's own terminal (an exec with ``Tty``); no helper needed in the image."""
+        return DockerPty(self._engine, ref, argv, cols=cols, rows=rows, timeout=timeout, cwd=cwd, env=env)
 
     def read_file(self, ref: str, path: str) -> AsyncIterator[bytes]:
         return files.read_file(self._engine, ref, path)

@@ -28,7 +28,7 @@ import builtins
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from app.locks import KeyedLocks
 from app.provider_settings import LocalSettings
 from app.providers.base import (
     Capabilities,
+    ExecEvent,
     ExecResult,
     ExitEvent,
     Provider,
@@ -66,6 +67,7 @@ from app.providers.local.limits import AppliedLimits, ResourceLimiter
 from app.providers.local.runtime import RuntimeBundle, runtime_bundle
 from app.providers.local.spec import check_exec, check_spec
 from app.providers.local.store import InitRecord, LocalStore, SandboxMeta, new_ref
+from app.providers.local.stream import stream_process
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +371,36 @@ class LocalProvider(Provider):
         return await self._run(
             meta, record.limits, argv, timeout=timeout, cwd=cwd, env=env, stdin=stdin, max_output_bytes=max_output_bytes
         )
+
+    async def exec_stream(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: AsyncIterator[bytes] | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        """``exec`` with its output read from bwrap's pipes as it comes; see ``Provider.exec_stream``."""
+        cwd = check_exec(argv, cwd=cwd, env=env, timeout=timeout)
+        meta, record = await self._running(ref)
+        with self._sandboxed(meta, cwd=cwd, env=env) as fd:
+            try:
+                events = stream_process(
+                    self._spawn_argv(meta, record.limits, fd, argv),
+                    env=HOST_ENV,
+                    timeout=timeout,
+                    stdin=stdin,
+                    max_output_bytes=max_output_bytes,
+                    pass_fds=(fd,),
+                    track=self._exec_registry(meta.ref),
+                )
+                async for event in events:
+                    yield event
+            except OSError as exc:
+                raise ProviderError(f"sandbox {meta.ref}: cannot start bwrap: {exc}") from exc
 
     def read_file(self, ref: str, path: str) -> AsyncIterator[bytes]:
         """Stream a file with ``cat`` inside the sandbox. Errors raise on first iteration."""
