@@ -43,6 +43,22 @@ def make_token(secret: bytes, at_ms: int | None = None) -> str:
     return f"{stamp}.{_hmac_hex(secret, stamp.encode())}"
 
 
+#: Seconds a signed query parameter stays valid (browsers cannot set headers on a WebSocket).
+QUERY_TOKEN_SECONDS = 60
+#: The query parameter that carries it.
+QUERY_TOKEN_PARAM = "access_token"
+
+
+def _query_message(stamp: str, path: str) -> bytes:
+    return f"{stamp}\nQUERY\n{path}".encode()
+
+
+def make_query_token(secret: bytes, path: str, at_ms: int | None = None) -> str:
+    """``<ms>.<hex hmac>`` over the stamp and ``path``: opens that one path for ``QUERY_TOKEN_SECONDS``."""
+    stamp = str(now_ms() if at_ms is None else at_ms)
+    return f"{stamp}.{_hmac_hex(secret, _query_message(stamp, path))}"
+
+
 def signing_string(stamp: str, method: str, path_query: str, body_sha256: str, nonce: str = "") -> bytes:
     """The signed text; an optional nonce (our extension) is appended on a fifth line."""
     base = f"{stamp}\n{method.upper()}\n{path_query}\n{body_sha256}"
@@ -165,6 +181,15 @@ class RequestVerifier:
             raise Unauthorized("invalid request signature")
         if not self.replays.add(parsed.signature, at):
             raise Unauthorized("replayed request")
+
+    def check_query_token(self, token: str, path: str) -> None:
+        """Verify a ``make_query_token`` token for ``path`` (a URL a browser may hold briefly)."""
+        stamp, dot, signature = token.partition(".")
+        if not dot or len(signature) != 64:
+            raise Unauthorized("malformed access token")
+        _check_stamp(stamp, QUERY_TOKEN_SECONDS, now_ms())
+        if not _matches_any(self.secrets, _query_message(stamp, path), signature):
+            raise Unauthorized("invalid access token")
 
     def check_bearer(self, authorization: str | None) -> None:
         """Verify the ``Authorization: Bearer`` header (token mode)."""

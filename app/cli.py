@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app import cli_live
 from app.auth import make_token
 from app.secret_file import SECRET_FILE_NAME, data_dir_from_env, resolve_secrets
 
@@ -150,25 +151,6 @@ async def cmd_ls(client: SandboxClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_exec(client: SandboxClient, args: argparse.Namespace) -> int:
-    command = list(args.command)
-    if not command:
-        raise CliError("usage: sandboxctl exec ID -- COMMAND [ARGS...]")
-    options: dict[str, Any] = {}
-    if args.timeout:
-        options["timeout_seconds"] = args.timeout
-    if args.cwd:
-        options["cwd"] = args.cwd
-    if not sys.stdin.isatty() and args.stdin:
-        options["stdin"] = sys.stdin.read()
-    result = await client.exec(args.id, command, **options)
-    sys.stdout.write(result["stdout"])
-    sys.stderr.write(result["stderr"])
-    if result["timed_out"]:
-        sys.stderr.write(f"sandboxctl: command timed out after {args.timeout or 'the default'} s\n")
-    return int(result["exit_code"])
-
-
 async def cmd_cp(client: SandboxClient, args: argparse.Namespace) -> int:
     src_id, src = _split_target(args.src)
     dst_id, dst = _split_target(args.dst)
@@ -233,12 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(handler=cmd_ls)
 
-    exec_ = sub.add_parser("exec", help="run a command: sandboxctl exec ID -- CMD ARGS...")
-    exec_.add_argument("id")
-    exec_.add_argument("--timeout", type=float)
-    exec_.add_argument("--cwd")
-    exec_.add_argument("--stdin", action="store_true", help="send this process's stdin")
-    exec_.set_defaults(handler=cmd_exec)
+    cli_live.add_commands(sub)
 
     cp = sub.add_parser("cp", help="copy a file: cp LOCAL ID:/path  or  cp ID:/path LOCAL")
     cp.add_argument("src")
@@ -266,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "func"):
             return int(args.func(args))
         return _run_client(args)
-    except CliError as exc:
+    except (CliError, cli_live.UsageError) as exc:
         sys.stderr.write(f"sandboxctl: {exc}\n")
     except OSError as exc:
         sys.stderr.write(f"sandboxctl: {exc.strerror or exc}\n")

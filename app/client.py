@@ -8,9 +8,13 @@ auth mode and cannot be replayed or redirected.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ import httpx
 from app.auth import CONTENT_SHA256_HEADER, EMPTY_BODY_SHA256, make_token, now_ms, sign_request
 
 _CHUNK = 1 << 16
+SSE = "text/event-stream"
 
 
 class ApiError(Exception):
@@ -97,6 +102,105 @@ class SandboxClient:
         result: dict[str, Any] = await self.request("POST", f"/v1/sandboxes/{sandbox_id}/exec", json=body)
         return result
 
+    async def exec_stream(
+        self, sandbox_id: str, command: list[str] | str, **options: Any
+    ) -> AsyncGenerator[ExecStreamEvent, None]:
+        """Run a command, yielding ``Output`` chunks as they are produced, then one ``Exit``.
+
+        Leaving the loop early (or cancelling) disconnects, which kills the command.
+        """
+        body = {"command": command, **options, "stream": True}
+        async with self._stream("POST", f"/v1/sandboxes/{sandbox_id}/exec", json=body) as response:
+            async for event, data, _ in sse_events(response):
+                item = exec_stream_event(event, data)
+                if item is not None:
+                    yield item
+
+    # -- background processes ------------------------------------------------
+
+    async def start_process(self, sandbox_id: str, command: list[str] | str, **options: Any) -> dict[str, Any]:
+        """Start a background process; its view (``pid``, ``status``, ...)."""
+        body = {"command": command, **options}
+        result: dict[str, Any] = await self.request("POST", f"/v1/sandboxes/{sandbox_id}/processes", json=body)
+        return result
+
+    async def list_processes(self, sandbox_id: str) -> list[dict[str, Any]]:
+        result = await self.request("GET", f"/v1/sandboxes/{sandbox_id}/processes")
+        return list(result["processes"])
+
+    async def get_process(self, sandbox_id: str, pid: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"/v1/sandboxes/{sandbox_id}/processes/{pid}")
+        return result
+
+    async def write_stdin(self, sandbox_id: str, pid: str, data: bytes = b"", *, close: bool = False) -> dict[str, Any]:
+        """Append ``data`` to a process's stdin; ``close`` then ends it."""
+        request = self._http.build_request(
+            "POST",
+            f"/v1/sandboxes/{sandbox_id}/processes/{pid}/stdin",
+            params={"close": "true"} if close else None,
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        request.headers.update(self.auth_headers("POST", request.url, hashlib.sha256(data).hexdigest()))
+        result: dict[str, Any] = _decode(await self._http.send(request))
+        return result
+
+    async def signal_process(self, sandbox_id: str, pid: str, signal: str = "TERM") -> dict[str, Any]:
+        path = f"/v1/sandboxes/{sandbox_id}/processes/{pid}/signal"
+        result: dict[str, Any] = await self.request("POST", path, json={"signal": signal})
+        return result
+
+    async def delete_process(self, sandbox_id: str, pid: str) -> None:
+        await self.request("DELETE", f"/v1/sandboxes/{sandbox_id}/processes/{pid}")
+
+    async def process_log(self, sandbox_id: str, pid: str, stream: str = "stdout", offset: int = 0) -> bytes:
+        """One stream's log so far, from ``offset``."""
+        params = {"stream": stream, "offset": str(offset)}
+        request = self._http.build_request("GET", f"/v1/sandboxes/{sandbox_id}/processes/{pid}/logs", params=params)
+        request.headers.update(self.auth_headers("GET", request.url, EMPTY_BODY_SHA256))
+        response = await self._http.send(request)
+        if response.status_code >= 400:
+            _decode(response)
+        return response.content
+
+    async def follow_process(
+        self, sandbox_id: str, pid: str, *, offset: int = 0, stderr_offset: int = 0
+    ) -> AsyncGenerator[Output | dict[str, Any], None]:
+        """Both streams as ``Output`` chunks while the process runs, then its final view (a dict)."""
+        params = {"follow": "true", "offset": str(offset), "stderr_offset": str(stderr_offset)}
+        async with self._stream("GET", f"/v1/sandboxes/{sandbox_id}/processes/{pid}/logs", params=params) as answer:
+            async for event, data, _ in sse_events(answer):
+                if event == "exit":
+                    yield dict(json.loads(data))
+                    return
+                item = exec_stream_event(event, data)
+                if isinstance(item, Output):
+                    yield item
+
+    def pty_handshake(self, sandbox_id: str, cols: int, rows: int) -> tuple[str, dict[str, str]]:
+        """The WebSocket URL and signed headers of a terminal in the sandbox (``GET …/pty``)."""
+        url = self._http.base_url.join(f"/v1/sandboxes/{sandbox_id}/pty").copy_merge_params(
+            {"cols": str(cols), "rows": str(rows)}
+        )
+        headers = self.auth_headers("GET", url, EMPTY_BODY_SHA256)
+        return str(url.copy_with(scheme="wss" if url.scheme == "https" else "ws")), headers
+
+    @asynccontextmanager
+    async def _stream(
+        self, method: str, path: str, *, json: Any = None, params: Any = None
+    ) -> AsyncIterator[httpx.Response]:
+        """A signed request whose answer is read as it arrives (an error envelope raises)."""
+        request = self._http.build_request(method, path, json=json, params=params, headers={"Accept": SSE})
+        request.headers.update(self.auth_headers(method, request.url, hashlib.sha256(request.content).hexdigest()))
+        response = await self._http.send(request, stream=True)
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                _decode(response)
+            yield response
+        finally:
+            await response.aclose()
+
     # -- files -------------------------------------------------------------
 
     async def upload(self, sandbox_id: str, path: str, source: Path) -> None:
@@ -136,6 +240,64 @@ class SandboxClient:
                 yield chunk
         finally:
             await response.aclose()
+
+
+@dataclass(frozen=True)
+class Output:
+    """A chunk of a command's ``stdout`` or ``stderr``."""
+
+    stream: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a streamed command ended."""
+
+    exit_code: int
+    timed_out: bool
+    truncated: bool
+    duration_ms: int
+
+
+ExecStreamEvent = Output | Exit
+
+
+def exec_stream_event(event: str, data: str) -> ExecStreamEvent | None:
+    """One SSE event of a streamed command; ``error`` raises ``ApiError``; unknown kinds are None."""
+    if event in ("stdout", "stderr"):
+        chunk = json.loads(data)
+        raw = base64.b64decode(chunk["data"]) if chunk.get("encoding") == "base64" else chunk["data"].encode()
+        return Output(event, raw)
+    if event == "exit":
+        body = json.loads(data)
+        return Exit(int(body["exit_code"]), bool(body["timed_out"]), bool(body["truncated"]), int(body["duration_ms"]))
+    if event == "error":
+        body = json.loads(data)
+        raise ApiError(200, str(body.get("code", "error")), str(body.get("error", "")))
+    return None
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str, str | None]]:
+    """(event, data, id) of each server-sent event; comments (keepalives) are skipped."""
+    event, event_id = "message", None
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield event, "\n".join(data), event_id
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                event = value
+            elif name == "data":
+                data.append(value)
+            elif name == "id":
+                event_id = value
 
 
 def _sha256_file(path: Path) -> str:

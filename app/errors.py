@@ -28,10 +28,12 @@ built-in exception they mean, so callers can catch ``LookupError`` or
     │   ├── SandboxFileNotFound                404 file_not_found
     │   ├── BuildNotFound                      404 build_not_found
     │   ├── RepoImageNotFound                  404 repo_image_not_found
+    │   ├── ProcessNotFound                    404 process_not_found
     │   └── ImageMissing*                      404 image_not_found
     ├── Conflict                               409 conflict
     │   ├── SandboxNotRunning                  409 sandbox_not_running
-    │   └── BuildConflict                      409 build_conflict
+    │   ├── BuildConflict                      409 build_conflict
+    │   └── ProcessConflict                    409 process_conflict
     ├── PayloadTooLarge                        413 payload_too_large
     │   └── NoSpace                            413 no_space
     ├── ProviderError                          502 provider_error
@@ -180,6 +182,12 @@ class RepoImageNotFound(NotFound):
     code = "repo_image_not_found"
 
 
+class ProcessNotFound(NotFound):
+    """No background process with that handle in the sandbox."""
+
+    code = "process_not_found"
+
+
 class Conflict(SandboxControlError):
     """The resource exists but is in a state that forbids the operation."""
 
@@ -195,6 +203,12 @@ class BuildConflict(Conflict):
     """The same build id was submitted again with a different request."""
 
     code = "build_conflict"
+
+
+class ProcessConflict(Conflict):
+    """The process cannot take this now (it exited, or its stdin is closed or full)."""
+
+    code = "process_conflict"
 
 
 class NotConfigured(SandboxControlError):

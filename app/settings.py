@@ -143,6 +143,11 @@ class Settings(BaseSettings):
     exec_max_output_bytes: int = Field(default=1 << 20, ge=1024, validation_alias="SANDBOX_EXEC_MAX_OUTPUT_BYTES")
     exec_default_timeout: float = Field(default=60.0, gt=0, validation_alias="SANDBOX_EXEC_DEFAULT_TIMEOUT")
     exec_max_timeout: float = Field(default=3600.0, gt=0, validation_alias="SANDBOX_EXEC_MAX_TIMEOUT")
+    #: Bytes of each stream a background process keeps in its log file in the sandbox (the rest is dropped).
+    process_log_max_bytes: int = Field(default=64 << 20, ge=1024, validation_alias="SANDBOX_PROCESS_LOG_MAX_BYTES")
+    #: Longest life of a background process held by an exec (providers without detached processes),
+    #: and of one log follow.
+    process_max_seconds: float = Field(default=86400.0, gt=0, validation_alias="SANDBOX_PROCESS_MAX_SECONDS")
     default_ttl_seconds: int | None = Field(default=None, ge=1, validation_alias="SANDBOX_DEFAULT_TTL_SECONDS")
     max_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, validation_alias="SANDBOX_MAX_TTL_SECONDS")
     reaper_interval_seconds: float = Field(default=15.0, gt=0, validation_alias="SANDBOX_REAPER_INTERVAL")

@@ -28,6 +28,7 @@ from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
 from app.services.leases import LeaseKeeper, new_replica_id
 from app.services.pools import PoolService
+from app.services.processes import ProcessService
 from app.services.reconciler import Reconciler
 from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService
@@ -88,6 +89,8 @@ async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitS
         stack.push_async_callback(outbox.aclose)
     builds = BuildService(settings, store.builds, provider, sandboxes, sessions, repo_images, outbox, leases)
     stack.push_async_callback(builds.aclose)
+    processes = ProcessService(settings, provider, sandboxes.running)
+    stack.push_async_callback(processes.aclose)
     return Services(
         settings=settings,
         metrics=metrics,
@@ -120,6 +123,7 @@ async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitS
         builds=builds,
         launcher=SandboxLauncher(sandboxes, snapshots, sessions, pools, repo_images),
         callbacks=outbox,
+        processes=processes,
         leases=leases,
         idempotency=IdempotencyService(store.idempotency, replica_id=replica_id, live_replicas=leases.live_replica_ids),
     )

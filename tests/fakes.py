@@ -31,16 +31,18 @@ import re
 import secrets
 import shutil
 import signal
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from app.errors import BadRequest, SandboxNotFound, SandboxNotRunning, UnsupportedSpec
 from app.providers.base import (
     Capabilities,
+    ExecEvent,
     ExecResult,
+    OutputChunk,
     Provider,
     ProviderContext,
     ProviderSandbox,
@@ -50,6 +52,7 @@ from app.providers.base import (
     check_argv,
 )
 from app.providers.local.io import close_transport, feed_input, os_error, run_process, stream_output
+from app.providers.local.stream import stream_process
 
 #: sandbox root -> directory name inside the box
 ROOTS = {"/workspace": "workspace", "/home/sandbox": "home", "/tmp": "tmp"}
@@ -249,6 +252,27 @@ class FakeProvider(Provider):
 
     # -- commands and files -----------------------------------------------------
 
+    async def _workdir(self, ref: str, argv: Sequence[str], cwd: str | None) -> tuple[_Box, Path | None]:
+        """The box and host directory of a command; ``None`` when ``cwd`` is not a directory."""
+        check_argv(argv)
+        box = self._running_box(ref)
+        try:
+            workdir = box.host_path(cwd or "/workspace")
+        except PermissionError:
+            return box, None
+        return box, workdir if await asyncio.to_thread(workdir.is_dir) else None
+
+    @staticmethod
+    def _failed_start(argv: Sequence[str], cwd: str | None, exc: OSError | None) -> ExecResult:
+        """What a shell reports when ``cwd`` is missing (exc ``None``) or ``argv[0]`` cannot run."""
+        if exc is None:  # as bwrap's failed --chdir: a result, not an error
+            return ExecResult(exit_code=1, stdout=b"", stderr=f"cannot chdir to {cwd}\n".encode())
+        return ExecResult(
+            exit_code=127 if isinstance(exc, FileNotFoundError) else 126,
+            stdout=b"",
+            stderr=f"{argv[0]}: {exc.strerror}\n".encode(),
+        )
+
     async def exec(
         self,
         ref: str,
@@ -261,15 +285,9 @@ class FakeProvider(Provider):
         max_output_bytes: int = 1 << 20,
     ) -> ExecResult:
         """Run ``argv`` on the host in the box; background children end with it (as in local)."""
-        check_argv(argv)
-        box = self._running_box(ref)
-        try:
-            workdir = box.host_path(cwd or "/workspace")
-        except PermissionError:
-            workdir = None
-        if workdir is None or not await asyncio.to_thread(workdir.is_dir):
-            # As bwrap's failed --chdir: a result, not an error.
-            return ExecResult(exit_code=1, stdout=b"", stderr=f"cannot chdir to {cwd}\n".encode())
+        box, workdir = await self._workdir(ref, argv, cwd)
+        if workdir is None:
+            return self._failed_start(argv, cwd, None)
         try:
             result = await run_process(
                 [box.to_host(a) for a in argv],
@@ -282,11 +300,7 @@ class FakeProvider(Provider):
                 kill_group_on_exit=True,
             )
         except OSError as exc:  # the program is missing or not executable: a result, as in a shell
-            return ExecResult(
-                exit_code=127 if isinstance(exc, FileNotFoundError) else 126,
-                stdout=b"",
-                stderr=f"{argv[0]}: {exc.strerror}\n".encode(),
-            )
+            return self._failed_start(argv, cwd, exc)
         return ExecResult(
             exit_code=result.exit_code,
             stdout=box.from_host(result.stdout),
@@ -295,6 +309,47 @@ class FakeProvider(Provider):
             truncated=result.truncated,
             duration_ms=result.duration_ms,
         )
+
+    async def exec_stream(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: AsyncIterator[bytes] | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        """``exec`` with output yielded as it comes (host paths mapped back per chunk)."""
+        box, workdir = await self._workdir(ref, argv, cwd)
+        if workdir is None:
+            failed: ExecResult | None = self._failed_start(argv, cwd, None)
+        else:
+            try:
+                events = stream_process(
+                    [box.to_host(a) for a in argv],
+                    env=self._env(box, env),
+                    timeout=timeout,
+                    stdin=stdin,
+                    max_output_bytes=max_output_bytes,
+                    cwd=str(workdir),
+                    track=box.execs,
+                    kill_group_on_exit=True,
+                )
+                async with aclosing(events):
+                    async for event in events:
+                        yield (
+                            OutputChunk(event.stream, box.from_host(event.data))
+                            if isinstance(event, OutputChunk)
+                            else event
+                        )
+                return
+            except OSError as exc:
+                failed = self._failed_start(argv, cwd, exc)
+        assert failed is not None
+        yield OutputChunk("stderr", failed.stderr)
+        yield replace(failed, stderr=b"")
 
     def read_file(self, ref: str, path: str) -> AsyncIterator[bytes]:
         """Stream the file in 64 KiB chunks read in a thread."""

@@ -48,9 +48,8 @@ Behaviours assumed, and where they come from (Modal documentation):
    - "Tunnels", https://modal.com/docs/guide/tunnels
    - "modal.Tunnel", https://modal.com/docs/sdk/py/latest/modal.Tunnel
 
-Simplifications (the fake's, not Modal's): a command starts once its stdin
-is closed, because the local backend takes stdin whole (the provider always
-closes stdin); output arrives when the command ends, in 64 KiB chunks;
+Simplifications (the fake's, not Modal's): a command runs as the local
+backend's streamed exec, so output and stdin flow as in Modal;
 ``snapshot_filesystem`` copies ``/workspace`` only; a failed entry command
 reads exit code 1 (the local backend records failed, not the code);
 lifetimes (``timeout``/``idle_timeout``) and GPUs are recorded, not enforced.
@@ -69,11 +68,10 @@ from typing import Any
 import modal
 import modal.exception as modal_exc
 
-from app.providers.base import Provider, Resources, SandboxSpec
+from app.providers.base import OutputChunk, Provider, Resources, SandboxSpec
+from app.providers.exec_wrapper import EXEC_MARKER, killer_argv
 
-_CHUNK = 64 * 1024
 _FAKE_MAX_OUTPUT = 96 << 20
-_STDIN_WAIT = 30.0
 
 
 def _new_id(prefix: str) -> str:
@@ -123,6 +121,8 @@ class FakeModal:
         self.sandboxes: dict[str, FakeSandbox] = {}
         #: image id -> tar of /workspace (snapshots) or None (registry images)
         self.images: dict[str, Path | None] = {}
+        #: exec token (``EXEC_MARKER``) -> its process, for the killer exec
+        self.processes: dict[str, FakeProcess] = {}
         self.Client = SimpleNamespace(from_credentials=Aio(self, "Client.from_credentials", self._from_credentials))
         self.App = SimpleNamespace(lookup=Aio(self, "App.lookup", self._lookup))
         self.Image = SimpleNamespace(from_registry=self._from_registry, from_id=self._image_from_id)
@@ -331,7 +331,16 @@ class FakeSandbox:
         if await self.refresh() is not None:
             raise modal_exc.ConflictError("Sandbox already finished")
         clean_env = {k: v for k, v in (env or {}).items() if v is not None}
-        return FakeProcess(self._fake, self.local_ref, list(args), timeout, workdir, clean_env, text)
+        if list(args[:-1]) == killer_argv("")[:-1]:
+            # One pid namespace per Modal sandbox: the killer reaches the exec it names.
+            # Each local exec has its own, so the fake ends that exec's process for it.
+            target = self._fake.processes.pop(args[-1], None)
+            if target is not None:
+                await target.kill()
+        process = FakeProcess(self._fake, self.local_ref, list(args), timeout, workdir, clean_env, text)
+        if EXEC_MARKER in clean_env:
+            self._fake.processes[clean_env[EXEC_MARKER]] = process
+        return process
 
     async def _snapshot_filesystem(self, timeout: int = 55, *, ttl: int | None = None) -> FakeImage:
         image_id = _new_id("im")
@@ -349,7 +358,7 @@ class FakeSandbox:
 
 
 class FakeProcess:
-    """``ContainerProcess``: runs once stdin is closed (see the module docstring)."""
+    """``ContainerProcess``: the local backend's streamed exec behind Modal's reader/writer shapes."""
 
     def __init__(
         self,
@@ -363,50 +372,64 @@ class FakeProcess:
     ) -> None:
         self._fake, self._ref, self._argv, self._timeout = fake, local_ref, argv, timeout
         self._workdir, self._env, self._text = workdir, env, text
-        self._stdin = bytearray()
-        self._task: asyncio.Task[Any] | None = None
-        self._started = asyncio.Event()
+        self._input: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._outputs: dict[int, asyncio.Queue[bytes | None]] = {1: asyncio.Queue(), 2: asyncio.Queue()}
         self.returncode: int | None = None
         self.stdin = SimpleNamespace(
-            write=self._stdin.extend, write_eof=self._close_stdin, drain=Aio(fake, "StreamWriter.drain", self._drain)
+            write=lambda data: self._input.put_nowait(bytes(data)),
+            write_eof=lambda: self._input.put_nowait(None),
+            drain=Aio(fake, "StreamWriter.drain", self._drain),
         )
         self.stdout = _Reader(self, 1)
         self.stderr = _Reader(self, 2)
         self.wait = Aio(fake, "ContainerProcess.wait", self._wait)
-
-    def _close_stdin(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
-            self._started.set()
+        self._task = asyncio.ensure_future(self._run())
 
     async def _drain(self) -> None:
         await asyncio.sleep(0)
 
-    async def _run(self) -> Any:
-        result = await self._fake.local.exec(
-            self._ref,
-            self._argv,
-            timeout=float(self._timeout or 3600),
-            cwd=self._workdir,
-            env=self._env,
-            stdin=bytes(self._stdin),
-            max_output_bytes=_FAKE_MAX_OUTPUT,
-        )
-        self.returncode = -1 if result.timed_out else result.exit_code
-        return result
+    async def _stdin(self) -> AsyncIterator[bytes]:
+        while (chunk := await self._input.get()) is not None:
+            yield chunk
 
-    async def result(self) -> Any:
+    async def _run(self) -> int:
         try:
-            await asyncio.wait_for(self._started.wait(), _STDIN_WAIT)
-        except TimeoutError:
-            raise AssertionError("read from a fake exec whose stdin was never closed") from None
-        assert self._task is not None
-        return await asyncio.shield(self._task)
-
-    async def _wait(self) -> int:
-        await self.result()
+            async for event in self._fake.local.exec_stream(
+                self._ref,
+                self._argv,
+                timeout=float(self._timeout or 3600),
+                cwd=self._workdir,
+                env=self._env,
+                stdin=self._stdin(),
+                max_output_bytes=_FAKE_MAX_OUTPUT,
+            ):
+                if isinstance(event, OutputChunk):
+                    await self._outputs[1 if event.stream == "stdout" else 2].put(event.data)
+                else:
+                    self.returncode = -1 if event.timed_out else event.exit_code
+        finally:
+            for queue in self._outputs.values():
+                queue.put_nowait(None)
         assert self.returncode is not None
         return self.returncode
+
+    async def _wait(self) -> int:
+        await asyncio.gather(asyncio.shield(self._task), return_exceptions=True)
+        if self._task.cancelled():
+            return 128 + 9
+        return self._task.result()
+
+    async def kill(self) -> None:
+        """End the command (its exec reports 137, as after SIGKILL)."""
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        for queue in self._outputs.values():
+            queue.put_nowait(None)
+
+    async def chunks(self, fd: int) -> AsyncIterator[bytes]:
+        """One stream's chunks as the command writes them."""
+        while (chunk := await self._outputs[fd].get()) is not None:
+            yield chunk
 
 
 class _Reader:
@@ -416,8 +439,5 @@ class _Reader:
         self._process, self._fd = process, fd
 
     async def __aiter__(self) -> AsyncIterator[bytes | str]:
-        result = await self._process.result()
-        data: bytes = result.stdout if self._fd == 1 else result.stderr
-        for start in range(0, len(data), _CHUNK):
-            chunk = data[start : start + _CHUNK]
+        async for chunk in self._process.chunks(self._fd):
             yield chunk.decode(errors="replace") if self._process._text else chunk

@@ -14,9 +14,10 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qs
 
 from app.api.errors import error_body, error_response
-from app.auth import CONTENT_SHA256_HEADER, SIGNATURE_HEADER, RequestVerifier
+from app.auth import CONTENT_SHA256_HEADER, EMPTY_BODY_SHA256, QUERY_TOKEN_PARAM, SIGNATURE_HEADER, RequestVerifier
 from app.errors import PayloadTooLarge, SandboxControlError, Unauthorized
 from app.logging import get_logger, request_id_var
 from app.metrics import Metrics
@@ -42,6 +43,11 @@ def _header(scope: Scope, name: str) -> str | None:
         if key.lower() == wanted:
             return str(value.decode("latin-1"))
     return None
+
+
+def _query_param(scope: Scope, name: str) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    return values[0] if values else None
 
 
 def is_streamed_upload(scope: Scope) -> bool:
@@ -123,6 +129,9 @@ class AuthMiddleware:
         self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
@@ -130,6 +139,31 @@ class AuthMiddleware:
             receive = await self._authenticate(scope, receive)
         except SandboxControlError as exc:
             await error_response(exc)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake: the headers of any request, or a short-lived signed query parameter.
+
+        Refused before the upgrade (close code 4401: the client sees HTTP 403).
+        """
+        try:
+            token = _query_param(scope, QUERY_TOKEN_PARAM)
+            signature = _header(scope, SIGNATURE_HEADER)
+            if token is not None:
+                self.verifier.check_query_token(token, scope["path"])
+            elif signature is not None:
+                path_query = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
+                if scope.get("query_string"):
+                    path_query += "?" + scope["query_string"].decode("latin-1")
+                self.verifier.check_signature_header(signature, "GET", path_query, EMPTY_BODY_SHA256)
+            elif self.verifier.mode == "signed":
+                raise Unauthorized("signed requests are required (X-Sandbox-Signature or access_token)")
+            else:
+                self.verifier.check_bearer(_header(scope, "authorization"))
+        except SandboxControlError as exc:
+            log.info("websocket.refused", path=scope["path"], reason=exc.message)
+            await send({"type": "websocket.close", "code": 4401, "reason": exc.message[:100]})
             return
         await self.app(scope, receive, send)
 

@@ -26,11 +26,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import BadRequest, UnsupportedSpec
+
+if TYPE_CHECKING:
+    from app.providers.pty import PtySession
 
 ProviderStatus = Literal["running", "stopped", "failed"]
 
@@ -95,6 +98,23 @@ class ExecResult:
     duration_ms: int = 0
 
 
+#: One of the two output streams of a command.
+StreamName = Literal["stdout", "stderr"]
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """Bytes a streamed command wrote to one of its streams, in the order produced."""
+
+    stream: StreamName
+    data: bytes
+
+
+#: What ``exec_stream`` yields: output chunks, then one ``ExecResult`` (with empty
+#: ``stdout``/``stderr``: the output went out as chunks) as the last item.
+ExecEvent = OutputChunk | ExecResult
+
+
 @dataclass(frozen=True)
 class ExitEvent:
     """A sandbox's entry command ended on its own (not through ``stop``/``delete``)."""
@@ -126,6 +146,13 @@ class Capabilities:
     #: ``watch_exits`` reports entry commands that end, within about a second; without it
     #: the service learns of an exit when it next reads the sandbox's status.
     exit_events: bool = False
+    #: ``exec_stream`` yields output as the command produces it; False: the backend answers
+    #: an exec only once it ended, so the output comes in one go just before the result.
+    live_output: bool = True
+    #: A process an exec starts in a session of its own outlives that exec (containers);
+    #: False: it ends with the exec (one pid namespace per exec), so a background process
+    #: needs its start exec held open for its whole life.
+    detached_processes: bool = False
 
 
 @dataclass(frozen=True)
@@ -268,6 +295,48 @@ class Provider(abc.ABC):
         On expiry the result has ``timed_out=True`` and exit code 124. Output
         beyond ``max_output_bytes`` per stream is dropped and ``truncated`` set.
         """
+
+    @abc.abstractmethod
+    def exec_stream(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: AsyncIterator[bytes] | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        """Run ``argv`` as ``exec`` does, yielding its output as it is produced.
+
+        Yields ``OutputChunk``s in the order the provider read them, then exactly one
+        ``ExecResult`` (exit code, ``timed_out``, ``truncated``, duration; no output).
+        ``stdin`` is copied into the command as it arrives and closed at its end.
+        Deadline, caps and the process-group kill are those of ``exec``. A consumer
+        that stops iterating (``aclose``) or is cancelled kills the command.
+        Errors before the command starts raise on the first ``__anext__``.
+        """
+
+    def open_pty(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        cols: int,
+        rows: int,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> PtySession:
+        """Run ``argv`` on a new terminal of ``cols`` x ``rows``; it starts when its output is read.
+
+        The default runs a pty helper inside the sandbox over ``exec_stream`` (needs
+        ``python3`` there); a provider with a native terminal overrides this.
+        """
+        from app.providers.pty import HelperPty  # the helper builds on this module
+
+        return HelperPty(self, ref, argv, cols=cols, rows=rows, timeout=timeout, cwd=cwd, env=env)
 
     @abc.abstractmethod
     def read_file(self, ref: str, path: str) -> AsyncIterator[bytes]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 from app.metrics import Metrics
 from app.providers.base import (
     Capabilities,
+    ExecEvent,
     ExecResult,
     ExitEvent,
     Provider,
@@ -16,7 +18,10 @@ from app.providers.base import (
     ProviderStatus,
     SandboxSpec,
 )
+from app.providers.pty import PtySession
 from app.streams import aclose_stream
+
+T = TypeVar("T")
 
 
 class InstrumentedProvider(Provider):
@@ -98,7 +103,7 @@ class InstrumentedProvider(Provider):
                 ref, argv, timeout=timeout, cwd=cwd, env=env, stdin=stdin, max_output_bytes=max_output_bytes
             )
 
-    async def _stream(self, operation: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _stream(self, operation: str, chunks: AsyncIterator[T]) -> AsyncGenerator[T, None]:
         with self._timed(operation):
             try:
                 async for chunk in chunks:
@@ -107,6 +112,35 @@ class InstrumentedProvider(Provider):
                 # A consumer that stops early must still end the provider's stream
                 # (and the process or request behind it).
                 await aclose_stream(chunks)
+
+    def exec_stream(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: AsyncIterator[bytes] | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        events = self.inner.exec_stream(
+            ref, argv, timeout=timeout, cwd=cwd, env=env, stdin=stdin, max_output_bytes=max_output_bytes
+        )
+        return self._stream("exec_stream", events)
+
+    def open_pty(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        cols: int,
+        rows: int,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> PtySession:
+        return self.inner.open_pty(ref, argv, cols=cols, rows=rows, timeout=timeout, cwd=cwd, env=env)
 
     def read_file(self, ref: str, path: str) -> AsyncIterator[bytes]:
         return self._stream("read_file", self.inner.read_file(ref, path))

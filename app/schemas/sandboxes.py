@@ -102,20 +102,11 @@ MAX_STDIN_BYTES = 8 * 1024 * 1024
 JSON_ESCAPE_FACTOR = 6
 
 
-class ExecRequest(WithEnv):
-    """``POST /v1/sandboxes/{id}/exec``: argv list, or a shell string run by ``/bin/sh -c``."""
+class CommandRequest(WithEnv):
+    """A command to run: argv list, or a shell string run by ``/bin/sh -c``; its cwd and env."""
 
     command: list[Annotated[str, Field(max_length=65536)]] | Annotated[str, Field(min_length=1, max_length=65536)]
-    timeout_seconds: float | None = Field(default=None, gt=0)
     cwd: str | None = Field(default=None, min_length=1, max_length=4096)
-    stdin: str | None = Field(default=None, description=f"at most {MAX_STDIN_BYTES} bytes (UTF-8)")
-
-    @field_validator("stdin")
-    @classmethod
-    def _stdin_size(cls, value: str | None) -> str | None:
-        if value is not None and len(value.encode()) > MAX_STDIN_BYTES:
-            raise ValueError(f"stdin must be at most {MAX_STDIN_BYTES} bytes (upload larger input as a file)")
-        return value
 
     @field_validator("command")
     @classmethod
@@ -124,6 +115,24 @@ class ExecRequest(WithEnv):
             raise ValueError("command must be a non-empty argv list or a shell string")
         if any("\x00" in part for part in ([value] if isinstance(value, str) else value)):
             raise ValueError("command must not contain NUL bytes")
+        return value
+
+
+class ExecRequest(CommandRequest):
+    """``POST /v1/sandboxes/{id}/exec``: argv list, or a shell string run by ``/bin/sh -c``."""
+
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    stdin: str | None = Field(default=None, description=f"at most {MAX_STDIN_BYTES} bytes (UTF-8)")
+    stream: bool = Field(
+        default=False,
+        description="answer with server-sent events as the output is produced (as `Accept: text/event-stream`)",
+    )
+
+    @field_validator("stdin")
+    @classmethod
+    def _stdin_size(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) > MAX_STDIN_BYTES:
+            raise ValueError(f"stdin must be at most {MAX_STDIN_BYTES} bytes (upload larger input as a file)")
         return value
 
 

@@ -13,6 +13,7 @@ from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
 from app.services.leases import LeaseKeeper
 from app.services.pools import PoolService
+from app.services.processes import ProcessService
 from app.services.reconciler import Reconciler
 from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService
@@ -50,3 +51,5 @@ class Services:
     leases: LeaseKeeper
     #: ``Idempotency-Key`` on the creating endpoints.
     idempotency: IdempotencyService
+    #: Background processes of sandboxes (``/v1/sandboxes/{id}/processes``).
+    processes: ProcessService

@@ -12,7 +12,8 @@ import asyncio
 import builtins
 import contextlib
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Any
@@ -27,7 +28,8 @@ from app.errors import (
 )
 from app.locks import KeyedLocks
 from app.logging import get_logger
-from app.providers.base import ExecResult, Provider, Resources, SandboxSpec
+from app.providers.base import ExecEvent, ExecResult, Provider, Resources, SandboxSpec
+from app.providers.streaming import once
 from app.schemas.common import RESERVED_LABEL_PREFIX
 from app.schemas.sandboxes import CreateSandboxRequest, ExecRequest
 from app.settings import Settings
@@ -252,6 +254,10 @@ class SandboxService:
         assert record.provider_object_id is not None  # _running checked it
         return record.provider_object_id
 
+    async def running(self, any_id: str) -> SandboxRecord:
+        """The record of a running sandbox; ``SandboxNotFound`` / ``SandboxNotRunning`` otherwise."""
+        return await self._running(any_id)
+
     async def _running(self, any_id: str) -> SandboxRecord:
         record = await self.get(any_id)
         if record.status != "running" or record.provider_object_id is None:
@@ -298,26 +304,67 @@ class SandboxService:
 
     # -- commands and files ------------------------------------------------
 
-    async def exec(self, any_id: str, request: ExecRequest) -> ExecResult:
+    async def _exec_call(self, any_id: str, request: ExecRequest) -> ExecCall:
+        """Where and how ``request`` runs: checked before anything starts."""
         record = await self._running(any_id)
         timeout = request.timeout_seconds or self.settings.exec_default_timeout
         if timeout > self.settings.exec_max_timeout:
             raise BadRequest(f"timeout_seconds exceeds the maximum of {self.settings.exec_max_timeout}")
         argv, env = command_line(record, request.command, request.env)
-        cwd = resolve_sandbox_path(request.cwd) if request.cwd else DEFAULT_CWD
         assert record.provider_object_id is not None
-        result = await self.provider.exec(
-            record.provider_object_id,
-            argv,
-            timeout=timeout,
-            cwd=cwd,
+        return ExecCall(
+            sandbox_id=record.id,
+            ref=record.provider_object_id,
+            argv=argv,
             env=env,
+            cwd=resolve_sandbox_path(request.cwd) if request.cwd else DEFAULT_CWD,
+            timeout=timeout,
             stdin=request.stdin.encode() if request.stdin is not None else None,
+        )
+
+    async def exec(self, any_id: str, request: ExecRequest) -> ExecResult:
+        call = await self._exec_call(any_id, request)
+        result = await self.provider.exec(
+            call.ref,
+            call.argv,
+            timeout=call.timeout,
+            cwd=call.cwd,
+            env=call.env,
+            stdin=call.stdin,
             max_output_bytes=self.settings.exec_max_output_bytes,
         )
         if result.timed_out:
-            log.info("sandbox.exec_timeout", sandbox_id=record.id, argv0=argv[0], timeout=timeout)
+            log.info("sandbox.exec_timeout", sandbox_id=call.sandbox_id, argv0=call.argv[0], timeout=call.timeout)
         return result
+
+    async def exec_stream(self, any_id: str, request: ExecRequest) -> AsyncGenerator[ExecEvent, None]:
+        """``exec`` with its output as it comes; checks run (and raise) before this returns.
+
+        Closing the returned stream, or cancelling its consumer, kills the command.
+        """
+        call = await self._exec_call(any_id, request)
+        return self.provider.exec_stream(
+            call.ref,
+            call.argv,
+            timeout=call.timeout,
+            cwd=call.cwd,
+            env=call.env,
+            stdin=once(call.stdin) if call.stdin is not None else None,
+            max_output_bytes=self.settings.exec_max_output_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class ExecCall:
+    """One checked command: the sandbox's provider ref and what to run there."""
+
+    sandbox_id: str
+    ref: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    timeout: float
+    stdin: bytes | None
 
 
 def command_line(

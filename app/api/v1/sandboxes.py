@@ -9,7 +9,9 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import FilesDep, IdempotencyDep, LauncherDep, SandboxesDep, ServicesDep
 from app.api.idempotency import run_idempotent
+from app.api.output_sse import exec_sse
 from app.api.params import OCTET_STREAM_ANSWER, OCTET_STREAM_BODY, SandboxIdPath
+from app.api.sse import SSE_HEADERS, until_disconnected
 from app.errors import BadRequest
 from app.schemas.common import validate_labels
 from app.schemas.sandboxes import (
@@ -111,9 +113,29 @@ async def sandbox_events(sandbox_id: SandboxIdPath, sandboxes: SandboxesDep) -> 
     return EventList(events=[EventView(**e) for e in await sandboxes.events(sandbox_id)])
 
 
-@router.post("/{sandbox_id}/exec")
-async def exec_in_sandbox(sandbox_id: SandboxIdPath, body: ExecRequest, sandboxes: SandboxesDep) -> ExecResponse:
-    """Run a command with a hard timeout; a non-zero exit is a result, not an error."""
+@router.post(
+    "/{sandbox_id}/exec",
+    response_model=ExecResponse,
+    responses={
+        200: {
+            "description": "the outcome as JSON, or (`stream`, or `Accept: text/event-stream`) server-sent "
+            "events: `stdout`/`stderr` chunks as produced (`{data, encoding: utf-8|base64}`), then one `exit` "
+            "(`{exit_code, timed_out, truncated, duration_ms}`) or one `error` (the error envelope)",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def exec_in_sandbox(
+    sandbox_id: SandboxIdPath, body: ExecRequest, request: Request, sandboxes: SandboxesDep
+) -> ExecResponse | StreamingResponse:
+    """Run a command with a hard timeout; a non-zero exit is a result, not an error.
+
+    Streamed, the answer starts at once; a client that disconnects kills the command.
+    """
+    if body.stream or "text/event-stream" in request.headers.get("accept", ""):
+        events = await sandboxes.exec_stream(sandbox_id, body)
+        frames = until_disconnected(request, exec_sse(events))
+        return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
     return ExecResponse.of(await sandboxes.exec(sandbox_id, body))
 
 

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ from app.errors import ProviderAuthError, ProviderError, SandboxNotFound, Sandbo
 from app.provider_settings import DaytonaSettings
 from app.providers.base import (
     Capabilities,
+    ExecEvent,
     ExecResult,
     Provider,
     ProviderContext,
@@ -61,6 +62,7 @@ from app.providers.daytona.spec import (
     state_name,
     status_of_state,
 )
+from app.providers.streaming import joined, replay
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,8 @@ class DaytonaProvider(Provider):
             stop_start=True,
             max_disk_mb=self._defaults.max_disk_gib * 1024,
             networks=frozenset({"host", "none"}),
+            # The toolbox's one-shot exec answers once the command ended (see ``exec_stream``).
+            live_output=False,
         )
 
     # -- lifecycle of the provider --------------------------------------------
@@ -333,6 +337,35 @@ class DaytonaProvider(Provider):
             truncated=outcome.truncated,
             duration_ms=int(elapsed_s * 1000),
         )
+
+    async def exec_stream(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: AsyncIterator[bytes] | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        """``exec``, its output handed over when it ended (``capabilities.live_output`` is False).
+
+        The wrapper keeps stdout and stderr apart, binary-safe and capped only by
+        reading them after the end; the in-sandbox ``timeout`` still enforces the
+        deadline, and a consumer that leaves early no longer waits for the output.
+        """
+        result = await self.exec(
+            ref,
+            argv,
+            timeout=timeout,
+            cwd=cwd,
+            env=env,
+            stdin=await joined(stdin),
+            max_output_bytes=max_output_bytes,
+        )
+        async for event in replay(result):
+            yield event
 
     async def _once(self, what: str, factory: Callable[[], Awaitable[T]], ref: str) -> T:
         """One try, classified: for requests that must not run twice."""

@@ -182,9 +182,9 @@ class EngineClient:
                     pass
                 raise DockerError(response.status, f"HEAD {path} answered {response.status}")
 
-    async def exec_stream(self, exec_id: str, ref: str) -> Stream:
+    async def exec_stream(self, exec_id: str, ref: str, *, tty: bool = False) -> Stream:
         """Start exec ``exec_id`` attached; the returned stream is open (close it)."""
-        stream = Exec(self.docker, exec_id, tty=False).start(detach=False)
+        stream = Exec(self.docker, exec_id, tty=tty).start(detach=False)
         with mapped_errors(ref, what="exec start"):
             async with asyncio.timeout(CALL_TIMEOUT):
                 await stream._init()  # aiodocker connects lazily; surface errors here

@@ -13,17 +13,16 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 
 from aiodocker.stream import Stream
 
 from app.errors import BadRequest, ProviderUnavailable, SandboxNotRunning
-from app.providers.base import TIMEOUT_EXIT_CODE, ExecResult, check_argv
+from app.providers.base import ExecEvent, ExecResult, check_argv
 from app.providers.docker.engine import EngineClient, half_close, mapped_errors
-from app.providers.exec_wrapper import EXEC_MARKER, CappedBuffer, killer_argv, wrapped_argv
+from app.providers.exec_wrapper import EXEC_MARKER, killer_argv, wrapped_argv
+from app.providers.streaming import OutputPump, collect, once
 
-#: Seconds to wait for output to end after the group was killed.
-KILL_DRAIN_SECONDS = 5.0
 #: Seconds the kill exec itself may take.
 KILL_TIMEOUT_SECONDS = 15.0
 #: Seconds to wait for the Engine to record an exit code after output ended.
@@ -31,31 +30,8 @@ EXIT_CODE_WAIT_SECONDS = 5.0
 _STDIN_CHUNK = 64 * 1024
 
 
-class _Output:
-    """stdout and stderr of one exec, each capped (demultiplexed from the Engine's stream)."""
-
-    def __init__(self, limit: int) -> None:
-        self.out = CappedBuffer(limit)
-        self.err = CappedBuffer(limit)
-
-    @property
-    def stdout(self) -> bytearray:
-        return self.out.data
-
-    @property
-    def stderr(self) -> bytearray:
-        return self.err.data
-
-    @property
-    def truncated(self) -> bool:
-        return self.out.truncated or self.err.truncated
-
-    async def drain(self, stream: Stream) -> None:
-        while (message := await stream.read_out()) is not None:
-            (self.err if message.stream == 2 else self.out).add(message.data)
-
-
-def _env_list(env: Mapping[str, str] | None, token: str) -> list[str]:
+def exec_env(env: Mapping[str, str] | None, token: str) -> list[str]:
+    """The Engine's ``Env`` list of one exec: ``env`` checked, plus the exec's marker."""
     items = []
     for key, value in (env or {}).items():
         if not key or "=" in key or "\0" in key or "\0" in value or key == EXEC_MARKER:
@@ -65,10 +41,11 @@ def _env_list(env: Mapping[str, str] | None, token: str) -> list[str]:
     return items
 
 
-async def _feed_stdin(stream: Stream, data: bytes) -> None:
-    view = memoryview(data)
-    for start in range(0, len(view), _STDIN_CHUNK):
-        await stream.write_in(bytes(view[start : start + _STDIN_CHUNK]))
+async def _feed_stdin(stream: Stream, data: AsyncIterator[bytes]) -> None:
+    async for chunk in data:
+        view = memoryview(chunk)
+        for start in range(0, len(view), _STDIN_CHUNK):
+            await stream.write_in(bytes(view[start : start + _STDIN_CHUNK]))
     half_close(stream)
 
 
@@ -85,6 +62,33 @@ async def run_exec(
     user: str = "",
 ) -> ExecResult:
     """Run ``argv`` in ``container``; see ``Provider.exec`` for the contract."""
+    events = stream_exec(
+        engine,
+        container,
+        argv,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+        stdin=once(stdin) if stdin is not None else None,
+        max_output_bytes=max_output_bytes,
+        user=user,
+    )
+    return await collect(events)
+
+
+async def stream_exec(
+    engine: EngineClient,
+    container: str,
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    cwd: str | None,
+    env: Mapping[str, str] | None,
+    stdin: AsyncIterator[bytes] | None,
+    max_output_bytes: int,
+    user: str = "",
+) -> AsyncGenerator[ExecEvent, None]:
+    """Run ``argv`` in ``container`` reading the attach stream as it comes; see ``Provider.exec_stream``."""
     check_argv(argv)
     if cwd is not None and (not cwd or cwd.startswith("-") or "\0" in cwd):
         raise BadRequest(f"invalid working directory: {cwd!r}", field="cwd")
@@ -100,50 +104,39 @@ async def run_exec(
             "AttachStderr": True,
             "Tty": False,
             "Cmd": wrapped_argv(cwd, argv),
-            "Env": _env_list(env, token),
+            "Env": exec_env(env, token),
             "User": user,
         },
         ref=container,
     )
     exec_id = created["Id"]
-    started = time.monotonic()
-    output = _Output(max_output_bytes)
+    pump = OutputPump(max_output_bytes)
     stream = await engine.exec_stream(exec_id, container)
-    timed_out = False
-    feeder: asyncio.Task[None] | None = None
-    reader = asyncio.create_task(output.drain(stream))
+    feeder = asyncio.create_task(_feed_stdin(stream, stdin)) if stdin is not None else None
+    finished = False
+
+    async def read() -> None:
+        with mapped_errors(container, what="exec output"):
+            while (message := await stream.read_out()) is not None:
+                await pump.put("stderr" if message.stream == 2 else "stdout", message.data)
+
+    async def kill() -> None:
+        await _kill_group(engine, container, token, user)
+
     try:
-        if stdin is not None:
-            feeder = asyncio.create_task(_feed_stdin(stream, stdin))
-        done, _ = await asyncio.wait({reader}, timeout=timeout)
-        if not done:
-            timed_out = True
-            await _kill_group(engine, container, token, user)
-            done, _ = await asyncio.wait({reader}, timeout=KILL_DRAIN_SECONDS)
-        if reader in done:
-            with mapped_errors(container, what="exec output"):
-                reader.result()
-    except asyncio.CancelledError:
-        # Nobody will read the result: do not leave the command running.
-        await asyncio.shield(_kill_quietly(engine, container, token, user))
-        raise
+        async for chunk in pump.chunks(read(), timeout=timeout, kill=kill):
+            yield chunk
+        finished = True
     finally:
-        for task in (reader, feeder):
-            if task is not None and not task.done():
-                task.cancel()
-        if feeder is not None and feeder.done() and not feeder.cancelled():
-            feeder.exception()  # a command that stops reading its stdin early is not an error
-        await stream.close()
-    duration_ms = int((time.monotonic() - started) * 1000)
-    exit_code = TIMEOUT_EXIT_CODE if timed_out else await _exit_code(engine, exec_id, container)
-    return ExecResult(
-        exit_code=exit_code,
-        stdout=bytes(output.stdout),
-        stderr=bytes(output.stderr),
-        timed_out=timed_out,
-        truncated=output.truncated,
-        duration_ms=duration_ms,
-    )
+        if feeder is not None:
+            feeder.cancel()
+            # a command that stops reading its stdin early is not an error
+            await asyncio.gather(feeder, return_exceptions=True)
+        if not finished:
+            # Nobody reads on (disconnect, cancellation): do not leave the command running.
+            await asyncio.shield(kill_quietly(engine, container, token, user))
+        await asyncio.shield(stream.close())
+    yield pump.result(0 if pump.timed_out else await recorded_exit_code(engine, exec_id, container))
 
 
 async def _kill_group(engine: EngineClient, container: str, token: str, user: str = "") -> None:
@@ -172,13 +165,13 @@ async def _kill_group(engine: EngineClient, container: str, token: str, user: st
         await stream.close()
 
 
-async def _kill_quietly(engine: EngineClient, container: str, token: str, user: str) -> None:
+async def kill_quietly(engine: EngineClient, container: str, token: str, user: str) -> None:
     # Best effort on cancellation: the container may be gone already.
     with contextlib.suppress(Exception):
         await _kill_group(engine, container, token, user)
 
 
-async def _exit_code(engine: EngineClient, exec_id: str, container: str) -> int:
+async def recorded_exit_code(engine: EngineClient, exec_id: str, container: str) -> int:
     """The exit code the Engine recorded; it can lag the end of the output briefly."""
     deadline = time.monotonic() + EXIT_CODE_WAIT_SECONDS
     delay = 0.005

@@ -20,14 +20,15 @@ import contextlib
 import errno
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from app.errors import BadRequest, Conflict, ProviderError, ProviderUnavailable, UnsupportedSpec
+from app.errors import BadRequest, Conflict, ProviderUnavailable, UnsupportedSpec
 from app.provider_settings import DockerSettings
 from app.providers.base import (
     Capabilities,
+    ExecEvent,
     ExecResult,
     ExitEvent,
     Provider,
@@ -38,8 +39,10 @@ from app.providers.base import (
 )
 from app.providers.docker import files
 from app.providers.docker.engine import CALL_TIMEOUT, EngineClient, ImageMissing
-from app.providers.docker.exec import run_exec
+from app.providers.docker.exec import run_exec, stream_exec
 from app.providers.docker.exits import watch as watch_exits
+from app.providers.docker.images import commit_container, pull_image, remove_image
+from app.providers.docker.pty import DockerPty
 from app.providers.docker.spec import (
     MANAGED_LABEL,
     SANDBOX_ID_LABEL,
@@ -50,16 +53,12 @@ from app.providers.docker.spec import (
     engine_has_gpu,
     sandbox_from_inspect,
     sandbox_from_summary,
-    split_image_reference,
     status_of_container,
 )
+from app.providers.pty import PtySession
 
 log = logging.getLogger(__name__)
 
-#: Label on images made by ``commit_image``.
-REPO_IMAGE_LABEL = "sandbox-control.repo-image"
-#: Seconds a pull (or a commit) may take.
-PULL_TIMEOUT = 900.0
 _OWNER_CACHE_SIZE = 4096
 
 
@@ -90,6 +89,8 @@ class DockerProvider(Provider):
             # On the host network every sandbox's env server would claim the same port.
             shared_loopback=config.network == "host",
             exit_events=True,
+            # One pid namespace per container: a process in its own session outlives its exec.
+            detached_processes=True,
         )
         #: Containers this provider is stopping or deleting: their die is not an exit of their own.
         self._stopping: set[str] = set()
@@ -132,7 +133,7 @@ class DockerProvider(Provider):
         if network not in (None, "host", "none"):
             await self._check_network(network)
         if self._config.pull == "always":
-            await self._pull(image)
+            await pull_image(self._engine, image)
         name = container_name(spec.sandbox_id)
         try:
             created = await self._create_container(name, config)
@@ -141,7 +142,7 @@ class DockerProvider(Provider):
                 raise UnsupportedSpec(
                     "image", self.name, f"image {image!r} is not present locally; set SANDBOX_DOCKER_PULL=missing"
                 ) from None
-            await self._pull(image)
+            await pull_image(self._engine, image)
             created = await self._create_container(name, config)
         container_id: str = created["Id"]
         try:
@@ -184,80 +185,15 @@ class DockerProvider(Provider):
                 field="network",
             ) from exc
 
-    async def _pull(self, image: str) -> None:
-        repo, tag = split_image_reference(image)
-        params = {"fromImage": repo, "tag": tag}
-        log.info("docker provider: pulling %s", image)
-        try:
-            async with (
-                asyncio.timeout(PULL_TIMEOUT),
-                self._engine.request("POST", "images/create", params=params) as response,
-            ):
-                # Progress is a JSON line stream; a failure arrives as {"error": ...} with status 200.
-                async for line in response.content:
-                    if not line.strip():
-                        continue
-                    try:
-                        event = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(event, dict) and event.get("error"):
-                        raise ProviderError(f"pulling image {image!r} failed: {event['error']}", image=image)
-        except (BadRequest, LookupError) as exc:
-            raise ProviderError(f"pulling image {image!r} failed: {exc}", image=image) from exc
-        except ProviderUnavailable as exc:
-            raise ProviderError(f"pulling image {image!r} failed: {exc.message}", image=image) from exc
-        except TimeoutError as exc:
-            raise ProviderError(f"pulling image {image!r} took over {PULL_TIMEOUT:.0f} s", image=image) from exc
-
     # -- native images (repo images) -----------------------------------------
 
     async def commit_image(self, ref: str, name: str) -> str:
-        """``docker commit`` with the base image's configuration, not the container's.
-
-        The container's env holds the sandbox's secrets (clone token, user env)
-        and its labels our bookkeeping (ids, TTL): neither may live on in the image.
-        The Engine fills every env name and label the commit's config leaves out
-        from the container's, so each of those is named: env names without ``=``
-        (the Engine's "unset": no process sees them) and labels with empty values
-        (a commit cannot drop a label).
-        """
-        info = await self._inspect(ref)
-        container = info.get("Config") or {}
-        # The image id the container runs, not its tag: the tag may name a newer build by now.
-        base = info.get("Image") or container.get("Image")
-        image_info: dict[str, Any] = await self._engine.call("GET", f"images/{base}/json")
-        base_config = image_info.get("Config") or {}
-        base_env: list[str] = list(base_config.get("Env") or [])
-        base_names = {entry.partition("=")[0] for entry in base_env}
-        unset = sorted({entry.partition("=")[0] for entry in container.get("Env") or []} - base_names)
-        base_labels: dict[str, str] = base_config.get("Labels") or {}
-        blanked = {key: "" for key in container.get("Labels") or {} if key not in base_labels}
-        repo, tag = split_image_reference(name)
-        config = {
-            "Env": base_env + unset,
-            "Cmd": base_config.get("Cmd"),
-            "Entrypoint": base_config.get("Entrypoint"),
-            "WorkingDir": base_config.get("WorkingDir") or "",
-            "User": base_config.get("User") or "",
-            "Labels": {**blanked, **base_labels, REPO_IMAGE_LABEL: name},
-        }
-        await self._engine.call(
-            "POST",
-            "commit",
-            params={"container": ref, "repo": repo, "tag": tag, "pause": "true"},
-            body=config,
-            ref=ref,
-            timeout=PULL_TIMEOUT,
-        )
+        """``docker commit`` with the base image's configuration (``images.commit_container``)."""
+        await commit_container(self._engine, ref, await self._inspect(ref), name)
         return name
 
     async def delete_image(self, image: str) -> bool:
-        try:
-            await self._engine.call("DELETE", f"images/{image}", params={"force": "1"})
-        except ImageMissing:
-            return False
-        return True
+        return await remove_image(self._engine, image)
 
     async def _inspect(self, ref: str) -> dict[str, Any]:
         info: dict[str, Any] = await self._engine.call("GET", f"containers/{ref}/json", ref=ref)
@@ -339,6 +275,42 @@ class DockerProvider(Provider):
             stdin=stdin,
             max_output_bytes=max_output_bytes,
         )
+
+    def exec_stream(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: AsyncIterator[bytes] | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        return stream_exec(
+            self._engine,
+            ref,
+            argv,
+            timeout=timeout,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            max_output_bytes=max_output_bytes,
+        )
+
+    def open_pty(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        cols: int,
+        rows: int,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> PtySession:
+        """The Engine's own terminal (an exec with ``Tty``); no helper needed in the image."""
+        return DockerPty(self._engine, ref, argv, cols=cols, rows=rows, timeout=timeout, cwd=cwd, env=env)
 
     def read_file(self, ref: str, path: str) -> AsyncIterator[bytes]:
         return files.read_file(self._engine, ref, path)

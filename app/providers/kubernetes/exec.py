@@ -27,16 +27,15 @@ import contextlib
 import logging
 import re
 import secrets
-import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 
 from app.errors import BadRequest, ProviderUnavailable
-from app.providers.base import TIMEOUT_EXIT_CODE, ExecResult
-from app.providers.exec_wrapper import EXEC_MARKER, CappedBuffer, killer_argv, wrapped_argv
+from app.providers.base import ExecEvent, ExecResult
+from app.providers.exec_wrapper import EXEC_MARKER, killer_argv, wrapped_argv
 from app.providers.kubernetes.channel import (
     ERROR,
     PROTOCOLS,
@@ -51,11 +50,10 @@ from app.providers.kubernetes.channel import (
     stdin_message,
     wrap_stdin,
 )
+from app.providers.streaming import OutputPump, collect, once
 
 log = logging.getLogger(__name__)
 
-#: Seconds to wait for a killed command's stream to end.
-KILL_DRAIN_SECONDS = 5.0
 #: Seconds the kill exec itself may take.
 KILL_TIMEOUT_SECONDS = 15.0
 #: Largest stdin message sent at once.
@@ -190,53 +188,67 @@ class PodExecutor:
         max_output_bytes: int,
     ) -> ExecResult:
         """Run ``argv``; see ``Provider.exec`` for the contract."""
+        events = self.stream(
+            pod,
+            argv,
+            timeout=timeout,
+            cwd=cwd,
+            env=env,
+            stdin=once(stdin) if stdin is not None else None,
+            max_output_bytes=max_output_bytes,
+        )
+        return await collect(events)
+
+    async def stream(
+        self,
+        pod: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str,
+        env: Mapping[str, str] | None,
+        stdin: AsyncIterator[bytes] | None,
+        max_output_bytes: int,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        """Run ``argv`` yielding its channels' payloads as they come; see ``Provider.exec_stream``."""
         if timeout <= 0:
             raise BadRequest("timeout must be positive", field="timeout")
         token = secrets.token_hex(8)
         command = exec_argv(argv, cwd=cwd, env=env, token=token)
         prelude = env_block(env) if env else b""
-        out, err = CappedBuffer(max_output_bytes), CappedBuffer(max_output_bytes)
-        started = time.monotonic()
-        timed_out = False
+        pump = OutputPump(max_output_bytes)
         wants_stdin = stdin is not None or bool(prelude)
         async with self.open(pod, command, stdin=wants_stdin) as channel:
 
-            async def pump() -> None:
+            async def read() -> None:
                 while (item := await channel.receive()) is not None:
-                    (out if item[0] == STDOUT else err).add(item[1])
+                    await pump.put("stdout" if item[0] == STDOUT else "stderr", item[1])
 
-            async def feed(data: bytes) -> None:
-                await channel.send(data)
+            async def feed() -> None:
+                await channel.send(prelude)
+                if stdin is not None:
+                    async for chunk in stdin:
+                        await channel.send(chunk)
                 await channel.close_stdin()
 
-            reader = asyncio.create_task(pump())
-            feeder = asyncio.create_task(feed(prelude + (stdin or b""))) if wants_stdin else None
+            async def kill() -> None:
+                await self.kill(pod, token)
+
+            feeder = asyncio.create_task(feed()) if wants_stdin else None
+            finished = False
             try:
-                done, _ = await asyncio.wait({reader}, timeout=timeout)
-                if not done:
-                    timed_out = True
-                    await self.kill(pod, token)
-                    done, _ = await asyncio.wait({reader}, timeout=KILL_DRAIN_SECONDS)
-                if reader in done:
-                    reader.result()
-            except asyncio.CancelledError:
-                # Nobody will read the result: do not leave the command running.
-                await asyncio.shield(self._kill_quietly(pod, token))
-                raise
+                async for chunk in pump.chunks(read(), timeout=timeout, kill=kill):
+                    yield chunk
+                finished = True
             finally:
-                for task in (reader, feeder):
-                    if task is not None and not task.done():
-                        task.cancel()
-                await asyncio.gather(*(t for t in (reader, feeder) if t is not None), return_exceptions=True)
-            code = TIMEOUT_EXIT_CODE if timed_out else channel.exit_code()
-        return ExecResult(
-            exit_code=code,
-            stdout=bytes(out.data),
-            stderr=bytes(err.data),
-            timed_out=timed_out,
-            truncated=out.truncated or err.truncated,
-            duration_ms=int((time.monotonic() - started) * 1000),
-        )
+                if feeder is not None:
+                    feeder.cancel()
+                    await asyncio.gather(feeder, return_exceptions=True)
+                if not finished:
+                    # Nobody reads on (disconnect, cancellation): do not leave the command running.
+                    await asyncio.shield(self._kill_quietly(pod, token))
+            code = 0 if pump.timed_out else channel.exit_code()
+        yield pump.result(code)
 
     async def kill(self, pod: str, token: str) -> None:
         """Kill the process group of exec ``token`` (and its marked strays) with a second exec."""

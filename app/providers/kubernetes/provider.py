@@ -26,8 +26,8 @@ import asyncio
 import builtins
 import logging
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -37,6 +37,7 @@ from app.locks import KeyedLocks
 from app.provider_settings import KubernetesSettings
 from app.providers.base import (
     Capabilities,
+    ExecEvent,
     ExecResult,
     Provider,
     ProviderContext,
@@ -325,6 +326,28 @@ class KubernetesProvider(Provider):
                 stdin=stdin,
                 max_output_bytes=max_output_bytes,
             )
+        except ExecInterrupted as exc:
+            raise await self._broken_stream(name, exc) from exc
+
+    async def exec_stream(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: AsyncIterator[bytes] | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        name = self._name(ref)
+        events = self._exec.stream(
+            name, argv, timeout=timeout, cwd=cwd or WORKSPACE, env=env, stdin=stdin, max_output_bytes=max_output_bytes
+        )
+        try:
+            async with aclosing(events):
+                async for event in events:
+                    yield event
         except ExecInterrupted as exc:
             raise await self._broken_stream(name, exc) from exc
 

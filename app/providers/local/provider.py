@@ -28,15 +28,16 @@ import builtins
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from app.errors import ProviderError, ProviderUnavailable, SandboxNotRunning
 from app.locks import KeyedLocks
 from app.provider_settings import LocalSettings
 from app.providers.base import (
     Capabilities,
+    ExecEvent,
     ExecResult,
     ExitEvent,
     Provider,
@@ -55,21 +56,20 @@ from app.providers.local.bwrap import (
     host_argv,
     options_fd,
     sandbox_env,
-    smoke_test_options,
     system_mounts,
 )
 from app.providers.local.exits import ExitWatch
 from app.providers.local.files import IMPORT_LANES, FileOps, Spawn
-from app.providers.local.init import INIT_WAIT_SECONDS, InitSupervisor
+from app.providers.local.init import InitSupervisor
 from app.providers.local.io import run_process
 from app.providers.local.limits import AppliedLimits, ResourceLimiter
 from app.providers.local.runtime import RuntimeBundle, runtime_bundle
+from app.providers.local.smoke import smoke_test
 from app.providers.local.spec import check_exec, check_spec
-from app.providers.local.store import InitRecord, LocalStore, SandboxMeta, new_ref
+from app.providers.local.store import InitRecord, LocalStore, SandboxMeta, meta_of
+from app.providers.local.stream import stream_process
 
 log = logging.getLogger(__name__)
-
-_PROBE_UID = 65534  # nobody: the aopen smoke test touches no sandbox's uid
 
 
 class LocalProvider(Provider):
@@ -114,18 +114,7 @@ class LocalProvider(Provider):
             if self._tools is not None:
                 return
             tools = await asyncio.to_thread(self._prepare)
-            with options_fd(smoke_test_options(self._system)) as fd:
-                argv = host_argv(tools, args_fd=fd, command=["true"], uid=_PROBE_UID if self._privileged else None)
-                try:
-                    result = await run_process(argv, env=HOST_ENV, timeout=INIT_WAIT_SECONDS, pass_fds=(fd,))
-                except OSError as exc:
-                    raise ProviderUnavailable(f"local provider: cannot run {tools.bwrap}: {exc}") from exc
-            if result.exit_code != 0:
-                detail = result.stderr.decode(errors="replace").strip()
-                raise ProviderUnavailable(
-                    f"local provider: bubblewrap does not work here ({detail or f'exit {result.exit_code}'}); "
-                    "it needs unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
-                )
+            await smoke_test(tools, self._system, privileged=self._privileged)
             log.info("local provider ready: limits via %s", self._limiter.mechanism)
             self._tools = tools
 
@@ -157,19 +146,7 @@ class LocalProvider(Provider):
         """Lay out the sandbox, prove it can run a command, then start its init."""
         await self._opened()
         network = check_spec(spec, base_image=self.context.base_image)
-        meta = SandboxMeta(
-            ref=new_ref(),
-            sandbox_id=spec.sandbox_id,
-            labels=dict(spec.labels),
-            image=spec.image or "local",
-            env=dict(spec.env),
-            network=network,
-            command=list(spec.command) if spec.command is not None else None,
-            resources=spec.resources,
-            effective=self._limiter.effective(spec.resources),
-            created_at=datetime.now(UTC),
-            ttl_seconds=spec.ttl_seconds,
-        )
+        meta = meta_of(spec, network=network, effective=self._limiter.effective(spec.resources))
         config = self._config
         uid_range = range(config.uid_base, config.uid_base + config.uid_count)
         etc_dir = (config.rootfs.absolute() / "etc") if config.rootfs else Path("/etc")
@@ -315,6 +292,18 @@ class LocalProvider(Provider):
         """A memfd with the bwrap options of one command in ``meta``'s sandbox."""
         return options_fd(self._options(meta, cwd=cwd, env=env))
 
+    @contextlib.contextmanager
+    def _command(
+        self, meta: SandboxMeta, limits: AppliedLimits, argv: Sequence[str], *, cwd: str, env: Mapping[str, str] | None
+    ) -> Iterator[tuple[builtins.list[str], dict[str, Any]]]:
+        """Host argv of one command in the sandbox and how to spawn it; a bwrap that cannot start is a ProviderError."""
+        with self._sandboxed(meta, cwd=cwd, env=env) as fd:
+            spawn = {"env": HOST_ENV, "pass_fds": (fd,), "track": self._exec_registry(meta.ref)}
+            try:
+                yield self._spawn_argv(meta, limits, fd, argv), spawn
+            except OSError as exc:
+                raise ProviderError(f"sandbox {meta.ref}: cannot start bwrap: {exc}") from exc
+
     def _exec_registry(self, ref: str) -> set[int]:
         """The set of in-flight exec pids of ``ref`` (killed by ``stop``)."""
         return self._execs.setdefault(ref, set())
@@ -338,19 +327,8 @@ class LocalProvider(Provider):
         stdin: bytes | None = None,
         max_output_bytes: int = 1 << 20,
     ) -> ExecResult:
-        with self._sandboxed(meta, cwd=cwd, env=env) as fd:
-            try:
-                return await run_process(
-                    self._spawn_argv(meta, limits, fd, argv),
-                    env=HOST_ENV,
-                    timeout=timeout,
-                    stdin=stdin,
-                    max_output_bytes=max_output_bytes,
-                    pass_fds=(fd,),
-                    track=self._exec_registry(meta.ref),
-                )
-            except OSError as exc:
-                raise ProviderError(f"sandbox {meta.ref}: cannot start bwrap: {exc}") from exc
+        with self._command(meta, limits, argv, cwd=cwd, env=env) as (host, spawn):
+            return await run_process(host, timeout=timeout, stdin=stdin, max_output_bytes=max_output_bytes, **spawn)
 
     async def exec(
         self,
@@ -369,6 +347,25 @@ class LocalProvider(Provider):
         return await self._run(
             meta, record.limits, argv, timeout=timeout, cwd=cwd, env=env, stdin=stdin, max_output_bytes=max_output_bytes
         )
+
+    async def exec_stream(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: AsyncIterator[bytes] | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        """``exec`` with its output read from bwrap's pipes as it comes; see ``Provider.exec_stream``."""
+        cwd = check_exec(argv, cwd=cwd, env=env, timeout=timeout)
+        meta, record = await self._running(ref)
+        with self._command(meta, record.limits, argv, cwd=cwd, env=env) as (host, spawn):
+            events = stream_process(host, timeout=timeout, stdin=stdin, max_output_bytes=max_output_bytes, **spawn)
+            async for event in events:
+                yield event
 
     def read_file(self, ref: str, path: str) -> AsyncIterator[bytes]:
         """Stream a file with ``cat`` inside the sandbox. Errors raise on first iteration."""

@@ -19,14 +19,14 @@ import shutil
 import stat
 import sys
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.errors import ProviderUnavailable, SandboxNotFound
-from app.providers.base import Resources
+from app.providers.base import Resources, SandboxSpec
 from app.providers.local import procs
 from app.providers.local.bwrap import SANDBOX_HOME, SANDBOX_UID, SANDBOX_USER, SandboxPaths, account_file
 from app.providers.local.limits import AppliedLimits
@@ -81,6 +81,23 @@ class InitRecord(BaseModel):
 def new_ref() -> str:
     """A fresh provider object id, e.g. ``lcl-3f9a0c1b2d4e``."""
     return REF_PREFIX + secrets.token_hex(6)
+
+
+def meta_of(spec: SandboxSpec, *, network: str, effective: Resources) -> SandboxMeta:
+    """The meta of a new sandbox for ``spec`` (checked), under a fresh ref."""
+    return SandboxMeta(
+        ref=new_ref(),
+        sandbox_id=spec.sandbox_id,
+        labels=dict(spec.labels),
+        image=spec.image or "local",
+        env=dict(spec.env),
+        network=network,
+        command=list(spec.command) if spec.command is not None else None,
+        resources=spec.resources,
+        effective=effective,
+        created_at=datetime.now(UTC),
+        ttl_seconds=spec.ttl_seconds,
+    )
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = False) -> None:

@@ -15,18 +15,17 @@ stream; bytes past the cap are read and dropped so the command never stalls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
-import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from app.errors import BadRequest, SandboxControlError
-from app.providers.base import TIMEOUT_EXIT_CODE, ExecResult, check_argv
+from app.providers.base import TIMEOUT_EXIT_CODE, ExecEvent, ExecResult, StreamName, check_argv
 from app.providers.exec_wrapper import EXEC_MARKER, CappedBuffer, killer_argv, wrapped_argv
 from app.providers.modal.errors import SdkCaller
 from app.providers.modal.spec import WORKSPACE, check_env, exec_timeout_seconds
+from app.providers.streaming import OutputPump, collect, once
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +93,36 @@ async def run_exec(
     max_output_bytes: int,
 ) -> ExecResult:
     """Run ``argv`` in ``sandbox``; see ``Provider.exec`` for the contract."""
+    events = stream_exec(
+        caller,
+        sandbox,
+        ref,
+        argv,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+        stdin=once(stdin) if stdin is not None else None,
+        max_output_bytes=max_output_bytes,
+    )
+    return await collect(events)
+
+
+async def stream_exec(
+    caller: SdkCaller,
+    sandbox: Any,
+    ref: str,
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    cwd: str | None,
+    env: Mapping[str, str] | None,
+    stdin: AsyncIterator[bytes] | None,
+    max_output_bytes: int,
+) -> AsyncGenerator[ExecEvent, None]:
+    """Run ``argv`` in ``sandbox`` yielding the process's streams as the SDK hands them over."""
     workdir = check_exec_args(argv, cwd, timeout)
     token = secrets.token_hex(8)
     exec_env = {**check_env(env, reserved=(EXEC_MARKER,)), EXEC_MARKER: token}
-    started = time.monotonic()
     # Not retried: a command that may have started must not run twice.
     process = await caller.call(
         "exec",
@@ -108,44 +133,50 @@ async def run_exec(
         ref=ref,
         retry=False,
     )  # fmt: skip
-    out, err = StreamBuffer(max_output_bytes), StreamBuffer(max_output_bytes)
-    tasks = [
-        asyncio.ensure_future(feed_stdin(process, stdin)),
-        asyncio.ensure_future(out.drain(process.stdout)),
-        asyncio.ensure_future(err.drain(process.stderr)),
-    ]
-    timed_out = False
+    pump = OutputPump(max_output_bytes)
+    feeder = asyncio.ensure_future(feed_stdin(process, stdin))
+
+    async def drain(name: StreamName, stream: Any) -> None:
+        async for chunk in stream:
+            await pump.put(name, as_bytes(chunk))
+
+    async def read() -> None:
+        try:
+            await asyncio.gather(drain("stdout", process.stdout), drain("stderr", process.stderr))
+        except SandboxControlError:
+            raise
+        except Exception as exc:
+            caller.fail(exc, "exec", ref=ref)
+
+    async def kill() -> None:
+        await _kill(caller, sandbox, ref, token)
+
+    finished = False
     try:
-        async with asyncio.timeout(timeout):
-            await asyncio.gather(*tasks)
-            code: int = await process.wait.aio()
-    except TimeoutError:
-        timed_out = True
+        async for chunk in pump.chunks(read(), timeout=timeout, kill=kill):
+            yield chunk
+        finished = True
+    finally:
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+        if not finished:
+            # Nobody reads on (disconnect, cancellation): do not leave the command running.
+            await asyncio.shield(kill())
+    code = TIMEOUT_EXIT_CODE
+    try:
+        async with asyncio.timeout(KILL_DRAIN_SECONDS if pump.timed_out else timeout):
+            code = await process.wait.aio()
     except SandboxControlError:
         raise
+    except TimeoutError:
+        pass  # killed at the deadline and the exec has not reported its end: 124 all the same
     except Exception as exc:
-        caller.fail(exc, "exec", ref=ref)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    if timed_out:
-        await _kill(caller, sandbox, ref, token)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(KILL_DRAIN_SECONDS):
-                await process.wait.aio()
-        code = TIMEOUT_EXIT_CODE
-    elif code == -1:
+        if not pump.timed_out:
+            caller.fail(exc, "exec", ref=ref)
+    if code == -1:
         # The SDK reports -1 when Modal's own exec timeout ended the command.
-        timed_out, code = True, TIMEOUT_EXIT_CODE
-    return ExecResult(
-        exit_code=code,
-        stdout=bytes(out.data),
-        stderr=bytes(err.data),
-        timed_out=timed_out,
-        truncated=out.truncated or err.truncated,
-        duration_ms=int((time.monotonic() - started) * 1000),
-    )
+        pump.timed_out = True
+    yield pump.result(code)
 
 
 async def _kill(caller: SdkCaller, sandbox: Any, ref: str, token: str) -> None:

@@ -25,7 +25,8 @@ import builtins
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from typing import Any
 
 # Imported here, not lazily: without the extra, the registry's import of this
@@ -44,6 +45,7 @@ from app.locks import KeyedLocks
 from app.provider_settings import ModalSettings
 from app.providers.base import (
     Capabilities,
+    ExecEvent,
     ExecResult,
     Provider,
     ProviderContext,
@@ -53,7 +55,7 @@ from app.providers.base import (
 )
 from app.providers.modal import files
 from app.providers.modal.errors import SdkCaller
-from app.providers.modal.exec import run_exec
+from app.providers.modal.exec import stream_exec
 from app.providers.modal.spec import (
     MANAGED_TAG,
     PROVIDER,
@@ -63,6 +65,7 @@ from app.providers.modal.spec import (
     sandbox_from_tags,
     status_of,
 )
+from app.providers.streaming import collect, once
 from app.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -300,19 +303,44 @@ class ModalProvider(Provider):
         stdin: bytes | None = None,
         max_output_bytes: int = 1 << 20,
     ) -> ExecResult:
+        events = self.exec_stream(
+            ref,
+            argv,
+            timeout=timeout,
+            cwd=cwd,
+            env=env,
+            stdin=once(stdin) if stdin is not None else None,
+            max_output_bytes=max_output_bytes,
+        )
+        return await collect(events)
+
+    async def exec_stream(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: AsyncIterator[bytes] | None = None,
+        max_output_bytes: int = 1 << 20,
+    ) -> AsyncGenerator[ExecEvent, None]:
         sandbox = await self._handle(ref)
+        events = stream_exec(
+            self._caller,
+            sandbox,
+            ref,
+            argv,
+            timeout=timeout,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            max_output_bytes=max_output_bytes,
+        )
         try:
-            return await run_exec(
-                self._caller,
-                sandbox,
-                ref,
-                argv,
-                timeout=timeout,
-                cwd=cwd,
-                env=env,
-                stdin=stdin,
-                max_output_bytes=max_output_bytes,
-            )
+            async with aclosing(events):
+                async for event in events:
+                    yield event
         except SandboxNotRunning:
             if await self.status(ref) == "running":  # raises SandboxNotFound if it was deleted
                 raise ProviderError(f"Modal refused an exec in running sandbox {ref!r}", ref=ref) from None
