@@ -53,6 +53,7 @@ from app.providers.base import (
 )
 from app.providers.local.io import close_transport, feed_input, os_error, run_process, stream_output
 from app.providers.local.stream import stream_process
+from app.providers.pty import HelperPtyMixin
 
 #: sandbox root -> directory name inside the box
 ROOTS = {"/workspace": "workspace", "/home/sandbox": "home", "/tmp": "tmp"}
@@ -95,7 +96,7 @@ class _Box:
         return data
 
 
-class FakeProvider(Provider):
+class FakeProvider(HelperPtyMixin, Provider):
     """In-process provider over host subprocesses; see the module docstring."""
 
     name = "fake"

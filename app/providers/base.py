@@ -26,14 +26,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import BadRequest, UnsupportedSpec
-
-if TYPE_CHECKING:
-    from app.providers.pty import PtySession
+from app.providers.terminal import PtySession
 
 ProviderStatus = Literal["running", "stopped", "failed"]
 
@@ -318,6 +316,7 @@ class Provider(abc.ABC):
         Errors before the command starts raise on the first ``__anext__``.
         """
 
+    @abc.abstractmethod
     def open_pty(
         self,
         ref: str,
@@ -331,12 +330,9 @@ class Provider(abc.ABC):
     ) -> PtySession:
         """Run ``argv`` on a new terminal of ``cols`` x ``rows``; it starts when its output is read.
 
-        The default runs a pty helper inside the sandbox over ``exec_stream`` (needs
-        ``python3`` there); a provider with a native terminal overrides this.
+        A provider without a native terminal mixes in ``app.providers.pty.HelperPtyMixin``
+        (a pty helper inside the sandbox over ``exec_stream``; needs ``python3`` there).
         """
-        from app.providers.pty import HelperPty  # the helper builds on this module
-
-        return HelperPty(self, ref, argv, cols=cols, rows=rows, timeout=timeout, cwd=cwd, env=env)
 
     @abc.abstractmethod
     def read_file(self, ref: str, path: str) -> AsyncIterator[bytes]:

@@ -18,7 +18,7 @@ from app.providers.base import (
     ProviderStatus,
     SandboxSpec,
 )
-from app.providers.pty import PtySession
+from app.providers.terminal import PtySession
 from app.streams import aclose_stream
 
 T = TypeVar("T")

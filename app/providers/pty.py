@@ -9,23 +9,18 @@ an exec has:
     b"r" + 2-byte cols + 2-byte rows a resize (TIOCSWINSZ; the shell gets SIGWINCH)
 
 Its exit status is the shell's. Needs ``python3`` in the sandbox (the sandbox
-image and local sandboxes have it); providers with a native terminal
-(docker's tty exec) override ``open_pty``.
+image and local sandboxes have it); providers take it through ``HelperPtyMixin``;
+those with a native terminal (docker's tty exec) implement ``open_pty`` themselves.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING
 
-from app.errors import BadRequest
-from app.providers.base import ExecResult, OutputChunk
-
-if TYPE_CHECKING:
-    from app.providers.base import Provider
+from app.providers.base import ExecResult, OutputChunk, Provider
+from app.providers.terminal import PtySession, check_size
 
 HELPER = r"""
 import fcntl, os, pty, select, struct, sys, termios
@@ -76,36 +71,6 @@ sys.exit(code if code >= 0 else 128 - code)
 
 #: Largest keystroke frame (bigger writes are split).
 _FRAME_BYTES = 64 * 1024
-
-
-def check_size(cols: int, rows: int) -> None:
-    """Refuse a window size no terminal has."""
-    if not (1 <= cols <= 1000 and 1 <= rows <= 1000):
-        raise BadRequest("cols and rows must be within 1..1000", field="cols")
-
-
-class PtySession(abc.ABC):
-    """One running terminal: bytes in and out, resizes, then the shell's exit status."""
-
-    @abc.abstractmethod
-    def output(self) -> AsyncIterator[bytes]:
-        """The terminal's output until the shell ends (iterate once)."""
-
-    @abc.abstractmethod
-    async def write(self, data: bytes) -> None:
-        """Type ``data`` into the terminal."""
-
-    @abc.abstractmethod
-    async def resize(self, cols: int, rows: int) -> None:
-        """Change the window size (the shell gets SIGWINCH)."""
-
-    @abc.abstractmethod
-    async def exit_code(self) -> int:
-        """The shell's exit status, once ``output`` ended."""
-
-    @abc.abstractmethod
-    async def aclose(self) -> None:
-        """End the terminal (kills the shell if it still runs)."""
 
 
 class HelperPty(PtySession):
@@ -163,3 +128,21 @@ class HelperPty(PtySession):
 
     async def aclose(self) -> None:
         await self._events.aclose()
+
+
+class HelperPtyMixin:
+    """``open_pty`` through ``HelperPty``, for a provider without a native terminal (mix in before ``Provider``)."""
+
+    def open_pty(
+        self,
+        ref: str,
+        argv: Sequence[str],
+        *,
+        cols: int,
+        rows: int,
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> PtySession:
+        assert isinstance(self, Provider)
+        return HelperPty(self, ref, argv, cols=cols, rows=rows, timeout=timeout, cwd=cwd, env=env)

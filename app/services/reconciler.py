@@ -33,6 +33,21 @@ from app.storage.state.times import utcnow
 log = get_logger("sandboxes")
 
 
+async def adopt_interrupted(records: SandboxStore, provider: Provider, record: SandboxRecord) -> SandboxRecord:
+    """A ``creating`` record whose creator is gone, made the provider's sandbox for it when there is one.
+
+    For work that takes over a dead replica's create at once (a build under its
+    lease) instead of waiting for the next reconciliation.
+    """
+    found = await provider.list({ID_LABEL: record.stable_key})
+    if record.status != "creating" or not found:
+        return record
+    updated = await records.update(record.id, provider_object_id=found[0].provider_object_id, status=found[0].status)
+    await records.add_event(record.id, "adopted")
+    log.info("sandbox.adopted", sandbox_id=record.id, provider_object_id=found[0].provider_object_id)
+    return updated or record
+
+
 async def _nobody() -> set[str]:
     return set()
 

@@ -19,7 +19,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from app.errors import BadRequest, SandboxControlError
 from app.logging import get_logger
-from app.providers.pty import PtySession, check_size
+from app.providers.terminal import PtySession, check_size
 from app.services.container import Services
 from app.services.sandboxes import DEFAULT_CWD, command_line
 

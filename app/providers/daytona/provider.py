@@ -62,6 +62,7 @@ from app.providers.daytona.spec import (
     state_name,
     status_of_state,
 )
+from app.providers.pty import HelperPtyMixin
 from app.providers.streaming import joined, replay
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ EXEC_GRACE_SECONDS = 15.0
 LIST_LIMIT = 10_000
 
 
-class DaytonaProvider(Provider):
+class DaytonaProvider(HelperPtyMixin, Provider):
     """Sandboxes on a Daytona control plane (see the module docstring)."""
 
     name = "daytona"

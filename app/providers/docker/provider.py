@@ -55,7 +55,7 @@ from app.providers.docker.spec import (
     sandbox_from_summary,
     status_of_container,
 )
-from app.providers.pty import PtySession
+from app.providers.terminal import PtySession
 
 log = logging.getLogger(__name__)
 

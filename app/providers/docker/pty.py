@@ -11,7 +11,7 @@ from aiodocker.stream import Stream
 from app.providers.docker.engine import EngineClient, mapped_errors
 from app.providers.docker.exec import exec_env, kill_quietly, recorded_exit_code
 from app.providers.exec_wrapper import wrapped_argv
-from app.providers.pty import PtySession, check_size
+from app.providers.terminal import PtySession, check_size
 
 
 class DockerPty(PtySession):

@@ -53,6 +53,7 @@ from app.providers.kubernetes.names import is_object_name, label_selector, match
 from app.providers.kubernetes.objects import Objects, kinds, poll_until
 from app.providers.kubernetes.spec import CONTAINER, PROVIDER, WORKSPACE, plan_sandbox, pod_from_template
 from app.providers.kubernetes.status import describe, is_ready, pod_status, terminating, unschedulable, waiting_problem
+from app.providers.pty import HelperPtyMixin
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 GONE_MARGIN_SECONDS = 60.0
 
 
-class KubernetesProvider(Provider):
+class KubernetesProvider(HelperPtyMixin, Provider):
     """Sandboxes as pods in one namespace of a cluster (see the module docstring)."""
 
     name = PROVIDER

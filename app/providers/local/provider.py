@@ -68,11 +68,12 @@ from app.providers.local.smoke import smoke_test
 from app.providers.local.spec import check_exec, check_spec
 from app.providers.local.store import InitRecord, LocalStore, SandboxMeta, meta_of
 from app.providers.local.stream import stream_process
+from app.providers.pty import HelperPtyMixin
 
 log = logging.getLogger(__name__)
 
 
-class LocalProvider(Provider):
+class LocalProvider(HelperPtyMixin, Provider):
     """Sandboxes as bubblewrap jails on this host (see the module docstring)."""
 
     name = "local"

@@ -65,6 +65,7 @@ from app.providers.modal.spec import (
     sandbox_from_tags,
     status_of,
 )
+from app.providers.pty import HelperPtyMixin
 from app.providers.streaming import collect, once
 from app.settings import ConfigError
 
@@ -80,7 +81,7 @@ _LIST_LIMIT = 10_000
 SNAPSHOT_TIMEOUT = 300
 
 
-class ModalProvider(Provider):
+class ModalProvider(HelperPtyMixin, Provider):
     """Sandboxes as Modal Sandboxes in the app ``MODAL_APP_NAME`` (see the module docstring)."""
 
     name = PROVIDER

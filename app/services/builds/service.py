@@ -46,6 +46,7 @@ from app.services.builds.notices import BuildNotice, failure_notice, ready_notic
 from app.services.callbacks import CallbackOutbox
 from app.services.hosts import check_url_allowed
 from app.services.leases import LeaseKeeper
+from app.services.reconciler import adopt_interrupted
 from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService, describe_error, new_sandbox_id
 from app.services.sessions import SessionService
@@ -300,6 +301,9 @@ class BuildService:
         """The running build sandbox's provider ref: the recorded one, or a new one; None once cancelled."""
         if build.sandbox_id is not None:
             existing = await self.sandboxes.find(build.sandbox_id)
+            if existing is not None and existing.status == "creating" and not self.sandboxes.is_creating(existing.id):
+                # Its runner died mid-create (we hold the build's lease): the sandbox it made runs the build.
+                existing = await adopt_interrupted(self.sandboxes.records, self.provider, existing)
             if existing is not None and existing.status == "running" and existing.provider_object_id:
                 return existing.provider_object_id
             if build.pending_env is None:

@@ -10,6 +10,7 @@ import httpx
 
 from app.client import SandboxClient
 from app.services.pool_members import POOL_LABEL
+from app.services.reconciler import adopt_interrupted
 from app.services.sandboxes import ID_LABEL
 from app.settings import Settings
 from app.storage.state import SandboxRecord
@@ -105,3 +106,27 @@ async def test_a_record_is_never_more_pessimistic_or_optimistic_than_the_provide
     adopted = await client.get("adoptee")
     assert adopted["status"] == "running" and adopted["provider_object_id"] == adoptee["provider_object_id"]
     assert adopted["expires_at"] is not None  # nobody may know it: it does not run forever
+
+
+async def test_a_build_taking_over_a_dead_create_adopts_the_sandbox_it_made(service: Service) -> None:
+    """What a build resumed under its lease does with its dead runner's half-recorded sandbox."""
+    app, _, client = service
+    services = app.state.services
+    records = services.store.sandboxes
+    made = await client.create(sandbox_id="build-box")
+    # The runner died after the provider made the sandbox, before the record said so.
+    await records.update("build-box", status="creating", provider_object_id=None)
+    record = await records.get("build-box")
+    assert record is not None
+    adopted = await adopt_interrupted(records, services.provider, record)
+    assert (adopted.status, adopted.provider_object_id) == ("running", made["provider_object_id"])
+    assert [e["kind"] for e in await services.sandboxes.events("build-box")][-1] == "adopted"
+    # Nothing made yet: the record stays as it is (the build then makes a new sandbox).
+    now = utcnow()
+    await records.insert(
+        SandboxRecord(id="not-made", provider="fake", status="creating", created_at=now, updated_at=now)
+    )
+    empty = await records.get("not-made")
+    assert empty is not None
+    assert (await adopt_interrupted(records, services.provider, empty)).status == "creating"
+    await client.delete("build-box")
