@@ -21,11 +21,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from app.errors import BadRequest, SandboxControlError
-from app.providers.base import TIMEOUT_EXIT_CODE, ExecEvent, ExecResult, StreamName, check_argv
+from app.providers.base import TIMEOUT_EXIT_CODE, ExecEvent, StreamName, check_argv
 from app.providers.exec_wrapper import EXEC_MARKER, CappedBuffer, killer_argv, wrapped_argv
 from app.providers.modal.errors import SdkCaller
 from app.providers.modal.spec import WORKSPACE, check_env, exec_timeout_seconds
-from app.providers.streaming import OutputPump, collect, once
+from app.providers.streaming import OutputPump
 
 log = logging.getLogger(__name__)
 
@@ -78,33 +78,6 @@ def check_exec_args(argv: Sequence[str], cwd: str | None, timeout: float) -> str
     if timeout <= 0:
         raise BadRequest("timeout must be positive", field="timeout")
     return cwd
-
-
-async def run_exec(
-    caller: SdkCaller,
-    sandbox: Any,
-    ref: str,
-    argv: Sequence[str],
-    *,
-    timeout: float,
-    cwd: str | None,
-    env: Mapping[str, str] | None,
-    stdin: bytes | None,
-    max_output_bytes: int,
-) -> ExecResult:
-    """Run ``argv`` in ``sandbox``; see ``Provider.exec`` for the contract."""
-    events = stream_exec(
-        caller,
-        sandbox,
-        ref,
-        argv,
-        timeout=timeout,
-        cwd=cwd,
-        env=env,
-        stdin=once(stdin) if stdin is not None else None,
-        max_output_bytes=max_output_bytes,
-    )
-    return await collect(events)
 
 
 async def stream_exec(
