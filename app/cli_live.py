@@ -1,18 +1,14 @@
 """``sandboxctl`` commands for live processes: streamed exec, background processes, a shell.
 
-Imported by ``app.cli`` at start; like it, only the standard library at module
-level (the client and ``websockets`` load when a command runs).
+Imported by ``app.cli`` at start; like it, only cheap standard modules at module
+level (asyncio, the client and ``websockets`` load when a command runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
-import shutil
-import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +100,10 @@ async def cmd_kill(client: SandboxClient, args: argparse.Namespace) -> int:
 
 async def cmd_shell(client: SandboxClient, args: argparse.Namespace) -> int:
     """An interactive shell: raw mode, window size followed on SIGWINCH; the shell's exit code."""
+    import asyncio
+    import contextlib
+    import shutil
+    import signal
     import termios
     import tty
 

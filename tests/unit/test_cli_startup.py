@@ -19,7 +19,7 @@ def _modules_after(statement: str) -> set[str]:
 
 def test_importing_the_cli_loads_neither_the_server_nor_the_http_client() -> None:
     loaded = _modules_after("import app.cli")
-    assert not loaded & {*HEAVY, "httpx", "pydantic"}
+    assert not loaded & {*HEAVY, "httpx", "pydantic", "asyncio"}
 
 
 def test_the_client_does_not_import_the_server() -> None:
