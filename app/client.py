@@ -281,19 +281,41 @@ def exec_stream_event(event: str, data: str) -> ExecStreamEvent | None:
     return None
 
 
+async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The lines of a byte stream ended by LF or CRLF (what our server sends).
+
+    httpx's ``aiter_lines`` decodes and re-splits every chunk on all of Unicode's
+    line breaks: a third of a streamed command's throughput on the client.
+    """
+    pending: list[bytes] = []
+    async for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            line = chunk[start:end]
+            if pending:
+                line = b"".join((*pending, line))
+                pending.clear()
+            yield line.removesuffix(b"\r")
+            start = end + 1
+        if start < len(chunk):
+            pending.append(chunk[start:])
+    if pending:
+        yield b"".join(pending)
+
+
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str, str | None]]:
     """(event, data, id) of each server-sent event; comments (keepalives) are skipped."""
     event, event_id = "message", None
     data: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
+    async for raw in sse_lines(response.aiter_bytes()):
+        if not raw:
             if data:
                 yield event, "\n".join(data), event_id
             event, data = "message", []
-        elif line.startswith(":"):
+        elif raw.startswith(b":"):
             continue
         else:
-            name, _, value = line.partition(":")
+            name, _, value = raw.decode().partition(":")
             value = value.removeprefix(" ")
             if name == "event":
                 event = value

@@ -31,6 +31,11 @@ from typing import Any
 from app.providers.base import TIMEOUT_EXIT_CODE, ExecResult
 
 CHUNK_SIZE = 64 * 1024
+#: A child's output pipes and what asyncio buffers from each before pausing: at
+#: the default 64 KiB the writer and the reader ping-pong every 64 KiB, which on
+#: two cores halves the throughput of a streamed command.
+OUTPUT_PIPE_BYTES = 1 << 20
+OUTPUT_READ_BYTES = 256 * 1024
 #: How much stderr of an internal helper (cat, tar) is kept for error messages.
 HELPER_STDERR_BYTES = 16 * 1024
 #: After the main process exits, how long stragglers may hold its pipes open.
@@ -87,15 +92,27 @@ def close_transport(proc: asyncio.subprocess.Process) -> None:
         transport.close()
 
 
-def _grow_pipe(writer: asyncio.StreamWriter, size: int) -> None:
-    """Let ``size`` bytes wait in a child's stdin pipe and as many in its transport."""
-    pipe = writer.transport.get_extra_info("pipe")
+def _set_pipe_size(pipe: Any, size: int) -> None:
     # Beyond /proc/sys/fs/pipe-max-size (or a user's pipe quota) the default size stays;
     # a child that exited already has had its pipe closed (ValueError): nothing to grow.
     with contextlib.suppress(OSError, ValueError):
         if pipe is not None:
             fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, size)
+
+
+def _grow_pipe(writer: asyncio.StreamWriter, size: int) -> None:
+    """Let ``size`` bytes wait in a child's stdin pipe and as many in its transport."""
+    _set_pipe_size(writer.transport.get_extra_info("pipe"), size)
     writer.transport.set_write_buffer_limits(high=size)
+
+
+def grow_output_pipes(proc: asyncio.subprocess.Process, size: int = OUTPUT_PIPE_BYTES) -> None:
+    """Let ``size`` bytes of ``proc``'s stdout and stderr wait in their pipes."""
+    transport = getattr(proc, "_transport", None)
+    for fd in (1, 2):
+        pipe = transport.get_pipe_transport(fd) if transport is not None else None
+        if pipe is not None:
+            _set_pipe_size(pipe.get_extra_info("pipe"), size)
 
 
 def kill_group(pid: int) -> None:
@@ -122,6 +139,7 @@ async def _spawn(
         cwd=cwd,
         pass_fds=tuple(pass_fds),
         start_new_session=True,
+        limit=OUTPUT_READ_BYTES,
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from app.providers.base import ExecEvent, StreamName
-from app.providers.local.io import CHUNK_SIZE, _cleanup, _spawn, exit_status, kill_group
+from app.providers.local.io import OUTPUT_READ_BYTES, _cleanup, _spawn, exit_status, grow_output_pipes, kill_group
 from app.providers.streaming import OutputPump
 
 
@@ -35,7 +35,7 @@ async def _copy_in(writer: asyncio.StreamWriter | None, data: AsyncIterator[byte
 async def _pump(pump: OutputPump, name: StreamName, stream: asyncio.StreamReader | None) -> None:
     if stream is None:
         return
-    while chunk := await stream.read(CHUNK_SIZE):
+    while chunk := await stream.read(OUTPUT_READ_BYTES):
         await pump.put(name, chunk)
 
 
@@ -62,6 +62,7 @@ async def stream_process(
     )
     if track is not None:
         track.add(proc.pid)
+    grow_output_pipes(proc)
     pump = OutputPump(max_output_bytes)
     feeder = asyncio.ensure_future(_copy_in(proc.stdin, stdin))
     tasks: list[asyncio.Future[Any]] = [feeder]
