@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -82,6 +83,15 @@ def sign_request(
     stamp = str(now_ms() if at_ms is None else at_ms)
     signature = _hmac_hex(secret, signing_string(stamp, method, path_query, body_sha256, nonce))
     return f"t={stamp},n={nonce},v1={signature}" if nonce else f"t={stamp},v1={signature}"
+
+
+def request_headers(secret: bytes, method: str, path_query: str, body_sha256: str) -> dict[str, str]:
+    """The headers a client sends to authenticate one request: a bearer token and a signature."""
+    stamp = now_ms()
+    return {
+        "Authorization": f"Bearer {make_token(secret, stamp)}",
+        "X-Sandbox-Signature": sign_request(secret, method, path_query, body_sha256, stamp, nonce=secrets.token_hex(8)),
+    }
 
 
 def _check_stamp(stamp: str, skew_seconds: int, at_ms: int) -> int:

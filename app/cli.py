@@ -103,6 +103,24 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _url(args: argparse.Namespace) -> str:
+    return str(args.url or os.environ.get("SANDBOX_URL") or DEFAULT_URL)
+
+
+def _run_sync(args: argparse.Namespace) -> int:
+    """Run a command on the standard-library transport (``app.cli_http``); errors become ``CliError``s."""
+    import http.client
+
+    from app.client_events import ApiError
+
+    try:
+        return int(args.sync_handler(_url(args), _secret(args), args))
+    except ApiError as exc:
+        raise CliError(f"{exc.message} ({exc.code})") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise CliError(f"cannot reach the service: {exc or type(exc).__name__}") from None
+
+
 def _run_client(args: argparse.Namespace) -> int:
     """Run a client command; the service's and the transport's errors become one-line ``CliError``s."""
     import asyncio
@@ -115,8 +133,7 @@ def _run_client(args: argparse.Namespace) -> int:
     from app.client import ApiError, SandboxClient
 
     async def run() -> int:
-        url = args.url or os.environ.get("SANDBOX_URL") or DEFAULT_URL
-        async with SandboxClient(url, _secret(args)) as client:
+        async with SandboxClient(_url(args), _secret(args)) as client:
             return int(await args.handler(client, args))
 
     try:
@@ -247,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "func"):
             return int(args.func(args))
+        if hasattr(args, "sync_handler"):
+            return _run_sync(args)
         return _run_client(args)
     except (CliError, cli_live.UsageError) as exc:
         sys.stderr.write(f"sandboxctl: {exc}\n")

@@ -26,32 +26,40 @@ def _write(stream: str, data: bytes) -> None:
     out.buffer.flush()
 
 
-async def cmd_exec(client: SandboxClient, args: argparse.Namespace) -> int:
-    """Run a command, printing its output as it comes (``--no-stream``: at the end); its exit code."""
-    from app.client import Exit
+def cmd_exec(url: str, secret: bytes, args: argparse.Namespace) -> int:
+    """Run a command, printing its output as it comes (``--no-stream``: at the end); its exit code.
+
+    Synchronous, over ``app.cli_http``: no asyncio, no httpx, so it starts fast.
+    """
+    from app.cli_http import post_json, sse_events
+    from app.client_events import Exit, exec_stream_event
 
     command = list(args.command)
     if not command:
         raise UsageError("usage: sandboxctl exec ID -- COMMAND [ARGS...]")
-    options: dict[str, Any] = {}
+    body: dict[str, Any] = {"command": command, "stream": not args.no_stream}
     if args.timeout:
-        options["timeout_seconds"] = args.timeout
+        body["timeout_seconds"] = args.timeout
     if args.cwd:
-        options["cwd"] = args.cwd
+        body["cwd"] = args.cwd
     if not sys.stdin.isatty() and args.stdin:
-        options["stdin"] = sys.stdin.read()
-    if args.no_stream:
-        result = await client.exec(args.id, command, **options)
-        _write("stdout", result["stdout"].encode())
-        _write("stderr", result["stderr"].encode())
-        timed_out, code = bool(result["timed_out"]), int(result["exit_code"])
-    else:
-        timed_out, code = False, 1
-        async for event in client.exec_stream(args.id, command, **options):
-            if isinstance(event, Exit):
-                timed_out, code = event.timed_out, event.exit_code
-            else:
-                _write(event.stream, event.data)
+        body["stdin"] = sys.stdin.read()
+    path = f"/v1/sandboxes/{args.id}/exec"
+    accept = "application/json" if args.no_stream else "text/event-stream"
+    with post_json(url, secret, path, body, accept=accept) as response:
+        if args.no_stream:
+            result = json.loads(response.read())
+            _write("stdout", result["stdout"].encode())
+            _write("stderr", result["stderr"].encode())
+            timed_out, code = bool(result["timed_out"]), int(result["exit_code"])
+        else:
+            timed_out, code = False, 1
+            for event, data, _ in sse_events(response):
+                item = exec_stream_event(event, data)
+                if isinstance(item, Exit):
+                    timed_out, code = item.timed_out, item.exit_code
+                elif item is not None:
+                    _write(item.stream, item.data)
     if timed_out:
         sys.stderr.write(f"sandboxctl: command timed out after {args.timeout or 'the default'} s\n")
     return code
@@ -168,7 +176,7 @@ def add_commands(sub: Any) -> None:
     exec_.add_argument("--cwd")
     exec_.add_argument("--stdin", action="store_true", help="send this process's stdin")
     exec_.add_argument("--no-stream", action="store_true", help="print the output once the command ended")
-    exec_.set_defaults(handler=cmd_exec)
+    exec_.set_defaults(sync_handler=cmd_exec)
 
     bg = sub.add_parser("bg", help="start a background process: sandboxctl bg ID -- CMD ARGS...; prints its pid")
     bg.add_argument("id")

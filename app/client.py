@@ -8,32 +8,31 @@ auth mode and cannot be replayed or redirected.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
-import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from app.auth import CONTENT_SHA256_HEADER, EMPTY_BODY_SHA256, make_token, now_ms, sign_request
+from app.auth import CONTENT_SHA256_HEADER, EMPTY_BODY_SHA256, request_headers
+from app.client_events import (
+    ApiError,
+    ExecStreamEvent,
+    Exit,
+    Output,
+    SseDecoder,
+    SseEvent,
+    api_error,
+    exec_stream_event,
+)
+
+__all__ = ["ApiError", "ExecStreamEvent", "Exit", "Output", "SandboxClient", "sse_events"]
 
 _CHUNK = 1 << 16
 SSE = "text/event-stream"
-
-
-class ApiError(Exception):
-    """The service answered with an error envelope."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{message} ({code}, HTTP {status})")
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 class SandboxClient:
@@ -57,14 +56,7 @@ class SandboxClient:
 
     def auth_headers(self, method: str, url: httpx.URL, body_sha256: str) -> dict[str, str]:
         """The headers that authenticate one request."""
-        stamp = now_ms()
-        path_query = url.raw_path.decode("ascii")
-        return {
-            "Authorization": f"Bearer {make_token(self._secret, stamp)}",
-            "X-Sandbox-Signature": sign_request(
-                self._secret, method, path_query, body_sha256, stamp, nonce=secrets.token_hex(8)
-            ),
-        }
+        return request_headers(self._secret, method, url.raw_path.decode("ascii"), body_sha256)
 
     async def request(self, method: str, path: str, *, json: Any = None, params: Any = None) -> Any:
         request = self._http.build_request(method, path, json=json, params=params)
@@ -245,84 +237,12 @@ class SandboxClient:
             await response.aclose()
 
 
-@dataclass(frozen=True)
-class Output:
-    """A chunk of a command's ``stdout`` or ``stderr``."""
-
-    stream: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Exit:
-    """How a streamed command ended."""
-
-    exit_code: int
-    timed_out: bool
-    truncated: bool
-    duration_ms: int
-
-
-ExecStreamEvent = Output | Exit
-
-
-def exec_stream_event(event: str, data: str) -> ExecStreamEvent | None:
-    """One SSE event of a streamed command; ``error`` raises ``ApiError``; unknown kinds are None."""
-    if event in ("stdout", "stderr"):
-        chunk = json.loads(data)
-        raw = base64.b64decode(chunk["data"]) if chunk.get("encoding") == "base64" else chunk["data"].encode()
-        return Output(event, raw)
-    if event == "exit":
-        body = json.loads(data)
-        return Exit(int(body["exit_code"]), bool(body["timed_out"]), bool(body["truncated"]), int(body["duration_ms"]))
-    if event == "error":
-        body = json.loads(data)
-        raise ApiError(200, str(body.get("code", "error")), str(body.get("error", "")))
-    return None
-
-
-async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The lines of a byte stream ended by LF or CRLF (what our server sends).
-
-    httpx's ``aiter_lines`` decodes and re-splits every chunk on all of Unicode's
-    line breaks: a third of a streamed command's throughput on the client.
-    """
-    pending: list[bytes] = []
-    async for chunk in chunks:
-        start = 0
-        while (end := chunk.find(b"\n", start)) != -1:
-            line = chunk[start:end]
-            if pending:
-                line = b"".join((*pending, line))
-                pending.clear()
-            yield line.removesuffix(b"\r")
-            start = end + 1
-        if start < len(chunk):
-            pending.append(chunk[start:])
-    if pending:
-        yield b"".join(pending)
-
-
-async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str, str | None]]:
+async def sse_events(response: httpx.Response) -> AsyncIterator[SseEvent]:
     """(event, data, id) of each server-sent event; comments (keepalives) are skipped."""
-    event, event_id = "message", None
-    data: list[str] = []
-    async for raw in sse_lines(response.aiter_bytes()):
-        if not raw:
-            if data:
-                yield event, "\n".join(data), event_id
-            event, data = "message", []
-        elif raw.startswith(b":"):
-            continue
-        else:
-            name, _, value = raw.decode().partition(":")
-            value = value.removeprefix(" ")
-            if name == "event":
-                event = value
-            elif name == "data":
-                data.append(value)
-            elif name == "id":
-                event_id = value
+    decoder = SseDecoder()
+    async for chunk in response.aiter_bytes():
+        for event in decoder.feed(chunk):
+            yield event
 
 
 def _sha256_file(path: Path) -> str:
@@ -334,14 +254,11 @@ def _sha256_file(path: Path) -> str:
 
 
 def _decode(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        raise api_error(response.status_code, response.content)
     if response.status_code == 204:
         return None
     try:
-        body = response.json()
+        return response.json()
     except ValueError:
-        body = None
-    if response.status_code >= 400:
-        if isinstance(body, dict):
-            raise ApiError(response.status_code, str(body.get("code", "error")), str(body.get("error", "")))
-        raise ApiError(response.status_code, "http_error", response.text[:200])
-    return body
+        return None

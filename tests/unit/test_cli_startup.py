@@ -22,6 +22,12 @@ def test_importing_the_cli_loads_neither_the_server_nor_the_http_client() -> Non
     assert not loaded & {*HEAVY, "httpx", "pydantic", "asyncio"}
 
 
+def test_the_exec_command_needs_neither_httpx_nor_asyncio() -> None:
+    # `sandboxctl exec` runs on the standard-library transport: what it imports when it runs.
+    loaded = _modules_after("import app.cli, app.cli_http, app.client_events")
+    assert not loaded & {*HEAVY, "httpx", "pydantic", "asyncio"}
+
+
 def test_the_client_does_not_import_the_server() -> None:
     loaded = _modules_after("import app.client")
     assert not loaded & set(HEAVY)

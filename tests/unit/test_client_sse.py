@@ -1,36 +1,33 @@
-"""The client's SSE line splitter: lines cut anywhere by the transport come out whole."""
+"""The client's SSE decoder: events cut anywhere by the transport come out whole."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import pytest
 
-from app.client import sse_lines
+from app.client_events import SseDecoder, SseEvent
+
+STREAM = (
+    b'event: stdout\r\ndata: {"data": "a\\nb"}\n\n'
+    b": keepalive\n\n"
+    b"id: 7\nevent: exit\ndata: one\ndata: two\n\n"
+    b"data: after\n\n"
+)
+EVENTS = [("stdout", '{"data": "a\\nb"}', None), ("exit", "one\ntwo", "7"), ("message", "after", "7")]
 
 
-async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
-    for part in parts:
-        yield part
+def _decode(*parts: bytes) -> list[SseEvent]:
+    decoder = SseDecoder()
+    return [event for part in parts for event in decoder.feed(part)]
 
 
-def _lines(*parts: bytes) -> list[bytes]:
-    async def run() -> list[bytes]:
-        return [line async for line in sse_lines(_chunks(*parts))]
-
-    return asyncio.run(run())
+@pytest.mark.parametrize("cut", range(1, len(STREAM)))
+def test_events_split_anywhere_come_out_whole(cut: int) -> None:
+    assert _decode(STREAM[:cut], STREAM[cut:]) == EVENTS
 
 
-@pytest.mark.parametrize("cut", range(1, 30))
-def test_lines_split_anywhere_come_out_whole(cut: int) -> None:
-    stream = b'event: stdout\r\ndata: {"data": "a\\nb"}\n\n: keepalive\n\nevent: exit\ndata: {}\n\n'
-    expected = [b"event: stdout", b'data: {"data": "a\\nb"}', b"", b": keepalive", b""]
-    expected += [b"event: exit", b"data: {}", b""]
-    assert _lines(stream[:cut], stream[cut:]) == expected
-    assert _lines(*(stream[i : i + 1] for i in range(len(stream)))) == expected
+def test_events_fed_byte_by_byte() -> None:
+    assert _decode(*(STREAM[i : i + 1] for i in range(len(STREAM)))) == EVENTS
 
 
-def test_a_last_line_without_its_end_is_kept() -> None:
-    assert _lines(b"data: 1\nda", b"ta: 2") == [b"data: 1", b"data: 2"]
-    assert _lines() == []
+def test_an_event_the_stream_ended_inside_is_not_dispatched() -> None:
+    assert _decode(b"data: 1\n\ndata: 2\n") == [("message", "1", None)]
