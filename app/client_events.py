@@ -76,14 +76,14 @@ class SseDecoder:
             return done
         if line.startswith(b":"):  # a comment: keepalives
             return None
-        name, _, value = line.decode().partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            self._event = value
-        elif name == "data":
-            self._data.append(value)
-        elif name == "id":
-            self._id = value
+        name, _, value = line.partition(b":")
+        text = value.removeprefix(b" ").decode()
+        if name == b"data":
+            self._data.append(text)
+        elif name == b"event":
+            self._event = text
+        elif name == b"id":
+            self._id = text
         return None
 
 
