@@ -1,0 +1,161 @@
+"""Relaying one request through the proxy: HTTP with streamed bodies both ways, and WebSockets.
+
+Bodies are never buffered: request chunks go upstream as the client sends
+them, response chunks go out as the sandbox writes them (SSE events arrive
+one by one). A client that goes away ends the upstream exchange at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+import httpcore
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from app.api.previews.headers import Headers, client_response_headers
+from app.errors import SandboxControlError
+from app.logging import get_logger
+from app.services.previews import PreviewAccess, Upstreams
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = get_logger("previews")
+
+#: Close codes that may not be sent in a close frame, and what the other side gets instead.
+_UNSENDABLE_CLOSE = {1005: 1000, 1006: 1011, 1015: 1011}
+
+
+class _Body:
+    """The request body as an async iterator of chunks; remembers whether the client left."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.done = asyncio.Event()
+        self.disconnected = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                message = await self._receive()
+                if message["type"] == "http.disconnect":
+                    self.disconnected = True
+                    raise ConnectionResetError("client disconnected during the upload")
+                chunk = message.get("body", b"")
+                if chunk:
+                    yield chunk
+                if not message.get("more_body", False):
+                    return
+        finally:
+            self.done.set()
+
+
+async def relay_http(
+    receive: Receive,
+    send: Send,
+    upstreams: Upstreams,
+    access: PreviewAccess,
+    method: str,
+    target: str,
+    headers: Headers,
+    has_body: bool,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Forward one HTTP exchange; ``SandboxControlError`` when it fails before the answer started."""
+    body = _Body(receive)
+    if not has_body:
+        body.done.set()
+
+    async def exchange() -> None:
+        content = body.chunks() if has_body else None
+        async with upstreams.request(access.ref, access.preview.port, method, target, headers, content) as response:
+            start_headers = client_response_headers(response.headers) + list(extra_headers)
+            await send({"type": "http.response.start", "status": response.status, "headers": start_headers})
+            try:
+                async for chunk in response.aiter_stream():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+                # Too late for a status: end the body short, as the sandbox did.
+                log.info("preview.upstream_broke", preview_id=access.preview.id, error=str(exc))
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def watch_disconnect() -> None:
+        await body.done.wait()
+        while not body.disconnected:
+            if (await receive())["type"] == "http.disconnect":
+                return
+
+    relay = asyncio.ensure_future(exchange())
+    watcher = asyncio.ensure_future(watch_disconnect())
+    try:
+        done, _ = await asyncio.wait({relay, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (relay, watcher):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(relay, watcher, return_exceptions=True)
+    if relay in done:
+        relay.result()  # the client left otherwise: nothing more to say
+
+
+async def relay_websocket(
+    receive: Receive,
+    send: Send,
+    upstreams: Upstreams,
+    access: PreviewAccess,
+    target: str,
+    headers: Headers,
+    subprotocols: Sequence[str],
+    origin: str | None,
+) -> None:
+    """Accept the client's WebSocket once the sandbox accepted ours, then copy messages both ways."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    try:
+        upstream = await upstreams.open_websocket(
+            access.ref, access.preview.port, target, headers, subprotocols, origin
+        )
+    except SandboxControlError as exc:
+        await send({"type": "websocket.close", "code": 4000 + exc.status_code, "reason": exc.message[:120]})
+        return
+    await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+    to_upstream = asyncio.ensure_future(_client_to_upstream(receive, upstream))
+    to_client = asyncio.ensure_future(_upstream_to_client(upstream, send))
+    try:
+        await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (to_upstream, to_client):
+            task.cancel()
+        await asyncio.gather(to_upstream, to_client, return_exceptions=True)
+        await upstream.close()
+
+
+async def _client_to_upstream(receive: Receive, upstream: ClientConnection) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            code = int(message.get("code", 1000))
+            await upstream.close(code=_UNSENDABLE_CLOSE.get(code, code), reason=str(message.get("reason") or ""))
+            return
+        if message["type"] != "websocket.receive":
+            continue
+        text = message.get("text")
+        with contextlib.suppress(ConnectionClosed):
+            await upstream.send(text if text is not None else message.get("bytes") or b"")
+
+
+async def _upstream_to_client(upstream: ClientConnection, send: Send) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        async for data in upstream:
+            if isinstance(data, str):
+                await send({"type": "websocket.send", "text": data})
+            else:
+                await send({"type": "websocket.send", "bytes": data})
+    code = upstream.close_code if upstream.close_code is not None else 1006
+    reason = upstream.close_reason or ""
+    await send({"type": "websocket.close", "code": _UNSENDABLE_CLOSE.get(code, code), "reason": reason})
