@@ -7,25 +7,13 @@ show a preview's token again).
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Request, Response
 
-from fastapi import APIRouter, Depends, Request, Response
-
-from app.api.deps import get_services
+from app.api.deps import PreviewsDep
 from app.api.params import SandboxIdPath
 from app.schemas.previews import CreatePreviewRequest, PreviewId, PreviewList, PreviewView
-from app.services.container import Services
-from app.services.previews import PreviewService
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}/previews", tags=["previews"])
-
-
-def get_previews(request: Request) -> PreviewService:
-    services: Services = get_services(request)
-    return services.previews
-
-
-PreviewsDep = Annotated[PreviewService, Depends(get_previews)]
 
 
 @router.post("", status_code=201)
