@@ -37,6 +37,7 @@ def connect_in_namespace(pid: int, port: int) -> socket.socket:
         except OSError as exc:
             last = exc
             continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # headers and body are separate writes
         sock.setblocking(False)
         return sock
     assert last is not None
