@@ -160,7 +160,7 @@ class PreviewGateway:
         has_body = (declared is not None and int(declared) > 0) or any(k == b"transfer-encoding" for k, _ in forwarded)
         await relay_http(
             receive, send, services.preview_upstreams, access, scope["method"], target_path, forwarded, has_body,
-            [(b"set-cookie", cookie)] if cookie is not None else (),
+            self.max_upload_bytes, [(b"set-cookie", cookie)] if cookie is not None else (),
         )  # fmt: skip
 
     def _cookie(self, token: str | None, access: PreviewAccess) -> bytes | None:

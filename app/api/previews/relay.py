@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from app.api.previews.headers import Headers, client_response_headers
-from app.errors import SandboxControlError
+from app.errors import PayloadTooLarge, SandboxControlError
 from app.logging import get_logger
 from app.services.previews import PreviewAccess, Upstreams
 
@@ -34,12 +34,14 @@ _UNSENDABLE_CLOSE = {1005: 1000, 1006: 1011, 1015: 1011}
 class _Body:
     """The request body as an async iterator of chunks; remembers whether the client left."""
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, limit: int) -> None:
         self._receive = receive
+        self._limit = limit
         self.done = asyncio.Event()
         self.disconnected = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        size = 0
         try:
             while True:
                 message = await self._receive()
@@ -47,6 +49,9 @@ class _Body:
                     self.disconnected = True
                     raise ConnectionResetError("client disconnected during the upload")
                 chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self._limit:  # a chunked body declares no length: counted as it comes
+                    raise PayloadTooLarge(f"request body exceeds {self._limit} bytes")
                 if chunk:
                     yield chunk
                 if not message.get("more_body", False):
@@ -64,10 +69,11 @@ async def relay_http(
     target: str,
     headers: Headers,
     has_body: bool,
+    max_body: int,
     extra_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     """Forward one HTTP exchange; ``SandboxControlError`` when it fails before the answer started."""
-    body = _Body(receive)
+    body = _Body(receive, max_body)
     if not has_body:
         body.done.set()
 

@@ -263,3 +263,20 @@ async def test_nothing_listening_is_a_502(service: Service) -> None:
     answer = await raw.get(f"/p/{preview['token']}/")
     assert (answer.status_code, answer.json()["code"]) == (502, "preview_upstream_unreachable")
     await asyncio.sleep(0)
+
+
+async def test_bodies_past_the_upload_limit_are_413(make_settings: Callable[..., Settings], upstream_port: int) -> None:
+    async with serve_in_process(make_settings(max_upload_bytes=4096)) as (_, raw, client):
+        sandbox = await client.create()
+        preview = await client.create_preview(sandbox["id"], upstream_port)
+
+        async def chunked() -> AsyncIterator[bytes]:
+            for _ in range(10):
+                yield b"x" * 1024
+
+        streamed = await raw.post(f"/p/{preview['token']}/upload", content=chunked())
+        assert (streamed.status_code, streamed.json()["code"]) == (413, "payload_too_large")
+        declared = await raw.post(f"/p/{preview['token']}/upload", content=b"x" * 5000)
+        assert declared.status_code == 413
+        small = await raw.post(f"/p/{preview['token']}/upload", content=b"x" * 100)
+        assert small.json()["size"] == 100
