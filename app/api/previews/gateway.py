@@ -46,9 +46,10 @@ log = get_logger("previews")
 
 _PATH_FORM = re.compile(r"^/p/([^/]*)(/.*)?$", re.DOTALL)
 _HOST_LABEL = re.compile(r"^([0-9]{1,5})-(pv[0-9a-f]{20})$")
-#: What the request log and metrics see as the route: never the token.
-_PATH_ROUTE = SimpleNamespace(path="/p/{token}/{path}")
-_HOST_ROUTE = SimpleNamespace(path="{port}-{preview}.<preview domain>/{path}")
+#: What the request log and metrics see as the route: never the token. Quiet: a dev server's
+#: page loads dozens of assets; they are counted in the metrics, not logged one by one.
+_PATH_ROUTE = SimpleNamespace(path="/p/{token}/{path}", quiet=True)
+_HOST_ROUTE = SimpleNamespace(path="{port}-{preview}.<preview domain>/{path}", quiet=True)
 
 
 @dataclass(frozen=True)

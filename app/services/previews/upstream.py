@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
@@ -94,6 +96,10 @@ class Upstreams:
 
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
+        if importlib.util.find_spec("sniffio") is None:
+            # httpcore tries ``import sniffio`` for every lock it makes; without the package each
+            # failed import rescans sys.path (~0.3 ms a request). A None entry fails it at once.
+            sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
         self._endpoints: dict[tuple[str, int], tuple[float, PortEndpoint]] = {}
         self._pools: dict[tuple[str, int, str], httpcore.AsyncConnectionPool] = {}
 
