@@ -178,3 +178,14 @@ async def test_websocket_echo_through_both_forms(preview: Preview) -> None:
     with pytest.raises(Exception, match="403"):
         async with connect(f"ws://{preview.host}/ws", sock=refused):
             pass
+
+
+async def test_a_revoked_preview_closes_its_open_websocket(preview: Preview) -> None:
+    url = preview.server.url.replace("http://", "ws://")
+    async with connect(f"{url}/p/{preview.view['token']}/ws") as ws:
+        await ws.send("before")
+        assert await ws.recv() == "before"
+        await preview.client.revoke_preview(preview.sandbox_id, str(preview.view["id"]))
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 15)  # within the proxy's recheck period
+        assert ws.close_code == 4404

@@ -153,6 +153,7 @@ class PreviewGateway:
             await relay_websocket(
                 receive, send, services.preview_upstreams, access, target_path, forwarded,
                 scope.get("subprotocols", []), header(headers, b"origin"),
+                lambda: services.previews.authorize(target.token, target.host),
             )  # fmt: skip
             return
         declared = header(headers, b"content-length")

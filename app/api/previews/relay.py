@@ -27,6 +27,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 log = get_logger("previews")
 
+#: Seconds between checks that an open WebSocket's preview still stands (revoked, expired, sandbox gone).
+RECHECK_SECONDS = 5.0
 #: Close codes that may not be sent in a close frame, and what the other side gets instead.
 _UNSENDABLE_CLOSE = {1005: 1000, 1006: 1011, 1015: 1011}
 
@@ -118,8 +120,13 @@ async def relay_websocket(
     headers: Headers,
     subprotocols: Sequence[str],
     origin: str | None,
+    recheck: Callable[[], Awaitable[object]],
 ) -> None:
-    """Accept the client's WebSocket once the sandbox accepted ours, then copy messages both ways."""
+    """Accept the client's WebSocket once the sandbox accepted ours, then copy messages both ways.
+
+    ``recheck`` raises once the preview no longer stands: the WebSocket is then closed
+    (4000 + the status) within ``RECHECK_SECONDS``, as a new request would be refused.
+    """
     if (await receive())["type"] != "websocket.connect":
         return
     try:
@@ -132,13 +139,27 @@ async def relay_websocket(
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
     to_upstream = asyncio.ensure_future(_client_to_upstream(receive, upstream))
     to_client = asyncio.ensure_future(_upstream_to_client(upstream, send))
+    watchdog = asyncio.ensure_future(_watch(recheck))
+    tasks = (to_upstream, to_client, watchdog)
     try:
-        await asyncio.wait({to_upstream, to_client}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (to_upstream, to_client):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(to_upstream, to_client, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await upstream.close()
+    if watchdog.done() and not watchdog.cancelled() and isinstance(watchdog.result(), SandboxControlError):
+        refused = watchdog.result()
+        await send({"type": "websocket.close", "code": 4000 + refused.status_code, "reason": refused.message[:120]})
+
+
+async def _watch(recheck: Callable[[], Awaitable[object]]) -> SandboxControlError:
+    while True:
+        await asyncio.sleep(RECHECK_SECONDS)
+        try:
+            await recheck()
+        except SandboxControlError as exc:
+            return exc
 
 
 async def _client_to_upstream(receive: Receive, upstream: ClientConnection) -> None:
