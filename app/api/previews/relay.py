@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from typing import Any
 
 import httpcore
@@ -98,17 +98,21 @@ async def relay_http(
             if (await receive())["type"] == "http.disconnect":
                 return
 
-    relay = asyncio.ensure_future(exchange())
-    watcher = asyncio.ensure_future(watch_disconnect())
+    relay, _ = await _first_to_end(exchange(), watch_disconnect())
+    if relay.done() and not relay.cancelled():
+        relay.result()  # cancelled: the client left, nothing more to say
+
+
+async def _first_to_end(*steps: Coroutine[Any, Any, Any]) -> tuple[asyncio.Task[Any], ...]:
+    """Run ``steps`` until one ends, then cancel the others (also when we are cancelled); their tasks."""
+    tasks = tuple(asyncio.ensure_future(step) for step in steps)
     try:
-        done, _ = await asyncio.wait({relay, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (relay, watcher):
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(relay, watcher, return_exceptions=True)
-    if relay in done:
-        relay.result()  # the client left otherwise: nothing more to say
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return tasks
 
 
 async def relay_websocket(
@@ -137,18 +141,13 @@ async def relay_websocket(
         await send({"type": "websocket.close", "code": 4000 + exc.status_code, "reason": exc.message[:120]})
         return
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
-    to_upstream = asyncio.ensure_future(_client_to_upstream(receive, upstream))
-    to_client = asyncio.ensure_future(_upstream_to_client(upstream, send))
-    watchdog = asyncio.ensure_future(_watch(recheck))
-    tasks = (to_upstream, to_client, watchdog)
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        *_, watchdog = await _first_to_end(
+            _client_to_upstream(receive, upstream), _upstream_to_client(upstream, send), _watch(recheck)
+        )
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await upstream.close()
-    if watchdog.done() and not watchdog.cancelled() and isinstance(watchdog.result(), SandboxControlError):
+    if not watchdog.cancelled() and isinstance(watchdog.result(), SandboxControlError):
         refused = watchdog.result()
         await send({"type": "websocket.close", "code": 4000 + refused.status_code, "reason": refused.message[:120]})
 
