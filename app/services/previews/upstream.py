@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import socket
 import ssl
 import sys
 import time
@@ -61,13 +62,17 @@ class _SocketStream(httpcore.AsyncNetworkStream):
         raise httpcore.ConnectError("no TLS to a sandbox port reached through its own network")
 
     def get_extra_info(self, info: str) -> Any:
-        return self._writer.get_extra_info("socket" if info == "socket" else info)
+        if info == "is_readable":
+            # Asked of every pooled connection on every request: answered from what the loop
+            # already saw (the peer closed it) instead of a poll() system call per connection.
+            return self._reader.at_eof() or self._writer.is_closing()
+        return self._writer.get_extra_info(info)
 
 
-class _OpenerBackend(httpcore.AsyncNetworkBackend):
-    """Connects every request of a pool through the endpoint's opener (host and port are the endpoint's own)."""
+class _StreamBackend(httpcore.AsyncNetworkBackend):
+    """Plain-HTTP connections on asyncio streams: through the endpoint's opener, else a TCP connect."""
 
-    def __init__(self, opener: SocketOpener) -> None:
+    def __init__(self, opener: SocketOpener | None) -> None:
         self._opener = opener
 
     async def connect_tcp(
@@ -78,8 +83,14 @@ class _OpenerBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        sock = await asyncio.wait_for(self._opener(), timeout)
-        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
+        if self._opener is not None:
+            sock = await asyncio.wait_for(self._opener(), timeout)
+            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
+        else:
+            connecting = asyncio.open_connection(host, port, limit=1 << 16)
+            reader, writer = await asyncio.wait_for(connecting, timeout)
+            # Headers and body are separate writes: no delayed-ACK stall between them.
+            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return _SocketStream(reader, writer)
 
     async def connect_unix_socket(
@@ -125,7 +136,9 @@ class Upstreams:
             if len(self._pools) >= _POOL_LIMIT:
                 oldest = self._pools.pop(next(iter(self._pools)))
                 asyncio.get_running_loop().create_task(oldest.aclose())
-            backend = _OpenerBackend(endpoint.opener) if endpoint.opener is not None else None
+            # TLS (a provider's own preview link) needs httpcore's backend; plain HTTP gets ours.
+            plain = endpoint.opener is not None or endpoint.url.startswith("http://")
+            backend = _StreamBackend(endpoint.opener) if plain else None
             pool = httpcore.AsyncConnectionPool(
                 max_connections=64, keepalive_expiry=30.0, network_backend=backend, retries=0
             )

@@ -280,3 +280,24 @@ async def test_bodies_past_the_upload_limit_are_413(make_settings: Callable[...,
         assert declared.status_code == 413
         small = await raw.post(f"/p/{preview['token']}/upload", content=b"x" * 100)
         assert small.json()["size"] == 100
+
+
+async def test_a_restarted_dev_server_is_reached_again(service: Service) -> None:
+    """Pooled keep-alive connections to a server that went away are dropped, not reused (no 502)."""
+    _, raw, client = service
+    port = free_port()
+    first = start_upstream(port)
+    try:
+        sandbox = await client.create()
+        preview = await client.create_preview(sandbox["id"], port)
+        assert (await raw.get(f"/p/{preview['token']}/")).status_code == 200
+    finally:
+        first.kill()
+        first.wait(10)
+    second = start_upstream(port)
+    try:
+        await asyncio.sleep(0.1)
+        assert (await raw.get(f"/p/{preview['token']}/")).status_code == 200
+    finally:
+        second.kill()
+        second.wait(10)
