@@ -148,6 +148,21 @@ class SandboxClient:
     async def delete_process(self, sandbox_id: str, pid: str) -> None:
         await self.request("DELETE", f"/v1/sandboxes/{sandbox_id}/processes/{pid}")
 
+    # -- previews --------------------------------------------------------------
+
+    async def create_preview(self, sandbox_id: str, port: int, **fields: Any) -> dict[str, Any]:
+        """A preview URL of ``port`` (fields: ``expires_in_seconds``, ``public``)."""
+        path = f"/v1/sandboxes/{sandbox_id}/previews"
+        result: dict[str, Any] = await self.request("POST", path, json={"port": port, **fields})
+        return result
+
+    async def list_previews(self, sandbox_id: str) -> list[dict[str, Any]]:
+        result = await self.request("GET", f"/v1/sandboxes/{sandbox_id}/previews")
+        return list(result["previews"])
+
+    async def revoke_preview(self, sandbox_id: str, preview_id: str) -> None:
+        await self.request("DELETE", f"/v1/sandboxes/{sandbox_id}/previews/{preview_id}")
+
     async def process_log(self, sandbox_id: str, pid: str, stream: str = "stdout", offset: int = 0) -> bytes:
         """One stream's log so far, from ``offset``."""
         params = {"stream": stream, "offset": str(offset)}

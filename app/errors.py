@@ -19,9 +19,12 @@ built-in exception they mean, so callers can catch ``LookupError`` or
     │   ├── PathConflict                       400 path_conflict
     │   └── FileOperationFailed                400 file_error
     ├── Unauthorized (PermissionError)         401 unauthorized
+    │   └── PreviewTokenInvalid                401 preview_token_invalid
+    │       └── PreviewTokenExpired            401 preview_token_expired
     ├── Forbidden (PermissionError)            403 forbidden
     │   ├── PermissionDenied                   403 permission_denied
-    │   └── ReadOnlyPath                       403 read_only_path
+    │   ├── ReadOnlyPath                       403 read_only_path
+    │   └── PreviewTokenMismatch               403 preview_token_mismatch
     ├── NotFound (LookupError)                 404 not_found
     │   ├── SandboxNotFound                    404 sandbox_not_found
     │   ├── SnapshotNotFound                   404 snapshot_not_found
@@ -29,6 +32,7 @@ built-in exception they mean, so callers can catch ``LookupError`` or
     │   ├── BuildNotFound                      404 build_not_found
     │   ├── RepoImageNotFound                  404 repo_image_not_found
     │   ├── ProcessNotFound                    404 process_not_found
+    │   ├── PreviewNotFound                    404 preview_not_found
     │   └── ImageMissing*                      404 image_not_found
     ├── Conflict                               409 conflict
     │   ├── SandboxNotRunning                  409 sandbox_not_running
@@ -40,6 +44,8 @@ built-in exception they mean, so callers can catch ``LookupError`` or
     │   ├── ProviderAuthError                  502 provider_auth
     │   ├── GitHubTokenError*                  502 github_token_error
     │   └── DaytonaConflict*                   502 provider_error
+    ├── PreviewUnsupported                     501 preview_unsupported
+    ├── PreviewUpstreamUnreachable             502 preview_upstream_unreachable
     ├── NotConfigured                          503 not_configured
     ├── ProviderUnavailable (ConnectionError)  503 provider_unavailable
     ├── StorageUnavailable (ConnectionError)   503 storage_unavailable
@@ -186,6 +192,42 @@ class ProcessNotFound(NotFound):
     """No background process with that handle in the sandbox."""
 
     code = "process_not_found"
+
+
+class PreviewNotFound(NotFound):
+    """No live preview with that id: never made, revoked, expired or gone with its sandbox."""
+
+    code = "preview_not_found"
+
+
+class PreviewTokenInvalid(Unauthorized):
+    """A preview token that is malformed or does not carry a valid signature."""
+
+    code = "preview_token_invalid"
+
+
+class PreviewTokenExpired(PreviewTokenInvalid):
+    code = "preview_token_expired"
+
+
+class PreviewTokenMismatch(Forbidden):
+    """A valid preview token presented for another preview's host (other sandbox or port)."""
+
+    code = "preview_token_mismatch"
+
+
+class PreviewUnsupported(SandboxControlError):
+    """The provider cannot say how to reach a sandbox port."""
+
+    status_code = 501
+    code = "preview_unsupported"
+
+
+class PreviewUpstreamUnreachable(SandboxControlError):
+    """Nothing answers on the previewed port (no server listening, or it went away)."""
+
+    status_code = 502
+    code = "preview_upstream_unreachable"
 
 
 class Conflict(SandboxControlError):

@@ -3,7 +3,7 @@
 Redaction is a processor in the chain, so no call site can forget it: values
 under secret-looking keys are masked, and any known secret value (the API
 secrets, S3 keys, callback secret) or bearer token is masked wherever it
-appears inside a string.
+appears inside a string, as are preview tokens (in paths uvicorn logs).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ _SECRET_KEY = re.compile(r"(token|secret|password|passwd|authorization|api[_-]?k
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _URL_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@")
 _SIGNATURE = re.compile(r"(?i)(v1=)[0-9a-f]{16,}")
+#: A preview token (in a ``/p/<token>/`` path or ``?preview_token=``): its id and expiry stay readable.
+_PREVIEW_TOKEN = re.compile(r"(pv[0-9a-f]{20}\.[0-9]{1,12}\.)[A-Za-z0-9_-]{43}")
 MASK = "[REDACTED]"
 
 
@@ -35,12 +37,13 @@ class Redactor:
         self._secrets = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
-        """Mask known secrets, bearer tokens, URL credentials and signatures in ``text``."""
+        """Mask known secrets, bearer tokens, URL credentials, signatures and preview tokens in ``text``."""
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
         text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
         text = _URL_USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+        text = _PREVIEW_TOKEN.sub(lambda m: m.group(1) + MASK, text)
         return _SIGNATURE.sub(lambda m: m.group(1) + MASK, text)
 
     def _value(self, key: str, value: Any) -> Any:

@@ -8,7 +8,8 @@ from app.api import compat, health
 from app.api.errors import install_error_handlers
 from app.api.middleware import AuthMiddleware, RequestContextMiddleware
 from app.api.openapi import install_openapi
-from app.api.v1 import builds, pools, processes, pty, replicas, sandboxes, snapshots
+from app.api.previews.gateway import PreviewGateway
+from app.api.v1 import builds, pools, previews, processes, pty, replicas, sandboxes, snapshots
 from app.auth import RequestVerifier
 from app.metrics import Metrics
 from app.settings import Settings
@@ -24,7 +25,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.compat_ignored_fields = compat.IgnoredFields()
     install_error_handlers(app)
-    for module in (health, sandboxes, processes, pty, snapshots, pools, builds, replicas, compat):
+    for module in (health, sandboxes, processes, pty, previews, snapshots, pools, builds, replicas, compat):
         app.include_router(module.router)
     install_openapi(app)
     verifier = RequestVerifier(api_secrets, settings.auth_skew_seconds, settings.auth_mode)
@@ -33,6 +34,13 @@ def create_app(settings: Settings) -> FastAPI:
         AuthMiddleware,
         verifier=verifier,
         max_json_bytes=settings.max_json_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    # Preview requests carry a preview token, not API credentials: served before auth.
+    app.add_middleware(
+        PreviewGateway,
+        domain=settings.preview_domain,
+        cookie_secure=settings.preview_cookie_secure,
         max_upload_bytes=settings.max_upload_bytes,
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

@@ -176,6 +176,19 @@ class Settings(BaseSettings):
     #: nobody may know it exists, so it must not run forever.
     adopted_ttl_seconds: int = Field(default=3600, ge=60, validation_alias="SANDBOX_ADOPTED_TTL")
 
+    # Preview URLs (``/v1/sandboxes/{id}/previews``).
+    #: Wildcard DNS domain of host-form previews (``{port}-{preview}.<domain>``); unset: path form only.
+    preview_domain: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([a-z0-9.-]{0,200}[a-z0-9])?$", validation_alias="SANDBOX_PREVIEW_DOMAIN"
+    )
+    #: The service's public base URL (``https://sandboxes.example.com``) for preview URLs; unset: the
+    #: request's own. Its scheme is also that of host-form URLs.
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+$", validation_alias="SANDBOX_PUBLIC_URL")
+    preview_default_ttl_seconds: int = Field(default=3600, ge=60, validation_alias="SANDBOX_PREVIEW_DEFAULT_TTL")
+    preview_max_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, validation_alias="SANDBOX_PREVIEW_MAX_TTL")
+    #: Mark the host-form preview cookie ``Secure`` (turn off only for plain-http development domains).
+    preview_cookie_secure: bool = Field(default=True, validation_alias="SANDBOX_PREVIEW_COOKIE_SECURE")
+
     # One sub-config per provider; each is handed to its provider only.
     local: LocalSettings = Field(default_factory=LocalSettings)
     docker: DockerSettings = Field(default_factory=DockerSettings)
@@ -228,6 +241,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.exec_default_timeout > self.exec_max_timeout:
             raise ValueError("SANDBOX_EXEC_DEFAULT_TIMEOUT exceeds SANDBOX_EXEC_MAX_TIMEOUT")
+        if self.preview_default_ttl_seconds > self.preview_max_ttl_seconds:
+            raise ValueError("SANDBOX_PREVIEW_DEFAULT_TTL exceeds SANDBOX_PREVIEW_MAX_TTL")
         return self
 
     @classmethod

@@ -28,6 +28,7 @@ from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
 from app.services.leases import LeaseKeeper, new_replica_id
 from app.services.pools import PoolService
+from app.services.previews import PreviewService, PreviewSigner, Upstreams
 from app.services.processes import ProcessService
 from app.services.reconciler import Reconciler
 from app.services.repo_images import RepoImageService
@@ -59,7 +60,9 @@ def known_secrets(settings: Settings, api_secrets: list[bytes]) -> list[str]:
     return values
 
 
-async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitStack, replica_id: str) -> Services:
+async def build_services(
+    settings: Settings, metrics: Metrics, stack: AsyncExitStack, replica_id: str, api_secrets: list[bytes]
+) -> Services:
     """Open the stores and the provider and build the services; ``stack`` closes them in reverse."""
     store = StateStore(settings.effective_state_url)
     await store.open()
@@ -91,6 +94,11 @@ async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitS
     stack.push_async_callback(builds.aclose)
     processes = ProcessService(settings, provider, sandboxes.running)
     stack.push_async_callback(processes.aclose)
+    signer = PreviewSigner(api_secrets)
+    previews = PreviewService(settings, store.previews, signer, provider, sandboxes.running, sandboxes.get)
+    sandboxes.halt_listeners.append(previews.forget_sandbox)
+    upstreams = Upstreams(provider)
+    stack.push_async_callback(upstreams.aclose)
     return Services(
         settings=settings,
         metrics=metrics,
@@ -124,6 +132,8 @@ async def build_services(settings: Settings, metrics: Metrics, stack: AsyncExitS
         launcher=SandboxLauncher(sandboxes, snapshots, sessions, pools, repo_images),
         callbacks=outbox,
         processes=processes,
+        previews=previews,
+        preview_upstreams=upstreams,
         leases=leases,
         idempotency=IdempotencyService(store.idempotency, replica_id=replica_id, live_replicas=leases.live_replica_ids),
     )
@@ -155,6 +165,7 @@ async def start_background(services: Services, stack: AsyncExitStack) -> None:
     for job in (
         Periodic("reap", settings.reaper_interval_seconds, services.reconciler.reap_expired, leases=leases),
         Periodic("idempotency-keys", 3600, services.idempotency.expire, leases=leases),
+        Periodic("previews", 600, services.previews.expire, leases=leases),
         Periodic(
             "snapshot-gc",
             settings.snapshot_gc_interval_seconds,
@@ -202,7 +213,7 @@ def lifespan(
             loop.slow_callback_duration = settings.loop_debug_slow_ms / 1000
         async with AsyncExitStack() as stack:
             try:
-                app.state.services = await build_services(settings, metrics, stack, replica_id)
+                app.state.services = await build_services(settings, metrics, stack, replica_id, api_secrets)
                 await start_background(app.state.services, stack)
             except Exception as exc:
                 # One line an operator can act on; the traceback only for those who ask for it.

@@ -53,6 +53,7 @@ from app.providers.base import (
 )
 from app.providers.local.io import close_transport, feed_input, os_error, run_process, stream_output
 from app.providers.local.stream import stream_process
+from app.providers.ports import PortEndpoint, loopback_endpoint
 from app.providers.pty import HelperPtyMixin
 
 #: sandbox root -> directory name inside the box
@@ -233,6 +234,11 @@ class FakeProvider(HelperPtyMixin, Provider):
     async def status(self, ref: str) -> ProviderStatus:
         """running, stopped, or failed (entry command exited non-zero on its own)."""
         return self._status(self._box(ref))
+
+    async def port_endpoint(self, ref: str, port: int) -> PortEndpoint:
+        """Fake sandboxes are host processes: their ports are the host's."""
+        self._running_box(ref)
+        return loopback_endpoint(port)
 
     async def list(self, labels: Mapping[str, str] | None = None) -> list[ProviderSandbox]:
         """Boxes whose labels include ``labels``."""

@@ -11,7 +11,8 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
-from app.api.deps import BuildsDep, LauncherDep, PoolsDep, RepoImagesDep, SnapshotsDep
+from app.api.deps import BuildsDep, LauncherDep, PoolsDep, PreviewsDep, RepoImagesDep, SnapshotsDep
+from app.errors import SandboxControlError
 from app.logging import get_logger
 from app.schemas.common import REPO_PART_PATTERN
 from app.schemas.compat import (
@@ -26,6 +27,7 @@ from app.schemas.compat import (
     repo_image_data,
     sandbox_data,
 )
+from app.schemas.previews import CreatePreviewRequest
 
 router = APIRouter(prefix="/api", tags=["compat"])
 log = get_logger("compat")
@@ -54,8 +56,32 @@ def _ignoring(request: Request, body: CompatModel) -> None:
     ignored.note(body, request.url.path)
 
 
+async def _with_tunnels(
+    data: dict[str, Any], ports: list[int], request: Request, previews: PreviewsDep
+) -> dict[str, Any]:
+    """``tunnel_urls {"<port>": url}`` for ``sandbox_settings.tunnelPorts``, as the Modal-era API answers.
+
+    Each is a preview URL (path form) living as long as the sandbox (capped at the
+    longest preview lifetime). A port the provider cannot reach is left out and
+    logged: the sandbox exists, and failing the create would orphan it.
+    """
+    if not ports:
+        return data
+    urls: dict[str, str] = {}
+    lifetime = previews.settings.preview_max_ttl_seconds
+    for port in ports:
+        spec = CreatePreviewRequest(port=port, expires_in_seconds=lifetime)
+        try:
+            urls[str(port)] = (await previews.create(data["sandbox_id"], spec, str(request.base_url))).url
+        except SandboxControlError as exc:
+            log.warning("compat.tunnel_unavailable", sandbox_id=data["sandbox_id"], port=port, error=exc.message)
+    return {**data, "tunnel_urls": urls}
+
+
 @router.post("/create-sandbox")
-async def create_sandbox(request: Request, body: CompatCreateSandbox, launcher: LauncherDep) -> dict[str, Any]:
+async def create_sandbox(
+    request: Request, body: CompatCreateSandbox, launcher: LauncherDep, previews: PreviewsDep
+) -> dict[str, Any]:
     """A session sandbox: clone, env server, bridge; `ready` follows on the control plane's WebSocket.
 
     A ready warm-pool member of the repository is claimed when there is one.
@@ -63,7 +89,8 @@ async def create_sandbox(request: Request, body: CompatCreateSandbox, launcher: 
     the branch head; setup.sh already ran in the build).
     """
     _ignoring(request, body)
-    return ok(sandbox_data(await launcher.create_session(body)))
+    data = sandbox_data(await launcher.create_session(body))
+    return ok(await _with_tunnels(data, body.tunnel_ports(), request, previews))
 
 
 @router.post("/warm-sandbox")
@@ -88,12 +115,14 @@ async def snapshot_sandbox(request: Request, body: CompatSnapshotSandbox, snapsh
 
 
 @router.post("/restore-sandbox")
-async def restore_sandbox(request: Request, body: CompatRestoreSandbox, launcher: LauncherDep) -> dict[str, Any]:
+async def restore_sandbox(
+    request: Request, body: CompatRestoreSandbox, launcher: LauncherDep, previews: PreviewsDep
+) -> dict[str, Any]:
     """A new session sandbox from a snapshot; the conversation continues."""
     _ignoring(request, body)
     data = sandbox_data(await launcher.restore_session(body))
     data.pop("created_at")
-    return ok(data)
+    return ok(await _with_tunnels(data, body.tunnel_ports(), request, previews))
 
 
 @router.post("/build-repo-image")

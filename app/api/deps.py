@@ -12,6 +12,7 @@ from app.services.files import FileService
 from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
 from app.services.pools import PoolService
+from app.services.previews import PreviewService
 from app.services.repo_images import RepoImageService
 from app.services.sandboxes import SandboxService
 from app.services.snapshots import SnapshotService
@@ -50,6 +51,10 @@ def get_files(request: Request) -> FileService:
     return get_services(request).files
 
 
+def get_previews(request: Request) -> PreviewService:
+    return get_services(request).previews
+
+
 def get_idempotency(request: Request) -> IdempotencyService:
     return get_services(request).idempotency
 
@@ -63,3 +68,4 @@ RepoImagesDep = Annotated[RepoImageService, Depends(get_repo_images)]
 LauncherDep = Annotated[SandboxLauncher, Depends(get_launcher)]
 IdempotencyDep = Annotated[IdempotencyService, Depends(get_idempotency)]
 FilesDep = Annotated[FileService, Depends(get_files)]
+PreviewsDep = Annotated[PreviewService, Depends(get_previews)]

@@ -114,7 +114,7 @@ class RequestContextMiddleware:
             method = scope.get("method", "")
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.request_latency.labels(method, template).observe(elapsed)
-            if template not in ("/healthz", "/metrics"):
+            if template not in ("/healthz", "/metrics") and not getattr(route, "quiet", False):
                 log.info("request", method=method, route=template, status=status, ms=round(elapsed * 1000, 1))
             request_id_var.reset(token)
 

@@ -30,7 +30,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import BadRequest, UnsupportedSpec
+from app.errors import BadRequest, PreviewUnsupported, UnsupportedSpec
+from app.providers.ports import PortEndpoint
 from app.providers.terminal import PtySession
 
 ProviderStatus = Literal["running", "stopped", "failed"]
@@ -355,6 +356,14 @@ class Provider(abc.ABC):
         (``lane_rounds``) instead of reading it; the others read it as one stream.
         Either way the stream is complete only once read (or split) to its end.
         """
+
+    async def port_endpoint(self, ref: str, port: int) -> PortEndpoint:
+        """How the service reaches TCP ``port`` of a running sandbox (preview URLs; ``app.providers.ports``).
+
+        Raises ``SandboxNotRunning`` for a stopped sandbox; a provider that cannot
+        reach sandbox ports keeps this default (``PreviewUnsupported``, 501).
+        """
+        raise PreviewUnsupported(f"provider {self.name!r} cannot reach a sandbox port", provider=self.name)
 
     # -- native images (optional; ``capabilities.image_commit``) ---------------
 

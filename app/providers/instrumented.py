@@ -18,6 +18,7 @@ from app.providers.base import (
     ProviderStatus,
     SandboxSpec,
 )
+from app.providers.ports import PortEndpoint
 from app.providers.terminal import PtySession
 from app.streams import aclose_stream
 
@@ -163,3 +164,7 @@ class InstrumentedProvider(Provider):
     async def delete_image(self, image: str) -> bool:
         with self._timed("delete_image"):
             return await self.inner.delete_image(image)
+
+    async def port_endpoint(self, ref: str, port: int) -> PortEndpoint:
+        with self._timed("port_endpoint"):
+            return await self.inner.port_endpoint(ref, port)

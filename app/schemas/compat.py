@@ -17,7 +17,7 @@ become resources, ``timeout_seconds`` is the sandbox's TTL.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -65,10 +65,12 @@ def _positive_int(value: Any) -> Any:
 
 
 class SandboxSettingsIn(CompatModel):
-    """``sandbox_settings`` of a Modal-era control plane; the resource fields are honoured."""
+    """``sandbox_settings`` of a Modal-era control plane; the resource fields and ``tunnelPorts`` are honoured."""
 
     cpuCores: float | None = Field(default=None, gt=0, le=256)
     memoryMib: int | None = Field(default=None, ge=16, le=1024 * 1024)
+    #: Ports answered with a preview URL each, in ``tunnel_urls``.
+    tunnelPorts: list[Annotated[int, Field(ge=1, le=65535)]] | None = Field(default=None, max_length=16)
 
     def resources(self) -> Resources:
         return Resources(cpu=self.cpuCores, memory_mb=self.memoryMib)
@@ -102,6 +104,10 @@ class _SessionSandbox(CompatModel):
 
     def resources(self) -> Resources:
         return self.sandbox_settings.resources() if self.sandbox_settings is not None else Resources()
+
+    def tunnel_ports(self) -> list[int]:
+        ports = self.sandbox_settings.tunnelPorts if self.sandbox_settings is not None else None
+        return sorted(set(ports or []))
 
 
 class _CreateTarget(CompatModel):

@@ -13,6 +13,7 @@ from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
 from app.services.leases import LeaseKeeper
 from app.services.pools import PoolService
+from app.services.previews import PreviewService, Upstreams
 from app.services.processes import ProcessService
 from app.services.reconciler import Reconciler
 from app.services.repo_images import RepoImageService
@@ -53,3 +54,7 @@ class Services:
     idempotency: IdempotencyService
     #: Background processes of sandboxes (``/v1/sandboxes/{id}/processes``).
     processes: ProcessService
+    #: Preview URLs (``/v1/sandboxes/{id}/previews``) and the proxy's gate.
+    previews: PreviewService
+    #: The proxy's connections to sandbox ports.
+    preview_upstreams: Upstreams

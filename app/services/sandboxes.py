@@ -12,7 +12,7 @@ import asyncio
 import builtins
 import contextlib
 import secrets
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import PurePosixPath
@@ -87,6 +87,8 @@ class SandboxService:
         #: Recorded as the owner of the sandboxes this replica creates.
         self.replica_id = replica_id
         self._locks: KeyedLocks[str] = KeyedLocks()
+        #: Called with the sandbox id once it stopped or was deleted (its previews die with it).
+        self.halt_listeners: builtins.list[Callable[[str], Awaitable[None]]] = []
 
     # -- create ------------------------------------------------------------
 
@@ -275,6 +277,7 @@ class SandboxService:
                     await self.provider.delete(record.provider_object_id)
             updated = await self.records.update(record.id, status="deleted", deleted_at=utcnow())
             await self.records.add_event(record.id, "deleted")
+            await self._halted(record.id)
         log.info("sandbox.deleted", sandbox_id=record.id)
         return updated or record
 
@@ -288,7 +291,12 @@ class SandboxService:
             await self.provider.stop(record.provider_object_id)
             updated = await self.records.update(record.id, status="stopped")
             await self.records.add_event(record.id, "stopped")
+            await self._halted(record.id)
         return updated or record
+
+    async def _halted(self, sandbox_id: str) -> None:
+        for listener in self.halt_listeners:
+            await listener(sandbox_id)
 
     async def start(self, any_id: str) -> SandboxRecord:
         record = await self.get(any_id)

@@ -50,6 +50,7 @@ from app.providers.daytona.entry import EntryCommand
 from app.providers.daytona.errors import DEFAULT_ATTEMPTS, DaytonaCalls, DaytonaConflict, translate
 from app.providers.daytona.exec import WORKSPACE, check_exec_args, exec_script, parse_exec_output
 from app.providers.daytona.files import DaytonaFiles
+from app.providers.daytona.ports import PortEndpoint, preview_endpoint
 from app.providers.daytona.spec import (
     ENTRY_LABEL,
     GONE,
@@ -193,6 +194,10 @@ class DaytonaProvider(HelperPtyMixin, Provider):
         if status != "running":
             raise SandboxNotRunning(f"daytona sandbox {ref} is {status}", ref=ref)
         return sandbox
+
+    async def port_endpoint(self, ref: str, port: int) -> PortEndpoint:
+        """Daytona's own preview link of the port, proxied with its token (``daytona.ports``)."""
+        return await preview_endpoint(self._calls, await self._running_sandbox(ref), port)
 
     async def start(self, ref: str) -> None:
         """Start (or recover) the sandbox and relaunch its entry command if that is not running."""

@@ -42,6 +42,7 @@ from app.providers.docker.engine import CALL_TIMEOUT, EngineClient, ImageMissing
 from app.providers.docker.exec import run_exec, stream_exec
 from app.providers.docker.exits import watch as watch_exits
 from app.providers.docker.images import commit_container, pull_image, remove_image
+from app.providers.docker.ports import port_endpoint as container_port_endpoint
 from app.providers.docker.pty import DockerPty
 from app.providers.docker.spec import (
     MANAGED_LABEL,
@@ -55,6 +56,7 @@ from app.providers.docker.spec import (
     sandbox_from_summary,
     status_of_container,
 )
+from app.providers.ports import PortEndpoint
 from app.providers.terminal import PtySession
 
 log = logging.getLogger(__name__)
@@ -198,6 +200,10 @@ class DockerProvider(Provider):
     async def _inspect(self, ref: str) -> dict[str, Any]:
         info: dict[str, Any] = await self._engine.call("GET", f"containers/{ref}/json", ref=ref)
         return info
+
+    async def port_endpoint(self, ref: str, port: int) -> PortEndpoint:
+        """From the container's inspect (``docker.ports``): its address, the host's loopback or its namespace."""
+        return container_port_endpoint(await self._inspect(ref), port)
 
     async def start(self, ref: str) -> None:
         await self._engine.call("POST", f"containers/{ref}/start", ref=ref)

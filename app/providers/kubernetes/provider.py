@@ -51,8 +51,10 @@ from app.providers.kubernetes.config import ClusterConfig, load_cluster
 from app.providers.kubernetes.exec import ExecChannel, ExecInterrupted, PodExecutor
 from app.providers.kubernetes.names import is_object_name, label_selector, matches, object_name
 from app.providers.kubernetes.objects import Objects, kinds, poll_until
+from app.providers.kubernetes.ports import port_endpoint as pod_port_endpoint
 from app.providers.kubernetes.spec import CONTAINER, PROVIDER, WORKSPACE, plan_sandbox, pod_from_template
 from app.providers.kubernetes.status import describe, is_ready, pod_status, terminating, unschedulable, waiting_problem
+from app.providers.ports import PortEndpoint
 from app.providers.pty import HelperPtyMixin
 
 log = logging.getLogger(__name__)
@@ -250,6 +252,10 @@ class KubernetesProvider(HelperPtyMixin, Provider):
                 raise SandboxNotFound(f"kubernetes sandbox {ref} not found", ref=ref)
             pvc = None
         return describe(pvc, pod)
+
+    async def port_endpoint(self, ref: str, port: int) -> PortEndpoint:
+        """The pod's IP (``kubernetes.ports``)."""
+        return pod_port_endpoint(await self._pods.get(self._name(ref)), ref, port)
 
     async def list(self, labels: Mapping[str, str] | None = None) -> list[ProviderSandbox]:
         self._opened()

@@ -63,11 +63,13 @@ from app.providers.local.files import IMPORT_LANES, FileOps, Spawn
 from app.providers.local.init import InitSupervisor
 from app.providers.local.io import run_process
 from app.providers.local.limits import AppliedLimits, ResourceLimiter
+from app.providers.local.ports import port_endpoint as local_port_endpoint
 from app.providers.local.runtime import RuntimeBundle, runtime_bundle
 from app.providers.local.smoke import smoke_test
 from app.providers.local.spec import check_exec, check_spec
 from app.providers.local.store import InitRecord, LocalStore, SandboxMeta, meta_of
 from app.providers.local.stream import stream_process
+from app.providers.ports import PortEndpoint
 from app.providers.pty import HelperPtyMixin
 
 log = logging.getLogger(__name__)
@@ -258,6 +260,11 @@ class LocalProvider(HelperPtyMixin, Provider):
         if record is None or not self._init.is_running(record):
             raise SandboxNotRunning(f"sandbox {ref} is not running", ref=ref)
         return meta, record
+
+    async def port_endpoint(self, ref: str, port: int) -> PortEndpoint:
+        """On the host's loopback, or (``network: "none"``) inside the sandbox's namespace (``ports``)."""
+        meta, _ = await self._running(ref)
+        return local_port_endpoint(meta.network, meta.uid, port)
 
     # -- commands and files -----------------------------------------------------
 

@@ -15,7 +15,7 @@ exception types (``tests/fakes_modal.py``).
   streams go through ``exec`` (``exec``, ``files``).
 - Modal cannot stop and resume a sandbox: ``stop``/``start`` answer 422.
 - Extras beyond the ABC: ``snapshot_filesystem`` (a native image id, for repo
-  images) and ``tunnel_url`` (the public URL of a tunnelled port).
+  images) and ``port_endpoint`` (a tunnelled port's public URL).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from app.providers.modal.spec import (
     sandbox_from_tags,
     status_of,
 )
+from app.providers.ports import PortEndpoint
 from app.providers.pty import HelperPtyMixin
 from app.providers.streaming import collect, once
 from app.settings import ConfigError
@@ -380,9 +381,9 @@ class ModalProvider(HelperPtyMixin, Provider):
         image_id: str = image.object_id
         return image_id
 
-    async def tunnel_url(self, ref: str, port: int) -> str:
-        """Public HTTPS URL of ``port`` in ``ref``. The port must have been exposed at
-        create time (``ModalDefaults.tunnel_ports`` or the label ``modal.tunnel-ports``)."""
+    async def port_endpoint(self, ref: str, port: int) -> PortEndpoint:
+        """The port's Modal tunnel (public HTTPS), which the preview proxy forwards to. The port must
+        have been exposed at create time (``ModalDefaults.tunnel_ports`` or the label ``modal.tunnel-ports``)."""
         sandbox = await self._handle(ref)
         tunnels = await self._caller.call("tunnels", lambda: sandbox.tunnels.aio(), ref=ref)
         tunnel = tunnels.get(port)
@@ -391,8 +392,7 @@ class ModalProvider(HelperPtyMixin, Provider):
                 f"port {port} of {ref} has no tunnel; create the sandbox with the label 'modal.tunnel-ports'",
                 field="port",
             )
-        url: str = tunnel.url
-        return url
+        return PortEndpoint(url=str(tunnel.url).rstrip("/"), cache_seconds=300.0)
 
 
 def _check_path(path: str) -> None:

@@ -13,6 +13,7 @@ from app.storage.state.database import Database
 from app.storage.state.idempotency import IdempotencyRecord, IdempotencyStore
 from app.storage.state.leases import LeaseRecord, LeaseStore, ReplicaRecord, ReplicaStore
 from app.storage.state.pools import PoolRecord, PoolStore
+from app.storage.state.previews import PreviewRecord, PreviewStore
 from app.storage.state.repo_images import RepoImageRecord, RepoImageStore
 from app.storage.state.sandboxes import SandboxRecord, SandboxStore
 from app.storage.state.snapshots import SnapshotRecord, SnapshotStore
@@ -29,6 +30,8 @@ __all__ = [
     "LeaseStore",
     "PoolRecord",
     "PoolStore",
+    "PreviewRecord",
+    "PreviewStore",
     "ReplicaRecord",
     "ReplicaStore",
     "RepoImageRecord",
@@ -56,6 +59,7 @@ class StateStore:
         self.leases = LeaseStore(self.database)
         self.replicas = ReplicaStore(self.database)
         self.idempotency = IdempotencyStore(self.database)
+        self.previews = PreviewStore(self.database)
 
     @property
     def url(self) -> str:

@@ -18,7 +18,8 @@ from app.storage.state.sessions import SessionFactory
 from app.storage.state.tables import Base, SchemaVersionRow
 
 #: 2: snapshot chunk index (``snapshot_chunks``), snapshots' format_version and stored_bytes.
-SCHEMA_VERSION = 2
+#: 3: preview URLs (``previews``).
+SCHEMA_VERSION = 3
 
 
 def normalise_url(url: str) -> str:

@@ -316,3 +316,21 @@ class IdempotencyRow(Base):
     response_body: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class PreviewRow(Base):
+    """A preview URL of one sandbox port (``app.services.previews``); deleting the row revokes it.
+
+    The token is not stored: it is a signature over these columns, so the row is the
+    revocation list every replica shares.
+    """
+
+    __tablename__ = "previews"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sandbox_id: Mapped[str] = mapped_column(String(128), index=True)
+    port: Mapped[int] = mapped_column(Integer)
+    #: Host-form requests need no token (the path form always carries one).
+    public: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

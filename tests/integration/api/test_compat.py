@@ -11,7 +11,9 @@ import pytest
 
 from app.auth import make_token
 from app.logging import configure_logging
+from app.providers.ports import PortEndpoint, loopback_endpoint
 from app.settings import Settings
+from tests.fakes import FakeProvider
 from tests.fixtures.app import serve_in_process
 
 API = tuple[Any, httpx.AsyncClient, dict[str, str]]
@@ -133,3 +135,42 @@ async def test_base_sha_must_be_a_commit_id(api: API, value: object) -> None:
     response = await raw.post("/api/create-sandbox", json=body, headers=auth)
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "bad_request" and "base_sha" in response.json()["error"]
+
+
+def _session_body(session_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "session_id": session_id,
+        "repo_owner": "acme",
+        "repo_name": "app",
+        "control_plane_url": "http://127.0.0.1:1/cp",
+        "sandbox_auth_token": "t",
+        **extra,
+    }
+
+
+async def test_tunnel_ports_are_answered_with_preview_urls(api: API, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The session's runtime ends at once here (no forge to clone from); the fake's ports stay reachable.
+    async def reachable(self: FakeProvider, ref: str, port: int) -> PortEndpoint:
+        return loopback_endpoint(port)
+
+    monkeypatch.setattr(FakeProvider, "port_endpoint", reachable)
+    _, raw, auth = api
+    body = _session_body("s-tunnels", sandbox_settings={"tunnelPorts": [8080, 3000, 3000]})
+    response = await raw.post("/api/create-sandbox", json=body, headers=auth)
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert sorted(data["tunnel_urls"]) == ["3000", "8080"]
+    assert all(url.startswith("http://test/p/pv") and url.endswith("/") for url in data["tunnel_urls"].values())
+    listed = await raw.get(f"/v1/sandboxes/{data['sandbox_id']}/previews", headers=auth)
+    assert sorted(p["port"] for p in listed.json()["previews"]) == [3000, 8080]
+
+    plain = await raw.post("/api/create-sandbox", json=_session_body("s-plain"), headers=auth)
+    assert "tunnel_urls" not in plain.json()["data"]  # unchanged when none are asked for
+
+
+@pytest.mark.parametrize("ports", [[0], [70000], ["x"], list(range(1, 18))])
+async def test_bad_tunnel_ports_are_400(api: API, ports: list[Any]) -> None:
+    _, raw, auth = api
+    body = _session_body("s-bad", sandbox_settings={"tunnelPorts": ports})
+    response = await raw.post("/api/create-sandbox", json=body, headers=auth)
+    assert response.status_code == 400 and response.json()["code"] == "bad_request"

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from app.errors import NotFound, SandboxNotFound, SandboxNotRunning, UnsupportedSpec
+from app.errors import BadRequest, NotFound, PreviewUnsupported, SandboxNotFound, SandboxNotRunning, UnsupportedSpec
 from app.providers.base import TIMEOUT_EXIT_CODE, ExecResult, Provider, ProviderSandbox, Resources, SandboxSpec
 
 #: provider name -> {check name: why this provider cannot pass it}
@@ -180,6 +180,20 @@ async def test_stop_and_start_are_idempotent(provider: Provider, box: str) -> No
     await provider.start(box)
     assert await provider.status(box) == "running"
     assert (await sh(provider, box, "echo again")).stdout == b"again\n"
+
+
+async def test_port_endpoint_is_a_url_and_only_while_running(provider: Provider, box: str) -> None:
+    """Preview URLs: ``port_endpoint`` names an http(s) origin, or says the provider cannot reach ports."""
+    try:
+        endpoint = await provider.port_endpoint(box, 8080)
+    except (PreviewUnsupported, BadRequest):
+        return  # cannot reach ports, or (Modal) only ports declared at create
+    scheme, rest = endpoint.url.split("://", 1)
+    assert scheme in ("http", "https") and rest and "/" not in rest and "?" not in rest
+    if provider.capabilities.stop_start:
+        await provider.stop(box)
+        with pytest.raises(SandboxNotRunning):
+            await provider.port_endpoint(box, 8080)
 
 
 async def test_delete_removes_the_sandbox(provider: Provider) -> None:

@@ -30,7 +30,14 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import ProviderAuthError, ProviderError, ProviderUnavailable, SandboxNotFound, UnsupportedSpec
+from app.errors import (
+    ProviderAuthError,
+    ProviderError,
+    ProviderUnavailable,
+    SandboxNotFound,
+    SandboxNotRunning,
+    UnsupportedSpec,
+)
 from app.providers.base import TIMEOUT_EXIT_CODE, Resources, SandboxSpec
 from tests.fixtures.daytona import daytona_stack
 
@@ -163,3 +170,17 @@ async def test_snapshot_images_and_their_fixed_resources(provider_workdir: Path)
         assert created.status == "running"
         record = stub.sandboxes[created.provider_object_id].body
         assert record["snapshot"] == "py" and "buildInfo" not in record
+
+
+async def test_port_endpoint_is_daytonas_preview_link_with_its_token(provider_workdir: Path) -> None:
+    from tests.fixtures.daytona_stub import PREVIEW_TOKEN
+
+    async with daytona_stack(provider_workdir) as (provider, stub):
+        ref = (await provider.create(SandboxSpec(sandbox_id="sbx_preview"))).provider_object_id
+        endpoint = await provider.port_endpoint(ref, 3000)
+        assert endpoint.url == "http://127.0.0.1:3000"
+        assert endpoint.headers == {"X-Daytona-Preview-Token": PREVIEW_TOKEN}
+        assert stub.count("GET", rf"/api/sandbox/{ref}/ports/3000/preview-url") == 1
+        await provider.stop(ref)
+        with pytest.raises(SandboxNotRunning):
+            await provider.port_endpoint(ref, 3000)

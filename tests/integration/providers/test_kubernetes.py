@@ -282,3 +282,13 @@ async def test_an_image_that_cannot_be_pulled_is_refused(provider_workdir: Path)
             await provider.create(SandboxSpec(sandbox_id="sbx_img", image="no-such-image:1"))
         assert caught.value.details.get("field") == "image" and "ImagePullBackOff" in caught.value.message
         assert await provider.list() == []
+
+
+async def test_port_endpoint_is_the_pod_ip(provider_workdir: Path) -> None:
+    async with kubernetes_stack(provider_workdir) as (provider, _stub):
+        ref = (await provider.create(SandboxSpec(sandbox_id="sbx_preview"))).provider_object_id
+        endpoint = await provider.port_endpoint(ref, 3000)
+        assert endpoint.url == "http://127.0.0.1:3000" and endpoint.opener is None  # the stub's pod IP
+        await provider.stop(ref)
+        with pytest.raises(SandboxNotRunning):
+            await provider.port_endpoint(ref, 3000)

@@ -148,15 +148,15 @@ async def test_unknown_image_id_names_the_image_field(modal: tuple[Any, Any]) ->
     assert caught.value.field == "image"
 
 
-async def test_tunnel_url_for_a_declared_port(modal: tuple[Any, Any]) -> None:
+async def test_port_endpoint_is_the_tunnel_of_a_declared_port(modal: tuple[Any, Any]) -> None:
     provider, _ = modal
     ref = (
         await provider.create(SandboxSpec(sandbox_id="sbx_tun", labels={"modal.tunnel-ports": "4096"}))
     ).provider_object_id
-    url = await provider.tunnel_url(ref, 4096)
+    url = (await provider.port_endpoint(ref, 4096)).url
     assert url.startswith("https://") and "4096" in url
     with pytest.raises(BadRequest):
-        await provider.tunnel_url(ref, 8080)
+        await provider.port_endpoint(ref, 8080)
 
 
 async def test_deleted_sandbox_is_gone(modal: tuple[Any, Any]) -> None:

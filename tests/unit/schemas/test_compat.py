@@ -37,9 +37,9 @@ def test_unknown_fields_are_kept_aside_and_reported_with_nested_names() -> None:
         "mcp_servers",
         "repositories",
         "sandbox_settings.diskGib",
-        "sandbox_settings.tunnelPorts",
     ]
     assert body.resources() == Resources(cpu=2, memory_mb=4096)
+    assert body.tunnel_ports() == [3000]  # honoured: answered as tunnel_urls
 
 
 def test_empty_strings_count_as_absent() -> None:

@@ -1,0 +1,1 @@
+"""The preview proxy (HTTP layer): the gateway middleware, header rules and the relays."""
