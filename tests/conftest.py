@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.control_plane",
     "tests.fixtures.callbacks",
     "tests.fixtures.terraform",
+    "tests.fixtures.daytona_api",
 ]
