@@ -79,6 +79,7 @@ def image_of(body: CreateSandbox) -> str | None:
 def _refuse_unsupported(body: CreateSandbox) -> None:
     """Fields with no counterpart here are refused by name when set, never dropped."""
     given = {
+        "user": bool(body.user),
         "volumes": bool(body.volumes),
         "secrets": bool(body.secrets),
         "kvm": bool(body.kvm),

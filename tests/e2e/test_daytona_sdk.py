@@ -141,6 +141,7 @@ def test_code_run_and_exec_with_a_timeout(daytona: Daytona) -> None:
         sandbox.process.exec("sleep 30", timeout=1)
     assert time.monotonic() - started < 10
     assert sandbox.process.exec("echo alive").result == "alive\n"
+    assert sandbox.get_work_dir() == "/workspace" and sandbox.get_user_home_dir().startswith("/")
 
 
 def test_files(daytona: Daytona) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.daytona import sandboxes, snapshots, toolbox_files, toolbox_git, toolbox_process
+from app.api.daytona import sandboxes, snapshots, toolbox_files, toolbox_git, toolbox_info, toolbox_process
 
 ROUTERS: tuple[APIRouter, ...] = tuple(
-    module.router for module in (sandboxes, snapshots, toolbox_process, toolbox_files, toolbox_git)
+    module.router for module in (sandboxes, snapshots, toolbox_process, toolbox_files, toolbox_git, toolbox_info)
 )

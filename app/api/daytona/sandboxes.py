@@ -109,6 +109,14 @@ async def toolbox_proxy_url(sandbox_id: IdOrName, sandboxes: SandboxesDep, toolb
     return {"url": toolbox}
 
 
+# Before the interval route: its path would match this one too.
+@router.post("/{sandbox_id}/public/{is_public}")
+async def set_public(
+    sandbox_id: IdOrName, is_public: bool, daytona: DaytonaSandboxesDep, toolbox: ToolboxUrl
+) -> dict[str, Any]:
+    return sandbox_dto(await daytona.set_label(sandbox_id, PUBLIC, "true" if is_public else "false"), toolbox)
+
+
 @router.post("/{sandbox_id}/{interval}/{minutes}")
 async def set_interval(
     sandbox_id: IdOrName,
@@ -119,13 +127,6 @@ async def set_interval(
 ) -> dict[str, Any]:
     """``set_autostop_interval`` and its kin: recorded (see ``app.services.daytona_sandboxes``)."""
     return sandbox_dto(await daytona.set_label(sandbox_id, INTERVALS[interval], str(minutes)), toolbox)
-
-
-@router.post("/{sandbox_id}/public/{is_public}")
-async def set_public(
-    sandbox_id: IdOrName, is_public: bool, daytona: DaytonaSandboxesDep, toolbox: ToolboxUrl
-) -> dict[str, Any]:
-    return sandbox_dto(await daytona.set_label(sandbox_id, PUBLIC, "true" if is_public else "false"), toolbox)
 
 
 @router.post("/{sandbox_id}/snapshot")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -25,13 +26,18 @@ API = "/daytona/api"
 
 
 @pytest.fixture
-async def daytona_http(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    """A client sending the Daytona key, and the service's API secret."""
+async def daytona_app(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[httpx.AsyncClient, str, Any]]:
+    """A client sending the Daytona key, the service's API secret, and the app."""
     settings = make_settings(daytona_api_keys=[SecretStr(KEY)])
-    async with serve_in_process(settings) as (_app, raw, _client):
+    async with serve_in_process(settings) as (app, raw, _client):
         headers = {"Authorization": f"Bearer {KEY}"}
         async with httpx.AsyncClient(transport=raw._transport, base_url="http://test", headers=headers) as keyed:
-            yield keyed, settings.resolved_secrets()[0].decode()
+            yield keyed, settings.resolved_secrets()[0].decode(), app
+
+
+@pytest.fixture
+def daytona_http(daytona_app: tuple[httpx.AsyncClient, str, Any]) -> tuple[httpx.AsyncClient, str]:
+    return daytona_app[0], daytona_app[1]
 
 
 def _daytona_error(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -81,6 +87,7 @@ async def test_unknown_ids_and_operations_are_404s_naming_them(daytona_http: tup
         ({"env": {"1BAD": "x"}}, "env"),
         ({"buildInfo": {"dockerfileContent": "FROM a\nRUN b"}}, "buildInfo"),
         ({"gpu": 1}, "gpu"),
+        ({"user": "root"}, "user"),
     ],
 )
 async def test_bad_create_input_is_a_400_naming_the_field(
@@ -117,6 +124,33 @@ async def test_create_list_and_label_filter_on_the_fake_provider(daytona_http: t
     assert shown["labels"] == {"team": "c"} and shown["autoStopInterval"] == 0, "reserved labels stay, hidden"
     url = (await raw.get(f"{API}/sandbox/{created['id']}/toolbox-proxy-url")).json()
     assert url == {"url": "http://test/daytona/toolbox"}
+
+
+async def test_states_intervals_and_recover(daytona_app: tuple[httpx.AsyncClient, str, Any]) -> None:
+    raw, _, app = daytona_app
+    sandbox = (await raw.post(f"{API}/sandbox", json={"autoDeleteInterval": 30, "ttlMinutes": 600})).json()
+    url = f"{API}/sandbox/{sandbox['id']}"
+    assert (await raw.post(f"{url}/autostop/45")).json()["autoStopInterval"] == 45
+    assert (await raw.post(f"{url}/autoarchive/60")).json()["autoArchiveInterval"] == 60
+    assert (await raw.post(f"{url}/public/true")).json()["public"] is True
+    _daytona_error(await raw.post(f"{url}/autostop/many"), 400)
+
+    # A stop schedules the delete autoDeleteInterval later; a start puts the creation TTL back.
+    stopped = (await raw.post(f"{url}/stop")).json()
+    assert stopped["state"] == "stopped"
+    delay = datetime.fromisoformat(stopped["autoDestroyAt"]) - datetime.now(UTC)
+    assert timedelta(minutes=29) < delay <= timedelta(minutes=30)
+    started = (await raw.post(f"{url}/start")).json()
+    assert started["state"] == "started"
+    assert datetime.fromisoformat(started["autoDestroyAt"]) - datetime.now(UTC) > timedelta(minutes=590)
+
+    await app.state.services.store.sandboxes.update(sandbox["id"], status="failed", error="the node went away")
+    failed = (await raw.get(url)).json()
+    assert (failed["state"], failed["errorReason"], failed["recoverable"]) == ("error", "the node went away", False)
+    assert "not recoverable" in _daytona_error(await raw.post(f"{url}/recover"), 400)["message"]
+    assert (await raw.get(f"{API}/sandbox", params={"states": "error"})).json()["items"][0]["id"] == sandbox["id"]
+    assert (await raw.get(f"{API}/sandbox", params={"states": "started"})).json()["items"] == []
+    assert (await raw.delete(url)).json()["state"] == "destroyed"
 
 
 def test_keys_are_checked_at_start(make_settings: Callable[..., Settings]) -> None:
