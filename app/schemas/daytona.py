@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from app.errors import BadRequest
+from app.schemas.sandboxes import ExecRequest
 
 
 def bad_request(exc: ValidationError) -> BadRequest:
@@ -21,6 +22,14 @@ def bad_request(exc: ValidationError) -> BadRequest:
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "body"
     return BadRequest(f"{field}: {first['msg']}", field=field)
+
+
+def exec_request(**fields: Any) -> ExecRequest:
+    """Our exec request for a Daytona call; a value out of shape (a NUL, an env name) is a named 400."""
+    try:
+        return ExecRequest(**fields)
+    except ValidationError as exc:
+        raise bad_request(exc) from None
 
 
 class DaytonaModel(BaseModel):

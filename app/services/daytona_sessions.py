@@ -22,8 +22,11 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from app.errors import BadRequest, Conflict, NotFound, ProcessNotFound, ProviderError
 from app.providers.base import OutputChunk, Provider
+from app.schemas.daytona import bad_request
 from app.schemas.processes import LogStream, ProcessView, StartProcessRequest
 from app.services.processes import ProcessService
 from app.storage.state.sandboxes import SandboxRecord
@@ -147,9 +150,11 @@ class DaytonaSessions:
         """Run ``command`` in the session: in the background, or (``wait``) to its end with its output."""
         directory = self._dir(session_id)
         await self._checked(any_id, session_id, _REQUIRE + "true")
-        started = await self._processes.start(
-            any_id, StartProcessRequest(command=["sh", "-c", SESSION_SHELL, "sh", directory, command])
-        )
+        try:
+            request = StartProcessRequest(command=["sh", "-c", SESSION_SHELL, "sh", directory, command])
+        except ValidationError as exc:
+            raise bad_request(exc) from None
+        started = await self._processes.start(any_id, request)
         await self._checked(any_id, session_id, _RECORD, started.pid, stdin=command.encode())
         if not wait:
             return CommandOutput(started.pid, "", "", None)

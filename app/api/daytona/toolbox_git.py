@@ -13,8 +13,7 @@ from fastapi import APIRouter, Query, Response
 
 from app.api.deps import SandboxesDep
 from app.errors import BadRequest
-from app.schemas.daytona import GitCloneRequest
-from app.schemas.sandboxes import ExecRequest
+from app.schemas.daytona import GitCloneRequest, exec_request
 from app.services.sandboxes import resolve_sandbox_path
 
 router = APIRouter(prefix="/daytona/toolbox/{sandbox_id}/git", tags=["daytona"], include_in_schema=False)
@@ -53,12 +52,12 @@ async def clone(sandbox_id: str, body: GitCloneRequest, sandboxes: SandboxesDep)
     env = {"GIT_TERMINAL_PROMPT": "0"}
     if body.username or body.password:
         env |= {"GIT_USERNAME": body.username or "", "GIT_PASSWORD": body.password or ""}
-    cloned = await sandboxes.exec(sandbox_id, ExecRequest(command=argv, env=env, timeout_seconds=CLONE_TIMEOUT))
+    cloned = await sandboxes.exec(sandbox_id, exec_request(command=argv, env=env, timeout_seconds=CLONE_TIMEOUT))
     if cloned.exit_code != 0:
         raise _git_error("clone", cloned.stderr)
     if body.commit_id:
         checkout = ["git", "-C", target, "checkout", "--detach", body.commit_id]
-        moved = await sandboxes.exec(sandbox_id, ExecRequest(command=checkout, timeout_seconds=60))
+        moved = await sandboxes.exec(sandbox_id, exec_request(command=checkout, timeout_seconds=60))
         if moved.exit_code != 0:
             raise _git_error("checkout", moved.stderr)
     return Response(status_code=200)
@@ -100,7 +99,7 @@ async def status(
     sandbox_id: str, path: Annotated[str, Query(min_length=1, max_length=4096)], sandboxes: SandboxesDep
 ) -> dict[str, Any]:
     argv = ["git", "-C", resolve_sandbox_path(path), "status", "--porcelain=v1", "-b"]
-    result = await sandboxes.exec(sandbox_id, ExecRequest(command=argv, timeout_seconds=60))
+    result = await sandboxes.exec(sandbox_id, exec_request(command=argv, timeout_seconds=60))
     if result.exit_code != 0:
         raise _git_error("status", result.stderr)
     return parse_status(result.stdout.decode(errors="replace"))

@@ -13,12 +13,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
 from app.api.daytona.deps import DaytonaSessionsDep
 from app.api.deps import SandboxesDep
 from app.errors import BadRequest, CommandTimedOut
-from app.schemas.daytona import CodeRunRequest, CreateSessionRequest, ExecuteRequest, SessionExecuteRequest, bad_request
+from app.schemas.daytona import (
+    CodeRunRequest,
+    CreateSessionRequest,
+    ExecuteRequest,
+    SessionExecuteRequest,
+    exec_request,
+)
 from app.schemas.sandboxes import ExecRequest
 from app.services.daytona_sessions import CommandOutput, SessionCommand
 
@@ -37,14 +42,6 @@ async def _run(sandboxes: SandboxesDep, sandbox_id: str, request: ExecRequest) -
     return {"exitCode": result.exit_code, "result": output}
 
 
-def _exec_request(**fields: Any) -> ExecRequest:
-    """Our exec request; a field out of shape (an env name, say) is Daytona's 400, named."""
-    try:
-        return ExecRequest(**fields)
-    except ValidationError as exc:
-        raise bad_request(exc) from None
-
-
 def _timeout(seconds: int | None) -> float | None:
     return float(seconds) if seconds else None  # 0 or absent: the service's default
 
@@ -52,7 +49,7 @@ def _timeout(seconds: int | None) -> float | None:
 @router.post("/execute")
 async def execute(sandbox_id: str, body: ExecuteRequest, sandboxes: SandboxesDep) -> dict[str, Any]:
     """One command line; its combined output and exit code (a non-zero exit is a result)."""
-    request = _exec_request(
+    request = exec_request(
         command=body.command, cwd=body.cwd or None, env=body.envs or {}, timeout_seconds=_timeout(body.timeout)
     )
     return await _run(sandboxes, sandbox_id, request)
@@ -65,7 +62,7 @@ async def code_run(sandbox_id: str, body: CodeRunRequest, sandboxes: SandboxesDe
     if interpreter is None:
         raise BadRequest(f"language {body.language!r} is not supported (use one of {sorted(INTERPRETERS)})")
     argv = [*interpreter, body.code, *(body.argv or [])]
-    request = _exec_request(command=argv, env=body.envs or {}, timeout_seconds=_timeout(body.timeout))
+    request = exec_request(command=argv, env=body.envs or {}, timeout_seconds=_timeout(body.timeout))
     answer = await _run(sandboxes, sandbox_id, request)
     return {**answer, "artifacts": {"charts": []}}
 

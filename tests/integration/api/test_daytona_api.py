@@ -109,6 +109,29 @@ async def test_malformed_requests_are_4xx(daytona_http: tuple[httpx.AsyncClient,
     _daytona_error(too_big, 413)
 
 
+async def test_bad_toolbox_input_is_a_400_never_a_500(daytona_http: tuple[httpx.AsyncClient, str]) -> None:
+    raw, _ = daytona_http
+    sandbox = (await raw.post(f"{API}/sandbox", json={})).json()["id"]
+    toolbox = f"/daytona/toolbox/{sandbox}"
+    assert (await raw.post(f"{toolbox}/process/session", json={"sessionId": "s"})).status_code == 201
+    for method, path, body in (
+        ("POST", "/process/execute", {"command": "echo \u0000"}),
+        ("POST", "/process/execute", {"command": "true", "envs": {"1X": "y"}}),
+        ("POST", "/process/execute", {"command": "true", "timeout": -1}),
+        ("POST", "/process/code-run", {"code": "1", "language": "cobol"}),
+        ("POST", "/process/session", {"sessionId": "../up"}),
+        ("POST", "/process/session/s/exec", {"command": "a\u0000b"}),
+        ("GET", "/process/session/..%2Fx", None),
+        ("POST", "/git/clone", {"url": "a\u0000", "path": "/workspace/x"}),
+        ("GET", "/files/info?path=/workspace/../etc", None),
+        ("POST", "/files/folder?path=/workspace/d&mode=999", None),
+        ("POST", "/files/bulk-upload", None),
+    ):
+        answer = await raw.request(method, toolbox + path, json=body)
+        assert 400 <= answer.status_code < 500, (path, answer.text)
+        assert answer.json()["source"] == "DAYTONA_DAEMON", (path, answer.text)
+
+
 async def test_create_list_and_label_filter_on_the_fake_provider(daytona_http: tuple[httpx.AsyncClient, str]) -> None:
     raw, _ = daytona_http
     created = (await raw.post(f"{API}/sandbox", json={"labels": {"team": "a"}, "autoStopInterval": 0})).json()
