@@ -47,6 +47,9 @@ SNAPSHOT = _PREFIX + "snapshot"
 INTERVALS = {"autostop": AUTO_STOP, "autoarchive": AUTO_ARCHIVE, "autodelete": AUTO_DELETE}
 #: What Daytona's API answers when unset (its documented defaults).
 DEFAULTS = {AUTO_STOP: 15, AUTO_ARCHIVE: 10080, AUTO_DELETE: -1}
+#: A caller's own label under our reserved prefix is kept under this one instead, so it can never
+#: pose as the service's (another sandbox-control using this one as its Daytona provider labels so).
+_ESCAPED = _PREFIX + "u."
 #: The reason our snapshot records carry for a Daytona snapshot name.
 SNAPSHOT_REASON_PREFIX = "daytona:"
 
@@ -55,6 +58,36 @@ def minutes(record: SandboxRecord, key: str) -> int:
     """One of Daytona's intervals of ``record`` (its default when unset)."""
     value = record.labels.get(key)
     return int(value) if value is not None and value.lstrip("-").isdigit() else DEFAULTS[key]
+
+
+def stored_labels(labels: dict[str, str]) -> dict[str, str]:
+    """A caller's labels as the record keeps them (reserved-prefix keys escaped)."""
+    return {
+        (_ESCAPED + key.removeprefix(RESERVED_LABEL_PREFIX) if key.startswith(RESERVED_LABEL_PREFIX) else key): value
+        for key, value in labels.items()
+    }
+
+
+def shown_labels(labels: dict[str, str]) -> dict[str, str]:
+    """The caller's labels of a record (escaped ones restored; the service's own hidden)."""
+    shown = {k: v for k, v in labels.items() if not k.startswith(RESERVED_LABEL_PREFIX)}
+    for key, value in labels.items():
+        if key.startswith(_ESCAPED):
+            shown[RESERVED_LABEL_PREFIX + key.removeprefix(_ESCAPED)] = value
+    return shown
+
+
+def _split(labels: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """A caller's labels: (plain ones, escaped reserved-prefix ones), each checked."""
+    stored = stored_labels(labels)
+    plain = {k: v for k, v in stored.items() if not k.startswith(RESERVED_LABEL_PREFIX)}
+    escaped = {k: v for k, v in stored.items() if k.startswith(RESERVED_LABEL_PREFIX)}
+    try:
+        validate_labels(plain)
+        validate_labels(escaped, allow_reserved=True)
+    except ValueError as exc:
+        raise BadRequest(f"labels: {exc}", field="labels") from None
+    return plain, escaped
 
 
 def snapshot_name(record: SnapshotRecord) -> str:
@@ -97,12 +130,13 @@ def create_request(body: CreateSandbox, image: str | None) -> tuple[CreateSandbo
     _refuse_unsupported(body)
     if body.name is not None and not re.match(SANDBOX_ID_PATTERN, body.name):
         raise BadRequest("name: letters, digits and ._- only (at most 128), starting with a letter or digit")
+    plain, escaped = _split(body.labels)
     try:
         request = CreateSandboxRequest(
             sandbox_id=body.name or None,
             image=image,
             env=body.env,
-            labels=body.labels,
+            labels=plain,
             resources=Resources(
                 cpu=body.cpu,
                 memory_mb=body.memory * 1024 if body.memory else None,
@@ -117,6 +151,7 @@ def create_request(body: CreateSandbox, image: str | None) -> tuple[CreateSandbo
     intervals = {AUTO_STOP: body.auto_stop_interval, AUTO_ARCHIVE: body.auto_archive_interval}
     intervals[AUTO_DELETE] = body.auto_delete_interval
     labels = {key: str(value) for key, value in intervals.items() if value is not None}
+    labels.update(escaped)
     if body.public:
         labels[PUBLIC] = "true"
     return request, labels
@@ -194,13 +229,12 @@ class DaytonaSandboxes:
 
     async def set_labels(self, any_id: str, labels: dict[str, str]) -> SandboxRecord:
         """Replace the caller's labels; the service's own (reserved) labels stay."""
-        try:
-            validate_labels(labels)
-        except ValueError as exc:
-            raise BadRequest(f"labels: {exc}", field="labels") from None
+        plain, escaped = _split(labels)
         record = await self._sandboxes.get(any_id)
-        ours = {k: v for k, v in record.labels.items() if k.startswith(RESERVED_LABEL_PREFIX)}
-        return await self._records.replace_labels(record.id, {**labels, **ours}) or record
+        ours = {
+            k: v for k, v in record.labels.items() if k.startswith(RESERVED_LABEL_PREFIX) and not k.startswith(_ESCAPED)
+        }
+        return await self._records.replace_labels(record.id, {**plain, **escaped, **ours}) or record
 
     async def set_label(self, any_id: str, key: str, value: str) -> SandboxRecord:
         """Set one reserved label (an interval, ``public``)."""

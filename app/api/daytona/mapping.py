@@ -13,7 +13,6 @@ import math
 from datetime import datetime
 from typing import Any
 
-from app.schemas.common import RESERVED_LABEL_PREFIX
 from app.services.daytona_sandboxes import (
     AUTO_ARCHIVE,
     AUTO_DELETE,
@@ -21,6 +20,7 @@ from app.services.daytona_sandboxes import (
     PUBLIC,
     SNAPSHOT,
     minutes,
+    shown_labels,
     snapshot_name,
 )
 from app.storage.state.sandboxes import SandboxRecord
@@ -46,11 +46,6 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def user_labels(record: SandboxRecord) -> dict[str, str]:
-    """The labels a Daytona caller set (the service's own are hidden)."""
-    return {k: v for k, v in record.labels.items() if not k.startswith(RESERVED_LABEL_PREFIX)}
-
-
 def sandbox_dto(record: SandboxRecord, toolbox_url: str) -> dict[str, Any]:
     """Daytona's ``Sandbox`` for one of our sandboxes."""
     resources = record.resources or {}
@@ -63,7 +58,7 @@ def sandbox_dto(record: SandboxRecord, toolbox_url: str) -> dict[str, Any]:
         "snapshot": record.labels.get(SNAPSHOT) or record.image,
         "user": USER,
         "env": {},
-        "labels": user_labels(record),
+        "labels": shown_labels(record.labels),
         "public": record.labels.get(PUBLIC) == "true",
         "networkBlockAll": record.network == "none",
         "kvm": False,

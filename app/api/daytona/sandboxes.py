@@ -17,7 +17,7 @@ from app.api.daytona.mapping import STATE_FILTER, sandbox_dto
 from app.api.deps import SandboxesDep
 from app.errors import BadRequest
 from app.schemas.daytona import CreateSandbox, SandboxLabels
-from app.services.daytona_sandboxes import INTERVALS, PUBLIC
+from app.services.daytona_sandboxes import INTERVALS, PUBLIC, stored_labels
 
 router = APIRouter(prefix="/daytona/api/sandbox", tags=["daytona"], include_in_schema=False)
 
@@ -55,7 +55,7 @@ async def list_sandboxes(
     id: str | None = None,
 ) -> dict[str, Any]:
     """One page, oldest first; ``nextCursor`` names the next (null on the last)."""
-    records = [r for r in await sandboxes.list(_label_filter(labels)) if r.status != "warm"]
+    records = [r for r in await sandboxes.list(stored_labels(_label_filter(labels))) if r.status != "warm"]
     if states:
         wanted = {STATE_FILTER.get(state, state) for state in states}
         records = [r for r in records if r.status in wanted]

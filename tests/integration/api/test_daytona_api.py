@@ -83,7 +83,7 @@ async def test_unknown_ids_and_operations_are_404s_naming_them(daytona_http: tup
         ({"volumes": [{"volumeId": "v", "mountPath": "/data"}]}, "volumes"),
         ({"kvm": True}, "kvm"),
         ({"name": "no spaces allowed"}, "name"),
-        ({"labels": {"sandbox-control.id": "x"}}, "reserved"),
+        ({"labels": {"bad key": "x"}}, "labels"),
         ({"env": {"1BAD": "x"}}, "env"),
         ({"buildInfo": {"dockerfileContent": "FROM a\nRUN b"}}, "buildInfo"),
         ({"gpu": 1}, "gpu"),
@@ -174,6 +174,18 @@ async def test_states_intervals_and_recover(daytona_app: tuple[httpx.AsyncClient
     assert (await raw.get(f"{API}/sandbox", params={"states": "error"})).json()["items"][0]["id"] == sandbox["id"]
     assert (await raw.get(f"{API}/sandbox", params={"states": "started"})).json()["items"] == []
     assert (await raw.delete(url)).json()["state"] == "destroyed"
+
+
+async def test_reserved_prefix_labels_are_kept_apart(daytona_app: tuple[httpx.AsyncClient, str, Any]) -> None:
+    """A caller's ``sandbox-control.*`` label (another instance's provider sets them) never poses as ours."""
+    raw, _, app = daytona_app
+    sandbox = (await raw.post(f"{API}/sandbox", json={"labels": {"sandbox-control.pool": "p", "a": "b"}})).json()
+    assert sandbox["labels"] == {"sandbox-control.pool": "p", "a": "b"}
+    record = await app.state.services.sandboxes.get(sandbox["id"])
+    assert "sandbox-control.pool" not in record.labels
+    assert record.labels["sandbox-control.daytona.u.pool"] == "p"
+    found = await raw.get(f"{API}/sandbox", params={"labels": '{"sandbox-control.pool": "p"}'})
+    assert [s["id"] for s in found.json()["items"]] == [sandbox["id"]]
 
 
 def test_keys_are_checked_at_start(make_settings: Callable[..., Settings]) -> None:
