@@ -3,7 +3,10 @@
 A Daytona sandbox *is* one of our sandboxes: its Daytona id and name are our
 sandbox id. What Daytona knows and our records have no column for travels as
 reserved labels (``sandbox-control.daytona.*``), hidden from the labels the
-Daytona API shows.
+Daytona API shows. A caller's own labels under our reserved prefix (another
+sandbox-control using this one as its Daytona provider sets them) are kept
+escaped (``sandbox-control.daytona.u.*``) and shown back as given: they never
+pose as the service's own (a pool's, say).
 
 Lifecycle intervals (minutes, as Daytona counts them):
 

@@ -26,6 +26,7 @@ from app.schemas.daytona import (
 )
 from app.schemas.sandboxes import ExecRequest
 from app.services.daytona_sessions import CommandOutput, SessionCommand
+from app.services.sandboxes import SandboxService
 
 router = APIRouter(prefix="/daytona/toolbox/{sandbox_id}/process", tags=["daytona"], include_in_schema=False)
 
@@ -37,21 +38,26 @@ INTERPRETERS = {"python": ["python3", "-c"], "javascript": ["node", "-e"]}
 async def _run(sandboxes: SandboxesDep, sandbox_id: str, request: ExecRequest) -> dict[str, Any]:
     result = await sandboxes.exec(sandbox_id, request)
     if result.timed_out:
-        raise CommandTimedOut(f"command execution timeout after {request.timeout_seconds:g} s")
+        deadline = request.timeout_seconds or sandboxes.settings.exec_default_timeout
+        raise CommandTimedOut(f"command execution timeout after {deadline:g} s")
     output = (result.stdout + result.stderr).decode(errors="replace")
     return {"exitCode": result.exit_code, "result": output}
 
 
-def _timeout(seconds: int | None) -> float | None:
-    return float(seconds) if seconds else None  # 0 or absent: the service's default
+def _timeout(sandboxes: SandboxService, seconds: int | None) -> float | None:
+    """Daytona's timeout (0 or absent: the service's default), capped at ``SANDBOX_EXEC_MAX_TIMEOUT``.
+
+    Capped rather than refused: Daytona takes any timeout, and a command cut at the cap still ends
+    with the 408 that tells the caller.
+    """
+    return min(float(seconds), sandboxes.settings.exec_max_timeout) if seconds else None
 
 
 @router.post("/execute")
 async def execute(sandbox_id: str, body: ExecuteRequest, sandboxes: SandboxesDep) -> dict[str, Any]:
     """One command line; its combined output and exit code (a non-zero exit is a result)."""
-    request = exec_request(
-        command=body.command, cwd=body.cwd or None, env=body.envs or {}, timeout_seconds=_timeout(body.timeout)
-    )
+    timeout = _timeout(sandboxes, body.timeout)
+    request = exec_request(command=body.command, cwd=body.cwd or None, env=body.envs or {}, timeout_seconds=timeout)
     return await _run(sandboxes, sandbox_id, request)
 
 
@@ -62,7 +68,7 @@ async def code_run(sandbox_id: str, body: CodeRunRequest, sandboxes: SandboxesDe
     if interpreter is None:
         raise BadRequest(f"language {body.language!r} is not supported (use one of {sorted(INTERPRETERS)})")
     argv = [*interpreter, body.code, *(body.argv or [])]
-    request = exec_request(command=argv, env=body.envs or {}, timeout_seconds=_timeout(body.timeout))
+    request = exec_request(command=argv, env=body.envs or {}, timeout_seconds=_timeout(sandboxes, body.timeout))
     answer = await _run(sandboxes, sandbox_id, request)
     return {**answer, "artifacts": {"charts": []}}
 

@@ -188,6 +188,19 @@ async def test_reserved_prefix_labels_are_kept_apart(daytona_app: tuple[httpx.As
     assert [s["id"] for s in found.json()["items"]] == [sandbox["id"]]
 
 
+async def test_exec_deadlines_default_and_cap(make_settings: Callable[..., Settings]) -> None:
+    """No timeout: the service's default applies; one past the service's maximum is capped, not refused."""
+    settings = make_settings(daytona_api_keys=[SecretStr(KEY)], exec_default_timeout=0.5, exec_max_timeout=1)
+    async with serve_in_process(settings) as (_app, raw, _client):
+        raw.headers["Authorization"] = f"Bearer {KEY}"
+        sandbox = (await raw.post(f"{API}/sandbox", json={})).json()["id"]
+        execute = f"/daytona/toolbox/{sandbox}/process/execute"
+        for body in ({"command": "sleep 5"}, {"command": "sleep 5", "timeout": 100_000}):
+            timed_out = _daytona_error(await raw.post(execute, json=body), 408)
+            assert timed_out["code"] == "PROCESS_EXECUTION_TIMEOUT", timed_out
+        assert (await raw.post(execute, json={"command": "echo ok", "timeout": 100_000})).json()["result"] == "ok\n"
+
+
 def test_keys_are_checked_at_start(make_settings: Callable[..., Settings]) -> None:
     with pytest.raises(ConfigError, match="SANDBOX_DAYTONA_API_KEYS"):
         make_settings(daytona_api_keys=[SecretStr("short")])
