@@ -38,6 +38,7 @@ built-in exception they mean, so callers can catch ``LookupError`` or
     │   ├── SandboxNotRunning                  409 sandbox_not_running
     │   ├── BuildConflict                      409 build_conflict
     │   └── ProcessConflict                    409 process_conflict
+    ├── CommandTimedOut (TimeoutError)         408 exec_timeout
     ├── PayloadTooLarge                        413 payload_too_large
     │   └── NoSpace                            413 no_space
     ├── ProviderError                          502 provider_error
@@ -46,6 +47,7 @@ built-in exception they mean, so callers can catch ``LookupError`` or
     │   └── DaytonaConflict*                   502 provider_error
     ├── PreviewUnsupported                     501 preview_unsupported
     ├── PreviewUpstreamUnreachable             502 preview_upstream_unreachable
+    ├── NotSupported (NotImplementedError)     501 not_supported
     ├── NotConfigured                          503 not_configured
     ├── ProviderUnavailable (ConnectionError)  503 provider_unavailable
     ├── StorageUnavailable (ConnectionError)   503 storage_unavailable
@@ -251,6 +253,21 @@ class ProcessConflict(Conflict):
     """The process cannot take this now (it exited, or its stdin is closed or full)."""
 
     code = "process_conflict"
+
+
+class NotSupported(SandboxControlError, NotImplementedError):
+    """An operation this service knows of but does not serve (named in the message)."""
+
+    status_code = 501
+    code = "not_supported"
+
+
+class CommandTimedOut(SandboxControlError, TimeoutError):
+    """A command hit its deadline where the wire format makes that an error (Daytona's toolbox);
+    ``/v1`` reports it as a result instead (``timed_out``, exit 124)."""
+
+    status_code = 408
+    code = "exec_timeout"
 
 
 class NotConfigured(SandboxControlError):

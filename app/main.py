@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.api import compat, health
+from app.api import compat, daytona, health
+from app.api.daytona.auth import DaytonaAuthMiddleware, check_keys
 from app.api.errors import install_error_handlers
 from app.api.middleware import AuthMiddleware, RequestContextMiddleware
 from app.api.openapi import install_openapi
@@ -27,6 +28,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for module in (health, sandboxes, processes, pty, previews, snapshots, pools, builds, replicas, compat):
         app.include_router(module.router)
+    for router in daytona.ROUTERS:
+        app.include_router(router)
     install_openapi(app)
     verifier = RequestVerifier(api_secrets, settings.auth_skew_seconds, settings.auth_mode)
     # Added last = outermost: context wraps auth so rejected requests are logged and counted.
@@ -36,7 +39,15 @@ def create_app(settings: Settings) -> FastAPI:
         max_json_bytes=settings.max_json_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
     )
-    # Preview requests carry a preview token, not API credentials: served before auth.
+    daytona_keys = [key.get_secret_value().encode() for key in settings.daytona_api_keys]
+    app.add_middleware(
+        DaytonaAuthMiddleware,
+        keys=check_keys(daytona_keys, api_secrets),
+        max_json_bytes=settings.max_json_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    # Preview requests carry a preview token, not API credentials: served before either auth
+    # (a preview host's every path, /daytona/ included, belongs to the proxy).
     app.add_middleware(
         PreviewGateway,
         domain=settings.preview_domain,

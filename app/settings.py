@@ -136,6 +136,11 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias="ALLOWED_CONTROL_PLANE_HOSTS"
     )
     internal_callback_secret: SecretStr | None = Field(default=None, validation_alias="INTERNAL_CALLBACK_SECRET")
+    #: Bearer keys of the Daytona-compatible API (``/daytona/...``), comma separated, 32+ bytes each.
+    #: None configured: that API is closed (every request 401). They open nothing else.
+    daytona_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, validation_alias="SANDBOX_DAYTONA_API_KEYS"
+    )
 
     # Limits of the API.
     max_json_body_bytes: int = Field(default=1 << 20, ge=1024, validation_alias="SANDBOX_MAX_JSON_BODY_BYTES")
@@ -232,7 +237,7 @@ class Settings(BaseSettings):
     #: How often a running build's log and exit status are read from its sandbox.
     build_poll_seconds: float = Field(default=0.5, gt=0, le=30, validation_alias="SANDBOX_BUILD_POLL_INTERVAL")
 
-    @field_validator("api_secrets", "allowed_control_plane_hosts", "snapshot_paths", mode="before")
+    @field_validator("api_secrets", "allowed_control_plane_hosts", "snapshot_paths", "daytona_api_keys", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return split_csv(value)
@@ -243,6 +248,10 @@ class Settings(BaseSettings):
             raise ValueError("SANDBOX_EXEC_DEFAULT_TIMEOUT exceeds SANDBOX_EXEC_MAX_TIMEOUT")
         if self.preview_default_ttl_seconds > self.preview_max_ttl_seconds:
             raise ValueError("SANDBOX_PREVIEW_DEFAULT_TTL exceeds SANDBOX_PREVIEW_MAX_TTL")
+        for key in self.daytona_api_keys:
+            value = key.get_secret_value()
+            if value.lower() in _PLACEHOLDERS or len(value.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(f"SANDBOX_DAYTONA_API_KEYS: every key needs {MIN_SECRET_BYTES}+ random bytes")
         return self
 
     @classmethod

@@ -22,7 +22,10 @@ from app.services.builds import BuildService
 from app.services.callbacks import CallbackOutbox
 from app.services.chunk_gc import ChunkCollector
 from app.services.container import Services
+from app.services.daytona_sandboxes import DaytonaSandboxes
+from app.services.daytona_sessions import DaytonaSessions
 from app.services.exits import ExitWatcher
+from app.services.file_tree import FileTree
 from app.services.files import FileService
 from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
@@ -134,6 +137,9 @@ async def build_services(
         processes=processes,
         previews=previews,
         preview_upstreams=upstreams,
+        file_tree=FileTree(sandboxes, provider),
+        daytona_sandboxes=DaytonaSandboxes(sandboxes, snapshots, store.sandboxes),
+        daytona_sessions=DaytonaSessions(processes, provider, sandboxes.running),
         leases=leases,
         idempotency=IdempotencyService(store.idempotency, replica_id=replica_id, live_replicas=leases.live_replica_ids),
     )

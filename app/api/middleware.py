@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
-from app.api.errors import error_body, error_response
+from app.api.errors import DAYTONA_PREFIX, error_body, error_response
 from app.auth import CONTENT_SHA256_HEADER, EMPTY_BODY_SHA256, QUERY_TOKEN_PARAM, SIGNATURE_HEADER, RequestVerifier
 from app.errors import PayloadTooLarge, SandboxControlError, Unauthorized
 from app.logging import get_logger, request_id_var
@@ -37,7 +37,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 log = get_logger("http")
 
 
-def _header(scope: Scope, name: str) -> str | None:
+def header(scope: Scope, name: str) -> str | None:
     wanted = name.encode()
     for key, value in scope.get("headers", ()):
         if key.lower() == wanted:
@@ -79,7 +79,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, "x-request-id")
+        incoming = header(scope, "x-request-id")
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else secrets.token_hex(8)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
@@ -129,6 +129,10 @@ class AuthMiddleware:
         self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if str(scope.get("path", "")).startswith(DAYTONA_PREFIX):
+            # The Daytona-compatible API has keys of its own (``app.api.daytona.auth``); ours never open it.
+            await self.app(scope, receive, send)
+            return
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
             return
@@ -149,7 +153,7 @@ class AuthMiddleware:
         """
         try:
             token = _query_param(scope, QUERY_TOKEN_PARAM)
-            signature = _header(scope, SIGNATURE_HEADER)
+            signature = header(scope, SIGNATURE_HEADER)
             if token is not None:
                 self.verifier.check_query_token(token, scope["path"])
             elif signature is not None:
@@ -160,7 +164,7 @@ class AuthMiddleware:
             elif self.verifier.mode == "signed":
                 raise Unauthorized("signed requests are required (X-Sandbox-Signature or access_token)")
             else:
-                self.verifier.check_bearer(_header(scope, "authorization"))
+                self.verifier.check_bearer(header(scope, "authorization"))
         except SandboxControlError as exc:
             log.info("websocket.refused", path=scope["path"], reason=exc.message)
             await send({"type": "websocket.close", "code": 4401, "reason": exc.message[:100]})
@@ -169,24 +173,24 @@ class AuthMiddleware:
 
     async def _authenticate(self, scope: Scope, receive: Receive) -> Receive:
         limit = body_limit(scope, json_bytes=self.max_json_bytes, upload_bytes=self.max_upload_bytes)
-        declared = _header(scope, "content-length")
+        declared = header(scope, "content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-        signature = _header(scope, SIGNATURE_HEADER)
+        signature = header(scope, SIGNATURE_HEADER)
         if signature is None:
             if self.verifier.mode == "signed":
                 raise Unauthorized("signed requests are required (X-Sandbox-Signature)")
-            self.verifier.check_bearer(_header(scope, "authorization"))
-            return _limited(receive, limit)
+            self.verifier.check_bearer(header(scope, "authorization"))
+            return limited_receive(receive, limit)
         path_query = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
         if scope.get("query_string"):
             path_query += "?" + scope["query_string"].decode("latin-1")
-        content_hash = _header(scope, CONTENT_SHA256_HEADER)
+        content_hash = header(scope, CONTENT_SHA256_HEADER)
         if content_hash is not None:
             # Streamed body: trust the declared hash for the signature now and
             # prove it when the last byte arrives (the handler then aborts).
             self.verifier.check_signature_header(signature, scope["method"], path_query, content_hash.lower())
-            return _hash_checked(_limited(receive, limit), content_hash.lower())
+            return _hash_checked(limited_receive(receive, limit), content_hash.lower())
         body = await _read_body(receive, limit)
         self.verifier.check_signature_header(signature, scope["method"], path_query, hashlib.sha256(body).hexdigest())
         return _replay(body, receive)
@@ -222,7 +226,9 @@ def _replay(body: bytes, upstream: Receive) -> Receive:
     return receive
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
+def limited_receive(receive: Receive, limit: int) -> Receive:
+    """``receive`` that raises ``PayloadTooLarge`` once more than ``limit`` body bytes came."""
+
     size = 0
 
     async def receive_limited() -> Message:

@@ -8,6 +8,9 @@ from app.metrics import Metrics
 from app.providers.base import Provider
 from app.services.builds import BuildService
 from app.services.callbacks import CallbackOutbox
+from app.services.daytona_sandboxes import DaytonaSandboxes
+from app.services.daytona_sessions import DaytonaSessions
+from app.services.file_tree import FileTree
 from app.services.files import FileService
 from app.services.idempotency import IdempotencyService
 from app.services.launcher import SandboxLauncher
@@ -58,3 +61,8 @@ class Services:
     previews: PreviewService
     #: The proxy's connections to sandbox ports.
     preview_upstreams: Upstreams
+    #: Directory-level file operations (the Daytona-compatible toolbox).
+    file_tree: FileTree
+    #: Daytona's sandbox lifecycle and sessions, on the services above (``/daytona``).
+    daytona_sandboxes: DaytonaSandboxes
+    daytona_sessions: DaytonaSessions

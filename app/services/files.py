@@ -78,6 +78,8 @@ _BY_MESSAGE = (
     (re.compile(r"not a directory", re.I), errno.ENOTDIR),
     (re.compile(r"file name too long", re.I), errno.ENAMETOOLONG),
     (re.compile(r"no such file", re.I), errno.ENOENT),
+    (re.compile(r"file exists", re.I), errno.EEXIST),
+    (re.compile(r"is a directory", re.I), errno.EISDIR),
 )
 
 
@@ -90,6 +92,13 @@ def file_error(exc: OSError, path: str) -> SandboxControlError:
     if kind is NotARegularFile:
         reason = "not a regular file (devices, fifos, sockets and directories are not served)"
     return kind(f"{path}: {reason}", path=path)
+
+
+def message_error(message: str, path: str, fallback: str) -> SandboxControlError:
+    """The answer for a file tool (``mv``, ``stat``, ...) that failed on ``path`` saying ``message``."""
+    message = message.strip()
+    code = next((code for pattern, code in _BY_MESSAGE if pattern.search(message)), errno.EIO)
+    return file_error(OSError(code, message[-500:] or fallback), path)
 
 
 @contextlib.contextmanager
@@ -173,9 +182,7 @@ class FileService:
             await self._discard(ref, partial)
             if moved.exit_code == _MOVE_IS_DIR:
                 raise IsADirectory(f"{target}: is a directory", path=target)
-            message = moved.stderr.decode(errors="replace").strip()
-            code = next((code for pattern, code in _BY_MESSAGE if pattern.search(message)), errno.EIO)
-            raise file_error(OSError(code, message or "cannot move the upload into place"), target)
+            raise message_error(moved.stderr.decode(errors="replace"), target, "cannot move the upload into place")
         return written
 
     async def _write_error(self, ref: str, exc: OSError, target: str) -> SandboxControlError:

@@ -108,6 +108,19 @@ class SandboxStore:
             row.updated_at = utcnow()
             return record_from_row(SandboxRecord, row)
 
+    async def replace_labels(self, sandbox_id: str, labels: Mapping[str, str]) -> SandboxRecord | None:
+        """Set a sandbox's labels to exactly ``labels`` (its filter rows too); None if unknown."""
+        async with self._db.sessions.begin() as session:
+            row = await session.get(SandboxRow, sandbox_id)
+            if row is None:
+                return None
+            row.labels = dict(labels)
+            row.updated_at = utcnow()
+            await session.execute(delete(SandboxLabelRow).where(SandboxLabelRow.sandbox_id == sandbox_id))
+            for key, value in labels.items():
+                session.add(SandboxLabelRow(sandbox_id=sandbox_id, key=key, value=value))
+            return record_from_row(SandboxRecord, row)
+
     async def get(self, any_id: str, *, include_deleted: bool = False) -> SandboxRecord | None:
         """Look a sandbox up by its id, its stable key (a claimed member's former id) or its provider object id."""
         async with self._db.sessions() as session:
