@@ -46,6 +46,16 @@ class NewChunk(NamedTuple):
     stored_size: int
 
 
+class BucketSlots:
+    """Bounds on one writer's concurrent bucket requests: existence checks are tiny, uploads are not."""
+
+    def __init__(self, concurrency: int, *, lookups_per_upload: int = 4) -> None:
+        self.uploads = asyncio.Semaphore(concurrency)
+        # A known chunk costs one HEAD: with the uploads' bound, a second snapshot would
+        # wait on round trips (~20 ms on S3) rather than on hashing.
+        self.lookups = asyncio.Semaphore(concurrency * lookups_per_upload)
+
+
 class ChunkMarks(Protocol):
     """What the chunk store needs of the chunk index (``app.storage.state.chunks.ChunkIndex``)."""
 
@@ -76,19 +86,20 @@ class ChunkStore:
         # Idle compressors, reused: a zstd context per chunk costs more than compressing a small one.
         self._compressors: list[zstandard.ZstdCompressor] = []
 
-    async def put(self, raw: bytes, sha256: str, *, bucket: asyncio.Semaphore | None = None) -> tuple[ChunkRef, bool]:
+    async def put(self, raw: bytes, sha256: str, *, slots: BucketSlots | None = None) -> tuple[ChunkRef, bool]:
         """Make sure chunk ``sha256`` (plaintext ``raw``) is stored; (its reference, uploaded by us).
 
-        ``bucket`` bounds the caller's concurrent requests to the blob store.
+        ``slots`` bound the caller's concurrent requests to the blob store.
         """
         key = chunk_key(sha256)
-        slot = bucket or contextlib.nullcontext()
+        lookup = slots.lookups if slots else contextlib.nullcontext()
+        upload = slots.uploads if slots else contextlib.nullcontext()
         state = await self._marks.get(sha256)
         if state == "deleting":
             state = await self._await_deleted(sha256)
         if state == "live":
             try:
-                async with slot:
+                async with lookup:
                     stored = await self.blobs.size(key)
             except NotFound:
                 stored = None
@@ -97,7 +108,7 @@ class ChunkStore:
         packed = await asyncio.to_thread(self._compress, raw)
         if await self._adds.get(NewChunk(sha256, len(raw), len(packed))) != "live":
             raise StorageUnavailable(f"chunk {sha256} is being garbage-collected; retry the snapshot")
-        async with slot:
+        async with upload:
             written = await self.blobs.put_bytes(key, packed)
         if written != len(packed):
             raise StorageUnavailable(f"blob store stored {written} of {len(packed)} bytes of chunk {sha256}")
