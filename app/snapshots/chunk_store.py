@@ -34,6 +34,8 @@ from app.storage.blobs.base import BlobStore
 ChunkState = Literal["live", "deleting"]
 #: Largest zstd window accepted when decoding a chunk (level <= 19 needs at most 8 MiB).
 MAX_WINDOW_BYTES = 16 << 20
+#: zstd contexts kept for reuse; more threads compressing at once get fresh ones.
+IDLE_COMPRESSORS = 2
 #: How long a writer waits for the collector to finish deleting a chunk it needs.
 DELETING_WAIT_SECONDS = 30.0
 
@@ -143,7 +145,8 @@ class ChunkStore:
         try:
             return compressor.compress(raw)
         finally:
-            self._compressors.append(compressor)
+            if len(self._compressors) < IDLE_COMPRESSORS:  # each holds MiBs of tables
+                self._compressors.append(compressor)
 
 
 async def fetch_chunk(blobs: BlobStore, ref: ChunkRef) -> bytes:

@@ -41,7 +41,7 @@ from app.storage.blobs.base import BackgroundCleanup, BlobStore
 #: (measured on a first snapshot: 16 MiB +109 MB, 8 MiB +66 MB, at the same speed).
 WINDOW_BYTES = 8 << 20
 #: Archive batches (~1 MiB) built ahead of the cutter.
-READ_AHEAD = 4
+READ_AHEAD = 2
 
 #: ``ChunkIndex.mark_all``: re-mark chunks, return how many are still live.
 MarkAll = Callable[[Collection[str]], Awaitable[int]]
