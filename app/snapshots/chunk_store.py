@@ -18,21 +18,44 @@ output, and checks the plaintext's length and SHA-256.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
-from typing import Literal, Protocol
+from collections.abc import Collection, Mapping
+from typing import Literal, NamedTuple, Protocol
 
 import zstandard
 
 from app.errors import NotFound, PayloadTooLarge, StorageUnavailable
 from app.snapshots.chunked_manifest import ChunkRef, chunk_key
+from app.snapshots.coalescer import Coalescer
 from app.storage.blobs.base import BlobStore
 
 ChunkState = Literal["live", "deleting"]
 #: Largest zstd window accepted when decoding a chunk (level <= 19 needs at most 8 MiB).
 MAX_WINDOW_BYTES = 16 << 20
+#: zstd contexts kept for reuse; more threads compressing at once get fresh ones.
+IDLE_COMPRESSORS = 2
 #: How long a writer waits for the collector to finish deleting a chunk it needs.
 DELETING_WAIT_SECONDS = 30.0
+
+
+class NewChunk(NamedTuple):
+    """A chunk about to be uploaded, as the index records it."""
+
+    sha256: str
+    raw_size: int
+    stored_size: int
+
+
+class BucketSlots:
+    """Bounds on one writer's concurrent bucket requests: existence checks are tiny, uploads are not."""
+
+    def __init__(self, concurrency: int, *, lookups_per_upload: int = 4) -> None:
+        self.uploads = asyncio.Semaphore(concurrency)
+        # A known chunk costs one HEAD: with the uploads' bound, a second snapshot would
+        # wait on round trips (~20 ms on S3) rather than on hashing.
+        self.lookups = asyncio.Semaphore(concurrency * lookups_per_upload)
 
 
 class ChunkMarks(Protocol):
@@ -40,7 +63,9 @@ class ChunkMarks(Protocol):
 
     async def mark(self, sha256: str) -> ChunkState | None: ...
 
-    async def add(self, sha256: str, *, raw_size: int, stored_size: int) -> ChunkState: ...
+    async def mark_many(self, hashes: Collection[str]) -> Mapping[str, ChunkState]: ...
+
+    async def add_many(self, chunks: Collection[NewChunk]) -> Mapping[str, ChunkState]: ...
 
 
 class ChunkMismatch(ValueError):
@@ -48,33 +73,57 @@ class ChunkMismatch(ValueError):
 
 
 class ChunkStore:
-    """Content-addressed chunk blobs plus their index."""
+    """Content-addressed chunk blobs plus their index.
+
+    Index lookups of concurrent ``put`` calls are batched (``Coalescer``): one
+    transaction marks or indexes every chunk that arrived while the previous one ran.
+    """
 
     def __init__(self, blobs: BlobStore, index: ChunkMarks, *, compression_level: int = 3) -> None:
         self.blobs = blobs
         self.index = index
         self._level = compression_level
+        self._marks: Coalescer[str, ChunkState] = Coalescer(index.mark_many)
+        self._adds: Coalescer[NewChunk, ChunkState] = Coalescer(self._add_many)
+        # Idle compressors, reused: a zstd context per chunk costs more than compressing a small one.
+        self._compressors: list[zstandard.ZstdCompressor] = []
 
-    async def put(self, raw: bytes, sha256: str) -> tuple[ChunkRef, bool]:
-        """Make sure chunk ``sha256`` (plaintext ``raw``) is stored; (its reference, uploaded by us)."""
+    async def put(self, raw: bytes, sha256: str, *, slots: BucketSlots | None = None) -> tuple[ChunkRef, bool]:
+        """Make sure chunk ``sha256`` (plaintext ``raw``) is stored; (its reference, uploaded by us).
+
+        ``slots`` bound the caller's concurrent requests to the blob store.
+        """
         key = chunk_key(sha256)
-        state = await self.index.mark(sha256)
+        lookup = slots.lookups if slots else contextlib.nullcontext()
+        upload = slots.uploads if slots else contextlib.nullcontext()
+        state = await self._marks.get(sha256)
         if state == "deleting":
             state = await self._await_deleted(sha256)
         if state == "live":
             try:
-                stored = await self.blobs.size(key)
+                async with lookup:
+                    stored = await self.blobs.size(key)
             except NotFound:
                 stored = None
             if stored is not None:
                 return ChunkRef(sha256=sha256, size=len(raw), stored_size=stored), False
         packed = await asyncio.to_thread(self._compress, raw)
-        if await self.index.add(sha256, raw_size=len(raw), stored_size=len(packed)) != "live":
+        if await self._adds.get(NewChunk(sha256, len(raw), len(packed))) != "live":
             raise StorageUnavailable(f"chunk {sha256} is being garbage-collected; retry the snapshot")
-        written = await self.blobs.put_bytes(key, packed)
+        async with upload:
+            written = await self.blobs.put_bytes(key, packed)
         if written != len(packed):
             raise StorageUnavailable(f"blob store stored {written} of {len(packed)} bytes of chunk {sha256}")
         return ChunkRef(sha256=sha256, size=len(raw), stored_size=len(packed)), True
+
+    async def settle(self) -> None:
+        """Wait for index updates in flight (after a failed write: nothing changes once it returned)."""
+        await self._marks.settle()
+        await self._adds.settle()
+
+    async def _add_many(self, chunks: list[NewChunk]) -> dict[NewChunk, ChunkState]:
+        states = await self.index.add_many(chunks)
+        return {chunk: states[chunk.sha256] for chunk in chunks if chunk.sha256 in states}
 
     async def _await_deleted(self, sha256: str) -> ChunkState | None:
         deadline = time.monotonic() + DELETING_WAIT_SECONDS
@@ -88,8 +137,16 @@ class ChunkStore:
         raise StorageUnavailable(f"chunk {sha256} is still being garbage-collected; retry the snapshot")
 
     def _compress(self, raw: bytes) -> bytes:
-        # A fresh compressor per chunk: they are used from several worker threads at once.
-        return zstandard.ZstdCompressor(level=self._level, write_checksum=True).compress(raw)
+        # Worker thread. A compressor serves one thread at a time: popped here, put back after.
+        try:
+            compressor = self._compressors.pop()
+        except IndexError:
+            compressor = zstandard.ZstdCompressor(level=self._level, write_checksum=True)
+        try:
+            return compressor.compress(raw)
+        finally:
+            if len(self._compressors) < IDLE_COMPRESSORS:  # each holds MiBs of tables
+                self._compressors.append(compressor)
 
 
 async def fetch_chunk(blobs: BlobStore, ref: ChunkRef) -> bytes:

@@ -57,12 +57,12 @@ class ChunkCutter:
         view = memoryview(self._pending)
         try:
             pieces = [(c.offset, c.length) for c in self._cdc.cut_buf(view)]
+            if not final and pieces:
+                # The last piece ended with the buffer, not necessarily at a real cut point.
+                pieces.pop()
+            # One copy per chunk, straight out of the buffer (a bytearray slice would copy twice).
+            chunks = [bytes(view[offset : offset + length]) for offset, length in pieces]
         finally:
             view.release()
-        if not final and pieces:
-            # The last piece ended with the buffer, not necessarily at a real cut point.
-            pieces.pop()
-        done = sum(length for _, length in pieces)
-        chunks = [bytes(self._pending[offset : offset + length]) for offset, length in pieces]
-        del self._pending[:done]
+        del self._pending[: sum(len(chunk) for chunk in chunks)]
         return chunks

@@ -44,36 +44,58 @@ class ChunkIndex:
         Called before a writer relies on the chunk: from now on the collector leaves
         it alone for a whole grace period. A ``deleting`` chunk is not marked.
         """
+        return (await self.mark_many([sha256])).get(sha256)
+
+    async def mark_many(self, hashes: Collection[str]) -> dict[str, ChunkState]:
+        """``mark`` for many chunks in one transaction: the states of the indexed ones."""
         async with self._db.sessions.begin() as session:
-            return await self._mark(session, sha256)
+            return await self._mark_many(session, sorted(set(hashes)))
 
     @staticmethod
-    async def _mark(session: Any, sha256: str) -> ChunkState | None:
-        await session.execute(
-            update(ChunkRow)
-            .where(ChunkRow.sha256 == sha256, ChunkRow.state == LIVE)
-            .values(marked_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        state = (await session.execute(select(ChunkRow.state).where(ChunkRow.sha256 == sha256))).scalar()
-        return cast("ChunkState | None", state)
+    async def _mark_many(session: Any, distinct: builtins.list[str]) -> dict[str, ChunkState]:
+        now = utcnow()
+        states: dict[str, ChunkState] = {}
+        for start in range(0, len(distinct), _BATCH):
+            batch = distinct[start : start + _BATCH]
+            await session.execute(
+                update(ChunkRow)
+                .where(ChunkRow.sha256.in_(batch), ChunkRow.state == LIVE)
+                .values(marked_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            rows = await session.execute(select(ChunkRow.sha256, ChunkRow.state).where(ChunkRow.sha256.in_(batch)))
+            states.update((sha, cast(ChunkState, state)) for sha, state in rows)
+        return states
 
     async def add(self, sha256: str, *, raw_size: int, stored_size: int) -> ChunkState:
-        """Index a chunk about to be uploaded (marked now) unless a row exists; return its state."""
+        """Index one chunk about to be uploaded (see ``add_many``); its state."""
+        return (await self.add_many([(sha256, raw_size, stored_size)])).get(sha256, "deleting")
+
+    async def add_many(self, chunks: Collection[tuple[str, int, int]]) -> dict[str, ChunkState]:
+        """Index chunks ``(sha256, raw_size, stored_size)`` about to be uploaded (marked now); their states.
+
+        Unless a row exists already; an existing row (another writer's) is marked too, only
+        the collector deletes rows. A chunk answered ``deleting`` is being collected.
+        """
         now = utcnow()
-        values = {
-            "sha256": sha256,
-            "state": LIVE,
-            "raw_size": raw_size,
-            "stored_size": stored_size,
-            "created_at": now,
-            "marked_at": now,
+        rows = {
+            sha256: {
+                "sha256": sha256,
+                "state": LIVE,
+                "raw_size": raw_size,
+                "stored_size": stored_size,
+                "created_at": now,
+                "marked_at": now,
+            }
+            for sha256, raw_size, stored_size in chunks
         }
+        distinct = sorted(rows)
         dialect_insert = sqlite_insert if self._db.is_sqlite else pg_insert
         async with self._db.sessions.begin() as session:
-            await session.execute(dialect_insert(ChunkRow).values(**values).on_conflict_do_nothing())
-            # An existing row (another writer's) is marked too; only the collector deletes rows.
-            return await self._mark(session, sha256) or "deleting"
+            for start in range(0, len(distinct), _BATCH):
+                values = [rows[sha] for sha in distinct[start : start + _BATCH]]
+                await session.execute(dialect_insert(ChunkRow).values(values).on_conflict_do_nothing())
+            return await self._mark_many(session, distinct)
 
     async def mark_all(self, hashes: Collection[str]) -> int:
         """Refresh the marks of ``hashes``; return how many of them are live (the rest were collected)."""

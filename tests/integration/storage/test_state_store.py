@@ -162,6 +162,12 @@ async def test_chunk_index(store: StateStore) -> None:
     assert await index.claim(a, future)
     assert await index.mark(a) == "deleting" and await index.deleting(10) == [a]
     assert await index.mark_all([a, b]) == 1  # a is no longer live
+    # The batched forms the writer uses: one transaction for many chunks.
+    c = "c" * 64
+    assert await index.mark_many([a, b, c]) == {a: "deleting", b: "live"}
+    assert await index.add_many([(a, 100, 60), (c, 300, 120)]) == {a: "deleting", c: "live"}
+    assert await index.claim(c, future)
+    await index.forget(c)
     await index.forget(a)
     await index.forget(b)  # live rows are never forgotten
     assert await index.totals() == (1, 90) and await index.mark(a) is None

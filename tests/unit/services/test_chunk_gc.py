@@ -223,14 +223,15 @@ async def test_writer_outlived_by_the_grace_period_fails_instead_of_committing(
 
 
 async def test_chunks_of_a_failed_snapshot_are_collected(store: HookedStore, state: StateStore, tmp_path: Path) -> None:
-    src = tree(tmp_path / "src", files=80)
+    src = tree(tmp_path / "src", files=120)
 
     async def dies_midway(path: str) -> AsyncIterator[bytes]:
         sent = 0
         async for piece in tar_stream(src):
             yield piece
             sent += len(piece)
-            if sent > 20 << 20:
+            # Once some chunks are stored: the writer's window holds several in flight.
+            if sent > 20 << 20 and await chunk_keys(store):
                 raise OSError("sandbox vanished")
 
     with pytest.raises(OSError, match="vanished"):
