@@ -107,4 +107,6 @@ async def test_another_sandbox_gets_401_while_the_session_works(
     # The session still works: a prompt goes through the bridge to OpenCode and back (no LLM key: it fails).
     await control_plane.send({"type": "prompt", "messageId": "m1", "content": "hi"})
     done = await control_plane.wait_for("execution_complete", messageId="m1", timeout=120)
-    assert done["success"] is False and "401" not in json.dumps(done)
+    # Failed for want of a model, not refused by the env server: its error names no 401
+    # (only the error: ids and timestamps are random and may hold those digits).
+    assert done["success"] is False and "401" not in str(done.get("error", "")), done

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.storage.state import BuildRecord, RepoImageRecord, SandboxRecord, StateStore
+from app.storage.state.database import SCHEMA_VERSION
 from app.storage.state.times import utcnow
 
 
@@ -195,6 +196,6 @@ async def test_schema_1_snapshots_gain_the_v2_columns(tmp_path: Path) -> None:
     finally:
         await store.aclose()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
         columns = {row[1] for row in conn.execute("PRAGMA table_info(snapshots)")}
         assert {"format_version", "stored_bytes"} <= columns
