@@ -30,6 +30,11 @@ def connect_in_namespace(pid: int, port: int) -> socket.socket:
         if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
             error = ctypes.get_errno()
             raise PermissionError(error, f"setns into the sandbox's network: {os.strerror(error)}")
+    return connect_loopback(port)
+
+
+def connect_loopback(port: int) -> socket.socket:
+    """A non-blocking socket connected to ``port`` on this namespace's loopback, IPv4 then IPv6 (blocking)."""
     last: OSError | None = None
     for host in ("127.0.0.1", "::1"):
         try:

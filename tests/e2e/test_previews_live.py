@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from app.client import SandboxClient
-from tests.fixtures.app import LiveServer
+from tests.fixtures.app import LiveServer, free_port
 from tests.fixtures.docker import SANDBOX_IMAGE
 from tests.fixtures.preview_upstream import __file__ as UPSTREAM_SCRIPT
 from tests.fixtures.preview_upstream import pattern
@@ -189,3 +189,37 @@ async def test_a_revoked_preview_closes_its_open_websocket(preview: Preview) -> 
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 15)  # within the proxy's recheck period
         assert ws.close_code == 4404
+
+
+async def test_a_host_network_preview_reaches_only_what_the_sandbox_listens_on(
+    live_server_factory: Callable[..., LiveServer], api_secret: str
+) -> None:
+    """On the host network a sandbox's port is a host port: the proxy connects only while the
+    sandbox's own uid listens there, never to another host service on that port."""
+    if shutil.which("bwrap") is None:
+        missing_component("bubblewrap (bwrap) is not installed")
+    server = live_server_factory(api_secret)
+    await asyncio.to_thread(server.start)
+    ours, host_only = free_port(), free_port()
+    bystander = socket.create_server(("127.0.0.1", host_only))  # a host service, not the sandbox's
+    bystander.settimeout(0.5)
+    async with SandboxClient(server.url, api_secret.encode()) as client, httpx.AsyncClient() as http:
+        sandbox = await client.create(network="host")
+        try:
+            await client.upload(sandbox["id"], "/workspace/upstream.py", Path(UPSTREAM_SCRIPT))
+            await client.start_process(sandbox["id"], ["python3", "/workspace/upstream.py", str(ours)])
+            served = await client.create_preview(sandbox["id"], ours)
+            for _ in range(200):
+                if (await http.get(f"{server.url}/p/{served['token']}/")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the sandbox's dev server never answered through the proxy")
+            other = await client.create_preview(sandbox["id"], host_only)
+            refused = await http.get(f"{server.url}/p/{other['token']}/")
+            assert refused.status_code == 502 and refused.json()["code"] == "preview_upstream_unreachable"
+            with pytest.raises(TimeoutError):
+                bystander.accept()  # the proxy never connected to the host's service
+        finally:
+            bystander.close()
+            await client.delete(sandbox["id"])

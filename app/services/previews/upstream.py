@@ -35,6 +35,8 @@ CONNECT_TIMEOUT = 10.0
 #: Largest WebSocket message relayed (either way).
 MAX_MESSAGE_BYTES = 16 << 20
 _POOL_LIMIT = 256
+#: Bytes read from a sandbox port at once, and buffered from it before the socket is paused.
+READ_BYTES = 256 * 1024
 
 
 class _SocketStream(httpcore.AsyncNetworkStream):
@@ -45,7 +47,9 @@ class _SocketStream(httpcore.AsyncNetworkStream):
         self._writer = writer
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await asyncio.wait_for(self._reader.read(max_bytes), timeout)
+        # httpcore asks for 64 KiB at a time; a bulk body reads in fewer, larger pieces
+        # (h11 takes any amount).
+        return await asyncio.wait_for(self._reader.read(max(max_bytes, READ_BYTES)), timeout)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._writer.write(buffer)
@@ -85,9 +89,9 @@ class _StreamBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         if self._opener is not None:
             sock = await asyncio.wait_for(self._opener(), timeout)
-            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
+            reader, writer = await asyncio.open_connection(sock=sock, limit=READ_BYTES)
         else:
-            connecting = asyncio.open_connection(host, port, limit=1 << 16)
+            connecting = asyncio.open_connection(host, port, limit=READ_BYTES)
             reader, writer = await asyncio.wait_for(connecting, timeout)
             # Headers and body are separate writes: no delayed-ACK stall between them.
             writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
