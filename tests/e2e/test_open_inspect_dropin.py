@@ -121,6 +121,13 @@ async def test_warm_claims_snapshot_and_restore_under_the_callers_ids(
                 headers=auth(),
             )
             assert warm.status_code == 200, warm.text
+            again = await raw.post(
+                "/api/warm-sandbox",
+                json={"repo_owner": "acme", "repo_name": "app", "control_plane_url": ""},
+                headers=auth(),
+            )
+            # Warming twice warms one sandbox: the member still booting is the answer.
+            assert again.json()["data"]["sandbox_id"] == warm.json()["data"]["sandbox_id"], again.text
             pool = (await raw.get("/v1/pools", headers=auth())).json()["pools"][0]
             put = await raw.put(
                 f"/v1/pools/{pool['name']}",
