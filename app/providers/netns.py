@@ -86,3 +86,26 @@ def namespace_endpoint(find_pid: Callable[[], Awaitable[int]], port: int) -> Por
             raise PreviewUpstreamUnreachable(f"cannot connect to port {port} in the sandbox: {exc}") from exc
 
     return PortEndpoint(url=f"http://127.0.0.1:{port}", opener=opener, cache_seconds=60.0)
+
+
+def guarded_loopback_endpoint(port: int, serves: Callable[[], bool]) -> PortEndpoint:
+    """A host-network sandbox's ``port`` on this host's loopback, connected only while ``serves()``.
+
+    The port is the host's: without the check a preview of port 8080 would reach
+    whatever listens there (this service, a database) once the sandbox stopped
+    listening. ``serves`` (blocking: it reads ``/proc``) says whether the sandbox's
+    own process holds the listening socket; it and the connect run in a thread.
+    """
+
+    def connect() -> socket.socket:
+        if not serves():
+            raise PreviewUpstreamUnreachable(f"nothing in the sandbox listens on port {port}")
+        try:
+            return connect_loopback(port)
+        except OSError as exc:
+            raise PreviewUpstreamUnreachable(f"cannot connect to port {port} in the sandbox: {exc}") from exc
+
+    async def opener() -> socket.socket:
+        return await asyncio.to_thread(connect)
+
+    return PortEndpoint(url=f"http://127.0.0.1:{port}", opener=opener)

@@ -50,22 +50,31 @@ class Preview:
         return f"{PORT}-{self.view['id']}.{DOMAIN}"
 
 
-@pytest.fixture(params=["local", pytest.param("docker", marks=pytest.mark.docker)])
+BACKENDS = ["local", pytest.param("docker", marks=pytest.mark.docker)]
+
+
+def backend_server(
+    request: pytest.FixtureRequest, live_server_factory: Callable[..., LiveServer], api_secret: str, **settings: str
+) -> LiveServer:
+    """A live service on ``request.param``'s provider (local bubblewrap or docker)."""
+    if request.param == "local":
+        if shutil.which("bwrap") is None:
+            missing_component("bubblewrap (bwrap) is not installed")
+        return live_server_factory(api_secret, **settings)
+    engine = request.getfixturevalue("docker_engine")
+    if not engine.has_image(SANDBOX_IMAGE):
+        missing_component(f"image {SANDBOX_IMAGE} is not built (scripts/docker-setup.sh builds it)")
+    return live_server_factory(
+        api_secret, "docker", SANDBOX_BASE_IMAGE=SANDBOX_IMAGE, SANDBOX_DOCKER_PULL="never", **settings
+    )
+
+
+@pytest.fixture(params=BACKENDS)
 async def preview(
     request: pytest.FixtureRequest, live_server_factory: Callable[..., LiveServer], api_secret: str
 ) -> AsyncIterator[Preview]:
     settings = {"SANDBOX_PREVIEW_DOMAIN": DOMAIN, "SANDBOX_PREVIEW_COOKIE_SECURE": "false"}
-    if request.param == "local":
-        if shutil.which("bwrap") is None:
-            missing_component("bubblewrap (bwrap) is not installed")
-        server = live_server_factory(api_secret, **settings)
-    else:
-        engine = request.getfixturevalue("docker_engine")
-        if not engine.has_image(SANDBOX_IMAGE):
-            missing_component(f"image {SANDBOX_IMAGE} is not built (scripts/docker-setup.sh builds it)")
-        server = live_server_factory(
-            api_secret, "docker", SANDBOX_BASE_IMAGE=SANDBOX_IMAGE, SANDBOX_DOCKER_PULL="never", **settings
-        )
+    server = backend_server(request, live_server_factory, api_secret, **settings)
     await asyncio.to_thread(server.start)
     async with SandboxClient(server.url, api_secret.encode()) as client:
         sandbox = await client.create(network="none")
@@ -191,14 +200,20 @@ async def test_a_revoked_preview_closes_its_open_websocket(preview: Preview) -> 
         assert ws.close_code == 4404
 
 
+@pytest.fixture(params=BACKENDS)
+def host_network_server(
+    request: pytest.FixtureRequest, live_server_factory: Callable[..., LiveServer], api_secret: str
+) -> LiveServer:
+    return backend_server(request, live_server_factory, api_secret)
+
+
 async def test_a_host_network_preview_reaches_only_what_the_sandbox_listens_on(
-    live_server_factory: Callable[..., LiveServer], api_secret: str
+    host_network_server: LiveServer, api_secret: str
 ) -> None:
     """On the host network a sandbox's port is a host port: the proxy connects only while the
-    sandbox's own uid listens there, never to another host service on that port."""
-    if shutil.which("bwrap") is None:
-        missing_component("bubblewrap (bwrap) is not installed")
-    server = live_server_factory(api_secret)
+    sandbox's own process listens there (local: its uid; docker, whose processes run as root
+    like host services: a process in its PID namespace), never to another host service."""
+    server = host_network_server
     await asyncio.to_thread(server.start)
     ours, host_only = free_port(), free_port()
     bystander = socket.create_server(("127.0.0.1", host_only))  # a host service, not the sandbox's

@@ -1,6 +1,7 @@
 """Reaching a port of a docker sandbox, for preview URLs, from its ``inspect``.
 
-On the host network the port is on 127.0.0.1; on a bridge or named network at
+On the host network the port is on 127.0.0.1, and is the container's only while
+one of its processes holds the listening socket (checked at every connect); on a bridge or named network at
 the container's address there. A ``network: "none"`` container has only its
 own loopback: the service (as root, on the engine's host) connects inside its
 network namespace, that of the container's init process (``app.providers.netns``).
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import PreviewUnsupported, SandboxNotRunning
-from app.providers.netns import namespace_endpoint
-from app.providers.ports import PortEndpoint, loopback_endpoint
+from app.providers.netns import guarded_loopback_endpoint, namespace_endpoint
+from app.providers.ports import PortEndpoint
+from app.providers.procnet import holds_any, listening_inodes, pid_namespace_members
 
 
 def _address(info: dict[str, Any]) -> str | None:
@@ -45,7 +47,7 @@ def port_endpoint(info: dict[str, Any], port: int) -> PortEndpoint:
         raise SandboxNotRunning(f"sandbox {ref} is not running", ref=ref)
     mode = (info.get("HostConfig") or {}).get("NetworkMode")
     if mode == "host":
-        return loopback_endpoint(port)
+        return _host_endpoint(info, port)
     address = _address(info)
     if address is not None:
         return PortEndpoint(url=f"http://{address}:{port}", cache_seconds=30.0)
@@ -61,3 +63,25 @@ def port_endpoint(info: dict[str, Any], port: int) -> PortEndpoint:
         return init_pid
 
     return namespace_endpoint(find_pid, port)
+
+
+def _host_endpoint(info: dict[str, Any], port: int) -> PortEndpoint:
+    """A host-network container's port: a host port, reached only while one of its processes listens.
+
+    Containers usually run as root, so unlike a local sandbox the socket's owner
+    uid cannot tell the container from a host service: the listening socket must
+    be held by a process in the container's PID namespace. Seeing that takes the
+    engine's host's ``/proc`` and root; without them the port is not offered.
+    """
+    pid = _local_pid(info)
+    if pid is None or os.geteuid() != 0:
+        raise PreviewUnsupported(
+            "a docker sandbox on the host network is reachable only by a root service on the engine's host",
+            provider="docker",
+        )
+    init_pid = pid
+
+    def serves() -> bool:
+        return holds_any(pid_namespace_members(init_pid), listening_inodes(init_pid, port))
+
+    return guarded_loopback_endpoint(port, serves)

@@ -12,32 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-from pathlib import Path
 
 from app.errors import PreviewUnsupported, PreviewUpstreamUnreachable
 from app.providers.local import procs
-from app.providers.netns import connect_loopback, namespace_endpoint
+from app.providers.netns import guarded_loopback_endpoint, namespace_endpoint
 from app.providers.ports import PortEndpoint, loopback_endpoint
-
-#: TCP state LISTEN in /proc/<pid>/net/tcp.
-_LISTEN = "0A"
-
-
-def listens(pid: int, port: int, *, uid: int | None = None) -> bool:
-    """Whether the network namespace of ``pid`` has a TCP socket listening on ``port`` (owned by ``uid``)."""
-    wanted = f":{port:04X}"
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            owner_ok = len(fields) > 7 and (uid is None or fields[7] == str(uid))
-            if owner_ok and fields[1].endswith(wanted) and fields[3] == _LISTEN:
-                return True
-    return False
+from app.providers.procnet import listens
 
 
 def listener_pid(uid: int, port: int) -> int | None:
@@ -60,7 +40,11 @@ def listener_pid(uid: int, port: int) -> int | None:
 def port_endpoint(network: str | None, uid: int | None, port: int) -> PortEndpoint:
     """How the service reaches ``port`` of a local sandbox with ``network`` running as host ``uid``."""
     if network != "none":
-        return loopback_endpoint(port) if uid is None else _host_endpoint(uid, port)
+        if uid is None:
+            return loopback_endpoint(port)
+        owner = uid
+        # Only a socket of the sandbox's own host uid is the sandbox's port.
+        return guarded_loopback_endpoint(port, lambda: listens(os.getpid(), port, uid=owner))
     if uid is None or os.geteuid() != 0:
         raise PreviewUnsupported(
             "a network-isolated local sandbox is reachable only when the service runs as root", provider="local"
@@ -74,26 +58,3 @@ def port_endpoint(network: str | None, uid: int | None, port: int) -> PortEndpoi
         return pid
 
     return namespace_endpoint(listener, port)
-
-
-def _host_endpoint(uid: int, port: int) -> PortEndpoint:
-    """A host-network sandbox's port on the host's loopback, only while the sandbox listens there.
-
-    The port is the host's: without this check a preview of port 8080 would
-    reach whatever listens there (this service, a database) once the sandbox
-    stopped listening. Each connection is made only if a socket of the
-    sandbox's own host uid listens on the port.
-    """
-
-    def connect() -> socket.socket:
-        if not listens(os.getpid(), port, uid=uid):
-            raise PreviewUpstreamUnreachable(f"nothing in the sandbox listens on port {port}")
-        try:
-            return connect_loopback(port)
-        except OSError as exc:
-            raise PreviewUpstreamUnreachable(f"cannot connect to port {port} in the sandbox: {exc}") from exc
-
-    async def opener() -> socket.socket:
-        return await asyncio.to_thread(connect)
-
-    return PortEndpoint(url=f"http://127.0.0.1:{port}", opener=opener)
