@@ -108,6 +108,12 @@ class CreateSessionRequest(DaytonaModel):
     session_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+class SessionInputRequest(DaytonaModel):
+    """Toolbox ``POST /process/session/{id}/command/{cmd}/input``: text for the command's stdin."""
+
+    data: str = Field(max_length=1 << 20)
+
+
 class SessionExecuteRequest(DaytonaModel):
     """Toolbox ``POST /process/session/{id}/exec``; ``async`` is the older name of ``runAsync``."""
 

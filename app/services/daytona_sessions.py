@@ -19,7 +19,7 @@ import base64
 import builtins
 import contextlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -187,6 +187,23 @@ class DaytonaSessions:
             self._read(any_id, command_id, "stdout"), self._read(any_id, command_id, "stderr")
         )
         return CommandOutput(command_id, stdout, stderr, found.exit_code)
+
+    async def follow(self, any_id: str, session_id: str, command_id: str) -> AsyncGenerator[OutputChunk, None]:
+        """The command's output from the start, then as it comes, until it ended."""
+        await self.command(any_id, session_id, command_id)
+        items = await self._processes.follow(any_id, command_id, {"stdout": 0, "stderr": 0})
+
+        async def chunks() -> AsyncGenerator[OutputChunk, None]:
+            async for item in items:
+                if isinstance(item, OutputChunk):
+                    yield item
+
+        return chunks()
+
+    async def send_input(self, any_id: str, session_id: str, command_id: str, data: bytes) -> None:
+        """Append ``data`` to the running command's stdin (Daytona's session input never closes it)."""
+        await self.command(any_id, session_id, command_id)
+        await self._processes.write_stdin(any_id, command_id, data, close=False)
 
     async def _read(self, any_id: str, pid: str, stream: LogStream) -> str:
         chunks = [chunk async for chunk in await self._processes.read_log(any_id, pid, stream, 0)]

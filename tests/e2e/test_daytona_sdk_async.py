@@ -70,3 +70,44 @@ async def test_async_client_bad_key_is_an_authentication_error(daytona_service: 
     async with AsyncDaytona(daytona_service.config(key=secrets.token_hex(32))) as daytona:
         with pytest.raises(DaytonaAuthenticationError):
             await daytona.get("anything")
+
+
+async def test_async_client_follows_session_logs_live_and_sends_input(daytona_service: DaytonaService) -> None:
+    """``get_session_command_logs_async`` (the toolbox's log WebSocket) hands output over as the
+    command writes it, both streams apart; ``send_session_command_input`` reaches its stdin."""
+    async with AsyncDaytona(daytona_service.config()) as daytona:
+        sandbox = await daytona.create(CreateSandboxFromSnapshotParams())
+        try:
+            await sandbox.process.create_session("live")
+            script = "echo first; echo oops >&2; read line; echo got:$line; exit 3"
+            started = await sandbox.process.execute_session_command(
+                "live", SessionExecuteRequest(command=script, run_async=True)
+            )
+            out: list[str] = []
+            err: list[str] = []
+            first = asyncio.Event()
+
+            def on_stdout(text: str) -> None:
+                out.append(text)
+                if "first\n" in "".join(out):
+                    first.set()
+
+            follow = asyncio.create_task(
+                sandbox.process.get_session_command_logs_async("live", started.cmd_id, on_stdout, err.append)
+            )
+            # The command waits for input that is sent only once its first line arrived: output
+            # held back until the end would never arrive, and this would time out.
+            await asyncio.wait_for(first.wait(), 30)
+            await sandbox.process.send_session_command_input("live", started.cmd_id, "hello\n")
+            await asyncio.wait_for(follow, 30)
+            assert "".join(out) == "first\ngot:hello\n" and "".join(err) == "oops\n"
+            for _ in range(50):
+                command = await sandbox.process.get_session_command("live", started.cmd_id)
+                if command.exit_code is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert command.exit_code == 3
+            with pytest.raises(DaytonaNotFoundError):
+                await sandbox.process.send_session_command_input("live", "000000000000", "x\n")
+        finally:
+            await sandbox.delete()

@@ -51,8 +51,11 @@ class DaytonaAuthMiddleware:
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":
-            # No Daytona operation served here is a WebSocket (the SDK then polls instead).
-            await send({"type": "websocket.close", "code": 4404, "reason": "not supported"})
+            # Refused at the handshake (the upgrade answers 403); the SDK sends its key as a header here too.
+            if not self._authorized(scope):
+                await send({"type": "websocket.close", "code": 4401, "reason": "invalid or missing API key"})
+                return
+            await self.app(scope, receive, send)
             return
         method = scope.get("method", "")
         if not self._authorized(scope):

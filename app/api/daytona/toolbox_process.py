@@ -9,23 +9,26 @@
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import aclosing
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 
 from app.api.daytona.deps import DaytonaSessionsDep
 from app.api.deps import SandboxesDep
-from app.errors import BadRequest, CommandTimedOut
+from app.errors import BadRequest, CommandTimedOut, SandboxControlError
 from app.schemas.daytona import (
     CodeRunRequest,
     CreateSessionRequest,
     ExecuteRequest,
     SessionExecuteRequest,
+    SessionInputRequest,
     exec_request,
 )
 from app.schemas.sandboxes import ExecRequest
-from app.services.daytona_sessions import CommandOutput, SessionCommand
+from app.services.daytona_sessions import CommandOutput, DaytonaSessions, SessionCommand
 from app.services.sandboxes import SandboxService
 
 router = APIRouter(prefix="/daytona/toolbox/{sandbox_id}/process", tags=["daytona"], include_in_schema=False)
@@ -33,6 +36,8 @@ router = APIRouter(prefix="/daytona/toolbox/{sandbox_id}/process", tags=["dayton
 SessionId = Annotated[str, Path(min_length=1, max_length=128)]
 #: How code of each language runs: the interpreter's argv before the code's own argv.
 INTERPRETERS = {"python": ["python3", "-c"], "javascript": ["node", "-e"]}
+#: What precedes each chunk of a followed log, per stream (the SDK's ``STDOUT_PREFIX``/``STDERR_PREFIX``).
+STREAM_MARKERS = {"stdout": b"\x01\x01\x01", "stderr": b"\x02\x02\x02"}
 
 
 async def _run(sandboxes: SandboxesDep, sandbox_id: str, request: ExecRequest) -> dict[str, Any]:
@@ -133,5 +138,32 @@ async def get_command(
 async def command_logs(
     sandbox_id: str, session_id: SessionId, command_id: str, sessions: DaytonaSessionsDep
 ) -> dict[str, Any]:
-    """The command's output so far (``follow`` streams over a WebSocket in Daytona: not served here)."""
+    """The command's output so far (``follow=true`` is the WebSocket below)."""
     return _output(await sessions.logs(sandbox_id, session_id, command_id))
+
+
+@router.websocket("/session/{session_id}/command/{command_id}/logs")
+async def follow_command_logs(websocket: WebSocket, sandbox_id: str, session_id: str, command_id: str) -> None:
+    """The command's output from the start and as it comes, as Daytona's toolbox streams it:
+    one binary message per chunk after its stream's marker, then close 1000 once it ended."""
+    sessions: DaytonaSessions = websocket.app.state.services.daytona_sessions
+    await websocket.accept()
+    try:
+        chunks = await sessions.follow(sandbox_id, session_id, command_id)
+    except SandboxControlError as exc:
+        await websocket.close(code=4000 + exc.status_code, reason=exc.message[:100])
+        return
+    # The client leaving ends the send loop (a failed send); the command goes on.
+    async with aclosing(chunks):
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            async for chunk in chunks:
+                await websocket.send_bytes(STREAM_MARKERS[chunk.stream] + chunk.data)
+            await websocket.close(code=1000)
+
+
+@router.post("/session/{session_id}/command/{command_id}/input")
+async def command_input(
+    sandbox_id: str, session_id: SessionId, command_id: str, body: SessionInputRequest, sessions: DaytonaSessionsDep
+) -> Response:
+    await sessions.send_input(sandbox_id, session_id, command_id, body.data.encode())
+    return Response(status_code=200)

@@ -3,8 +3,8 @@
 Lifecycle calls go through ``AsyncDaytona`` and ``AsyncSandbox``; every call
 passes the error boundary of ``errors`` (auth fails fast, transient
 trouble is retried with backoff, 404 is ``SandboxNotFound``). The spec is
-mapped in one place (``spec.create_params``); commands run under the
-wrappers of ``exec``; files and tars stream through ``files``.
+mapped in one place (``spec.create_params``); commands run under the wrappers
+of ``exec`` (one-shot) and ``live`` (streamed); files and tars through ``files``.
 
 Sandboxes carry labels under ``sandbox-control.`` (managed flag, scope,
 sandbox id, entry flag), so ``list`` sees only this service's sandboxes, in
@@ -28,6 +28,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -50,6 +51,7 @@ from app.providers.daytona.entry import EntryCommand
 from app.providers.daytona.errors import DEFAULT_ATTEMPTS, DaytonaCalls, DaytonaConflict, translate
 from app.providers.daytona.exec import WORKSPACE, check_exec_args, exec_script, parse_exec_output
 from app.providers.daytona.files import DaytonaFiles
+from app.providers.daytona.live import live_exec
 from app.providers.daytona.ports import PortEndpoint, preview_endpoint
 from app.providers.daytona.spec import (
     ENTRY_LABEL,
@@ -64,10 +66,9 @@ from app.providers.daytona.spec import (
     status_of_state,
 )
 from app.providers.pty import HelperPtyMixin
-from app.providers.streaming import joined, replay
+from app.providers.streaming import once
 
 log = logging.getLogger(__name__)
-
 T = TypeVar("T")
 
 #: Seconds a start, stop or recover may take.
@@ -110,8 +111,6 @@ class DaytonaProvider(HelperPtyMixin, Provider):
             stop_start=True,
             max_disk_mb=self._defaults.max_disk_gib * 1024,
             networks=frozenset({"host", "none"}),
-            # The toolbox's one-shot exec answers once the command ended (see ``exec_stream``).
-            live_output=False,
         )
 
     # -- lifecycle of the provider --------------------------------------------
@@ -301,11 +300,7 @@ class DaytonaProvider(HelperPtyMixin, Provider):
         toolbox) and reports exit 124; the in-sandbox ``timeout`` kills the
         command's process group on its own.
         """
-        check_argv(argv)
-        cwd = cwd or WORKSPACE
-        check_exec_args(cwd, env or {})
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
+        cwd = _checked_cwd(argv, cwd, env, timeout)
         sandbox = await self._running_sandbox(ref)
         script = exec_script(
             argv,
@@ -320,7 +315,7 @@ class DaytonaProvider(HelperPtyMixin, Provider):
         try:
             async with asyncio.timeout(timeout + self._exec_grace):
                 if stdin is not None and script.stdin_path is not None:
-                    await self._files.write(ref, script.stdin_path, _one_chunk(stdin))
+                    await self._files.write(ref, script.stdin_path, once(stdin))
                 response = await self._once(
                     "exec", lambda: sandbox.process.exec(script.command, timeout=script.server_timeout), ref
                 )
@@ -355,23 +350,23 @@ class DaytonaProvider(HelperPtyMixin, Provider):
         stdin: AsyncIterator[bytes] | None = None,
         max_output_bytes: int = 1 << 20,
     ) -> AsyncGenerator[ExecEvent, None]:
-        """``exec``, its output handed over when it ended (``capabilities.live_output`` is False).
-
-        The wrapper keeps stdout and stderr apart, binary-safe and capped only by
-        reading them after the end; the in-sandbox ``timeout`` still enforces the
-        deadline, and a consumer that leaves early no longer waits for the output.
-        """
-        result = await self.exec(
+        """``argv`` in a session of its own, its output live over Daytona's log stream (``live``)."""
+        cwd = _checked_cwd(argv, cwd, env, timeout)
+        sandbox = await self._running_sandbox(ref)
+        events = live_exec(
+            sandbox,
             ref,
             argv,
             timeout=timeout,
+            grace=self._exec_grace,
             cwd=cwd,
-            env=env,
-            stdin=await joined(stdin),
+            env=env or {},
+            stdin=stdin,
             max_output_bytes=max_output_bytes,
         )
-        async for event in replay(result):
-            yield event
+        async with aclosing(events):
+            async for event in events:
+                yield event
 
     async def _once(self, what: str, factory: Callable[[], Awaitable[T]], ref: str) -> T:
         """One try, classified: for requests that must not run twice."""
@@ -393,8 +388,13 @@ class DaytonaProvider(HelperPtyMixin, Provider):
         await self._files.import_tar(ref, path, data)
 
 
-async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+def _checked_cwd(argv: Sequence[str], cwd: str | None, env: Mapping[str, str] | None, timeout: float) -> str:
+    """Refuse what no wrapper can run; the working directory to use."""
+    check_argv(argv)
+    check_exec_args(cwd or WORKSPACE, env or {})
+    if timeout <= 0:
+        raise ValueError("timeout must be positive")
+    return cwd or WORKSPACE
 
 
 __all__ = ["DaytonaDefaults", "DaytonaProvider"]
