@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import os
@@ -109,10 +110,17 @@ async def tar_stream(root: Path, *, tool: str = "gnu", chunk: int = 64 * 1024) -
             "tar", "-C", str(root), "-cf", "-", ".", stdout=asyncio.subprocess.PIPE
         )
         assert proc.stdout is not None
-        while data := await proc.stdout.read(chunk):
-            yield data
-        assert await proc.wait() == 0
-        close_transport(proc)
+        try:
+            while data := await proc.stdout.read(chunk):
+                yield data
+            assert await proc.wait() == 0
+        finally:
+            # A consumer that stopped early (or was cancelled): end tar and close its pipes now,
+            # not when the garbage collector finds them after this test's loop is gone.
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            close_transport(proc)
         return
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -140,9 +148,16 @@ async def tar_extract(stream: AsyncIterator[bytes], dest: Path) -> tuple[int, by
             await proc.stdin.drain()
     finally:
         proc.stdin.close()
-        stderr = await proc.stderr.read()
-        code = await proc.wait()
-        close_transport(proc)
+        try:
+            stderr = await proc.stderr.read()
+            code = await proc.wait()
+        finally:
+            # Cancelled while tar finishes (another lane failed): kill it and close its pipes
+            # now, or the garbage collector closes them later on a loop that has ended.
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            close_transport(proc)
     return code, stderr
 
 
