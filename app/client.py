@@ -108,7 +108,7 @@ class SandboxClient:
         """
         body = {"command": command, **options, "stream": True}
         path = f"/v1/sandboxes/{sandbox_id}/exec"
-        # Chunks as escaped bytes, not JSON: decoding JSON text was most of this loop's time.
+        # Chunks as escaped bytes, not JSON: parsing JSON text was a third of this loop's time.
         async with self._stream("POST", path, json=body, params={"encoding": ESCAPED}) as response:
             async for event, data, _ in _raw_sse_events(response):
                 item = exec_stream_event(event, data, ESCAPED)
@@ -258,10 +258,8 @@ class SandboxClient:
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[SseEvent]:
     """(event, data, id) of each server-sent event; comments (keepalives) are skipped."""
-    decoder = SseDecoder()
-    async for chunk in response.aiter_bytes():
-        for event in decoder.feed(chunk):
-            yield event
+    async for event, data, event_id in _raw_sse_events(response):
+        yield event, data.decode(), event_id
 
 
 async def _raw_sse_events(response: httpx.Response) -> AsyncIterator[RawSseEvent]:
