@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import FilesDep, IdempotencyDep, LauncherDep, SandboxesDep, ServicesDep
 from app.api.idempotency import run_idempotent
-from app.api.output_sse import exec_sse, parse_encoding
+from app.api.output_sse import ENCODINGS, exec_sse, parse_encoding
 from app.api.params import OCTET_STREAM_ANSWER, OCTET_STREAM_BODY, SandboxIdPath
 from app.api.sse import SSE_HEADERS, until_disconnected
 from app.errors import BadRequest
@@ -32,7 +32,9 @@ EncodingQuery = Annotated[
     str | None,
     Query(
         description="how a streamed answer writes output chunks: json (the default, `{data, encoding}`) or escaped "
-        "(the bytes as they are, with backslash, LF and CR written as two-character backslash escapes)"
+        "(the bytes as they are, with backslash, LF and CR written as two-character backslash escapes)",
+        # Checked by the route, so an unknown value is a 400 like other bad input, not a 422.
+        json_schema_extra={"enum": list(ENCODINGS)},
     ),
 ]
 
