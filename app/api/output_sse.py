@@ -11,9 +11,10 @@ A chunk's data is written in one of two encodings the client picks
   else base64, what any SSE client can read;
 * ``escaped``: the chunk's bytes as they are, with only ``\\``, LF and CR
   written as ``\\\\``, ``\\n`` and ``\\r`` so it stays one ``data:`` line. Exact
-  for any bytes, and an order of magnitude cheaper to decode than a JSON
-  string with an escape on every line (``codecs.escape_decode`` undoes it in
-  one C pass), which is what bounds a Python client's throughput.
+  for any bytes, and several times cheaper to decode than a JSON string with
+  an escape on every line (``codecs.escape_decode`` undoes it in one C pass:
+  about 0.4 ms per MiB against 1.3 for ``json.loads``; base64 was slower
+  still, ``a2b_base64`` about 3), where a Python client spends its time.
 """
 
 from __future__ import annotations
