@@ -64,6 +64,13 @@ def _split_target(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
+#: Seconds an idle keep-alive connection is kept open. Longer than any client's pool
+#: keeps one (httpx: 5 s, uvicorn's default too: a client reusing a connection the moment
+#: the server closes it reads a reset, ``httpx.ReadError``) and than a load balancer's
+#: idle timeout (60 s on AWS), so the client side is always the one that closes.
+KEEP_ALIVE_SECONDS = 65
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -86,7 +93,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     # The lifespan logs a failed start as one line; uvicorn would add the whole traceback.
     logging.getLogger("uvicorn.error").addFilter(_DropTracebacks())
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10))
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
+    server = uvicorn.Server(config)
     server.run()  # a failed start exits non-zero from inside uvicorn
     return 0 if server.started else 1
 

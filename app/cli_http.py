@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app.auth import request_headers
-from app.client_events import SseDecoder, SseEvent, api_error
+from app.client_events import RawSseEvent, SseDecoder, api_error
 
 #: Seconds a read may wait: the service sends a keepalive every 15 s of a quiet stream.
 READ_TIMEOUT = 600.0
@@ -47,8 +47,8 @@ def post_json(url: str, secret: bytes, path: str, body: Any, *, accept: str) -> 
         connection.close()
 
 
-def sse_events(response: http.client.HTTPResponse) -> Iterator[SseEvent]:
-    """(event, data, id) of each server-sent event in ``response``, as they arrive."""
+def sse_events(response: http.client.HTTPResponse) -> Iterator[RawSseEvent]:
+    """(event, data as bytes, id) of each server-sent event in ``response``, as they arrive."""
     decoder = SseDecoder()
     while chunk := response.read1(_READ):
-        yield from decoder.feed(chunk)
+        yield from decoder.feed_raw(chunk)

@@ -19,10 +19,12 @@ import httpx
 
 from app.auth import CONTENT_SHA256_HEADER, EMPTY_BODY_SHA256, request_headers
 from app.client_events import (
+    ESCAPED,
     ApiError,
     ExecStreamEvent,
     Exit,
     Output,
+    RawSseEvent,
     SseDecoder,
     SseEvent,
     api_error,
@@ -105,9 +107,11 @@ class SandboxClient:
         Leaving the loop early (or cancelling) disconnects, which kills the command.
         """
         body = {"command": command, **options, "stream": True}
-        async with self._stream("POST", f"/v1/sandboxes/{sandbox_id}/exec", json=body) as response:
-            async for event, data, _ in sse_events(response):
-                item = exec_stream_event(event, data)
+        path = f"/v1/sandboxes/{sandbox_id}/exec"
+        # Chunks as escaped bytes, not JSON: parsing JSON text was a third of this loop's time.
+        async with self._stream("POST", path, json=body, params={"encoding": ESCAPED}) as response:
+            async for event, data, _ in _raw_sse_events(response):
+                item = exec_stream_event(event, data, ESCAPED)
                 if item is not None:
                     yield item
 
@@ -254,9 +258,14 @@ class SandboxClient:
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[SseEvent]:
     """(event, data, id) of each server-sent event; comments (keepalives) are skipped."""
+    async for event, data, event_id in _raw_sse_events(response):
+        yield event, data.decode(), event_id
+
+
+async def _raw_sse_events(response: httpx.Response) -> AsyncIterator[RawSseEvent]:
     decoder = SseDecoder()
     async for chunk in response.aiter_bytes():
-        for event in decoder.feed(chunk):
+        for event in decoder.feed_raw(chunk):
             yield event
 
 

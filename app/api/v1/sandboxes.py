@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import FilesDep, IdempotencyDep, LauncherDep, SandboxesDep, ServicesDep
 from app.api.idempotency import run_idempotent
-from app.api.output_sse import exec_sse
+from app.api.output_sse import ENCODINGS, exec_sse, parse_encoding
 from app.api.params import OCTET_STREAM_ANSWER, OCTET_STREAM_BODY, SandboxIdPath
 from app.api.sse import SSE_HEADERS, until_disconnected
 from app.errors import BadRequest
@@ -28,6 +28,15 @@ from app.services.sandboxes import new_sandbox_id
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
 PathQuery = Annotated[str, Query(min_length=1, max_length=4096, description="absolute, or relative to /workspace")]
+EncodingQuery = Annotated[
+    str | None,
+    Query(
+        description="how a streamed answer writes output chunks: json (the default, `{data, encoding}`) or escaped "
+        "(the bytes as they are, with backslash, LF and CR written as two-character backslash escapes)",
+        # Checked by the route, so an unknown value is a 400 like other bad input, not a 422.
+        json_schema_extra={"enum": list(ENCODINGS)},
+    ),
+]
 
 
 def parse_label_filters(values: list[str]) -> dict[str, str]:
@@ -126,15 +135,20 @@ async def sandbox_events(sandbox_id: SandboxIdPath, sandboxes: SandboxesDep) -> 
     },
 )
 async def exec_in_sandbox(
-    sandbox_id: SandboxIdPath, body: ExecRequest, request: Request, sandboxes: SandboxesDep
+    sandbox_id: SandboxIdPath,
+    body: ExecRequest,
+    request: Request,
+    sandboxes: SandboxesDep,
+    encoding: EncodingQuery = None,
 ) -> ExecResponse | StreamingResponse:
     """Run a command with a hard timeout; a non-zero exit is a result, not an error.
 
     Streamed, the answer starts at once; a client that disconnects kills the command.
     """
+    output_encoding = parse_encoding(encoding)
     if body.stream or "text/event-stream" in request.headers.get("accept", ""):
         events = await sandboxes.exec_stream(sandbox_id, body)
-        frames = until_disconnected(request, exec_sse(events))
+        frames = until_disconnected(request, exec_sse(events, output_encoding))
         return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
     return ExecResponse.of(await sandboxes.exec(sandbox_id, body))
 

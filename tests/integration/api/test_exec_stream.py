@@ -118,3 +118,25 @@ async def test_errors_before_streaming_are_plain_http(live: Live) -> None:
     async with httpx.AsyncClient(base_url=server.url) as raw:
         answer = await raw.post(f"/v1/sandboxes/{sandbox_id}/exec", json={"command": ["true"], "stream": True})
     assert answer.status_code == 401
+
+
+async def test_escaped_encoding_carries_any_bytes_in_order(live: Live) -> None:
+    client, sandbox_id, _ = live
+    # Bytes no text encoding keeps (invalid UTF-8, CR, backslash escapes), both streams in turn.
+    out, err = "printf 'o\\\\n\\r\\377\\n'", "printf 'e\\\\\\\\\\000\\342\\202' >&2"
+    script = f"for i in 1 2 3; do {out}; sleep 0.05; {err}; sleep 0.05; done"
+    events = [e async for e in client.exec_stream(sandbox_id, ["sh", "-c", script], timeout_seconds=30)]
+    assert events[-1] == Exit(0, False, False, events[-1].duration_ms)  # type: ignore[union-attr]
+    assert events[:-1] == [Output("stdout", b"o\\n\r\xff\n"), Output("stderr", b"e\\\\\x00\xe2\x82")] * 3
+
+
+async def test_an_unknown_encoding_is_a_400(live: Live) -> None:
+    client, sandbox_id, _ = live
+    with pytest.raises(ApiError) as err:
+        await client.request(
+            "POST",
+            f"/v1/sandboxes/{sandbox_id}/exec",
+            json={"command": ["true"], "stream": True},
+            params={"encoding": "hex"},
+        )
+    assert (err.value.status, err.value.code) == (400, "bad_request") and "encoding" in err.value.message
