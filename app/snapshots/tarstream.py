@@ -21,6 +21,7 @@ from __future__ import annotations
 import tarfile
 from collections.abc import AsyncIterator
 
+from app.snapshots.plain import PlainHeader, decode_plain
 from app.snapshots.ustar import ENCODING, ERRORS, decode_header, encode_header
 
 BLOCK = tarfile.BLOCKSIZE
@@ -157,6 +158,15 @@ class TarReader:
 
     async def next(self) -> tarfile.TarInfo | None:
         """The next member (unread data of the previous one is skipped); ``None`` at the end marker."""
+        member = await self._next(plain=False)
+        assert not isinstance(member, PlainHeader)
+        return member
+
+    async def next_plain(self) -> PlainHeader | tarfile.TarInfo | None:
+        """As ``next``, but a plain member (``plain.decode_plain``) comes undecoded, as its ``PlainHeader``."""
+        return await self._next(plain=True)
+
+    async def _next(self, *, plain: bool) -> PlainHeader | tarfile.TarInfo | None:
         if self.ended:
             return None
         while self._remaining:
@@ -173,6 +183,12 @@ class TarReader:
             if block == ZERO_BLOCK:
                 self.ended = True
                 return None
+            if plain and longname is None and longlink is None and not pax:
+                member = decode_plain(block)
+                if member is not None:
+                    self._remaining = member.size
+                    self._padding = -member.size % BLOCK
+                    return member
             try:
                 info = decode_header(block)
             except (tarfile.TarError, ValueError) as exc:
@@ -300,6 +316,10 @@ class TarEmitter:
         data = encode_header(info)
         self._put(data)
         return data
+
+    def raw_header(self, data: bytes) -> None:
+        """Append a header already encoded (``plain.encode_plain``)."""
+        self._put(data)
 
     def data(self, piece: bytes) -> None:
         """Append member data (held by reference until ``take()`` joins the batch)."""
