@@ -35,7 +35,7 @@ _NO_OWNERS = bytes(64)
 _NO_DEVICE = bytes(16)
 #: Device numbers as tarfile writes them for any member (GNU tar leaves them empty).
 _DEVICE = re.compile(rb"[0-7]{7}\0[0-7]{7}\0")
-_MAGIC_SUMS = {magic: sum(magic) for magic in (*_MAGICS, tarfile.POSIX_MAGIC)}
+_MAGIC_SUMS = {magic: sum(magic) for magic in _MAGICS}
 
 
 class PlainHeader(NamedTuple):

@@ -7,7 +7,8 @@ the ustar, GNU (``L``/``K`` long names, base-256 numbers) and POSIX pax formats 
 GNU tar, bsdtar and Python's ``tarfile`` write. Header blocks are decoded by
 ``ustar.decode_header`` (``TarInfo.frombuf``, faster); everything that needs the
 stream (extensions, data, padding) is handled here. Sparse members are refused: no
-snapshot needs them.
+snapshot needs them. ``next_plain`` hands a member in one plain header block over
+undecoded (``plain``), for the snapshot writer's fast path.
 
 ``TarEmitter`` writes members back as a pax-format tar into an in-memory batch that
 the caller drains as it grows, so the output is streamed too.
