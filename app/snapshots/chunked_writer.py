@@ -4,10 +4,10 @@ Pipeline (everything streams; nothing on the service's disk):
 
 * ``ArchiveBuilder`` (shared with v1: same checks, scrubbing and secret refusal)
   yields ~1 MiB batches of tar bytes on the event loop;
-* a worker thread hashes the whole stream and cuts it (``ChunkCutter``, C speed),
-  while the builder prepares the next batches;
-* each chunk is hashed (worker thread), looked up (index queries batched across
-  chunks, ``ChunkStore``), and if new compressed and uploaded by a task; chunk
+* a private worker thread hashes the whole stream, cuts it (``ChunkCutter``, C
+  speed) and hashes each chunk, while the builder prepares the next batches;
+* each chunk is looked up (index queries batched across chunks, ``ChunkStore``),
+  and if new compressed and uploaded by a task; chunk
   tasks hold at most ``WINDOW_BYTES`` of chunks at once (bounding memory), at most
   ``concurrency`` of them upload at once (more may check that a known chunk is in
   the bucket), and their results are collected in stream order;
@@ -21,6 +21,7 @@ bucket unreferenced and are collected after the grace period.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 from collections import deque
@@ -122,24 +123,28 @@ class _ChunkPipeline:
         self.sha256 = hashlib.sha256()
         self.stored_bytes = 0
 
-    def _feed(self, batch: bytes | None) -> list[bytes]:
-        # Worker thread: hashing and cutting release the GIL on large buffers.
-        if batch is None:
-            return self._cutter.finish()
-        self.sha256.update(batch)
-        return self._cutter.feed(batch)
+    def _feed(self, batch: bytes | None) -> list[tuple[bytes, str]]:
+        # Worker thread: hashing and cutting release the GIL on large buffers. Each chunk is
+        # hashed here too, not in a thread hop of its own that would queue behind bucket calls.
+        chunks = self._cutter.finish() if batch is None else self._cutter.feed(batch)
+        if batch is not None:
+            self.sha256.update(batch)
+        return [(chunk, hashlib.sha256(chunk).hexdigest()) for chunk in chunks]
 
     async def run(self, raw: AsyncGenerator[bytes, None]) -> list[ChunkRef]:
         refs: list[ChunkRef] = []
         # The archive is built (on the loop) while the previous batches are cut (in a thread).
         batches: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=READ_AHEAD)
         producer = asyncio.create_task(_produce(raw, batches))
+        # Its own thread: the shared pool also runs the bucket calls, which would delay the stream.
+        cutter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="snapshot-cut")
+        loop = asyncio.get_running_loop()
         try:
             while (batch := await _next(batches, producer)) is not None:
-                for chunk in await asyncio.to_thread(self._feed, batch):
-                    await self._submit(chunk, refs)
-            for chunk in await asyncio.to_thread(self._feed, None):
-                await self._submit(chunk, refs)
+                for chunk, sha in await loop.run_in_executor(cutter, self._feed, batch):
+                    await self._submit(chunk, sha, refs)
+            for chunk, sha in await loop.run_in_executor(cutter, self._feed, None):
+                await self._submit(chunk, sha, refs)
             await producer
             while self._tasks:
                 refs.append(await self._tasks.popleft()[0])
@@ -148,18 +153,19 @@ class _ChunkPipeline:
             await asyncio.gather(producer, return_exceptions=True)
             await self._cancel()
             raise
+        finally:
+            cutter.shutdown(wait=False)  # a cut still running (on a failure) ends on its own
         return refs
 
-    async def _submit(self, chunk: bytes, refs: list[ChunkRef]) -> None:
+    async def _submit(self, chunk: bytes, sha: str, refs: list[ChunkRef]) -> None:
         while self._tasks and self._in_flight + len(chunk) > WINDOW_BYTES:
             task, size = self._tasks.popleft()
             refs.append(await task)
             self._in_flight -= size
-        self._tasks.append((asyncio.create_task(self._store(chunk)), len(chunk)))
+        self._tasks.append((asyncio.create_task(self._store(chunk, sha)), len(chunk)))
         self._in_flight += len(chunk)
 
-    async def _store(self, chunk: bytes) -> ChunkRef:
-        sha = await asyncio.to_thread(lambda: hashlib.sha256(chunk).hexdigest())
+    async def _store(self, chunk: bytes, sha: str) -> ChunkRef:
         earlier = self._seen.get(sha)
         if earlier is not None:  # the same chunk twice in one stream: stored once
             return await earlier

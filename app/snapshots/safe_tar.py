@@ -68,18 +68,21 @@ def normalize_name(name: str) -> str:
 
     Raises ``UnsafeEntry`` for absolute names, ``..`` components and NUL bytes.
     """
-    parts = name.split("/")
+    # GNU tar names every member of "tar -C dir ." "./<path>": the rest is usually canonical.
+    candidate = name[2:] if name.startswith("./") else name
+    parts = candidate.split("/")
     if (
-        len(name) <= MAX_COMPONENT_BYTES
-        and name.isascii()
-        and "\0" not in name
+        len(candidate) <= MAX_COMPONENT_BYTES
+        and candidate.isascii()
+        and "\0" not in candidate
         and "" not in parts
         and "." not in parts
         and ".." not in parts
     ):
         # Already canonical (nearly every member): no empty, "." or ".." component, no
         # leading "/", and short enough that no component or the whole can be too long.
-        return name
+        return candidate
+    parts = name.split("/")
     if "\0" in name:
         raise UnsafeEntry(name, "name contains a NUL byte")
     if name.startswith("/"):
@@ -140,6 +143,30 @@ class EntryGuard:
         # Errors name the sandbox path: "/workspace/esc", not the archive-relative "esc".
         return UnsafeEntry(self.root if name == "." else f"{self.root.rstrip('/')}/{name}", reason)
 
+    def check_plain(self, name: str, *, directory: bool) -> str:
+        """The normalized name of a regular file or directory member, or ``UnsafeEntry``.
+
+        What ``check`` verifies of those two types, for members that take no ``TarInfo``
+        (``plain``); the caller clamps the mode.
+        """
+        try:
+            rel = normalize_name(name)
+        except UnsafeEntry as exc:
+            raise self._fail(name, exc.reason) from None
+        self._check_path(rel, directory=directory)
+        return rel
+
+    def _check_path(self, name: str, *, directory: bool) -> None:
+        if name == "." and not directory:
+            raise self._fail(name, "the root entry is not a directory")
+        if not self._symlinks:  # nothing to pass through (most workspaces, until a link)
+            return
+        via = self._through_symlink(name)
+        if via is not None:
+            raise self._fail(name, f"path passes through the symlink {via!r}")
+        if name in self._symlinks:
+            raise self._fail(name, "an earlier member is a symlink of the same name")
+
     def check(self, info: tarfile.TarInfo) -> tarfile.TarInfo:
         """A cleaned copy of ``info`` with a normalized name, or ``UnsafeEntry``."""
         try:
@@ -149,13 +176,7 @@ class EntryGuard:
         kind = info.type
         if kind not in REGULAR_TYPES and kind not in (tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE):
             raise self._fail(name, _TYPE_NAMES.get(kind, f"unsupported member type {kind!r}"))
-        if name == "." and kind != tarfile.DIRTYPE:
-            raise self._fail(name, "the root entry is not a directory")
-        via = self._through_symlink(name)
-        if via is not None:
-            raise self._fail(name, f"path passes through the symlink {via!r}")
-        if name in self._symlinks:
-            raise self._fail(name, "an earlier member is a symlink of the same name")
+        self._check_path(name, directory=kind == tarfile.DIRTYPE)
         if kind == tarfile.SYMTYPE:
             target = info.linkname
             if not target or "\0" in target:

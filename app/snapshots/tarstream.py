@@ -7,7 +7,8 @@ the ustar, GNU (``L``/``K`` long names, base-256 numbers) and POSIX pax formats 
 GNU tar, bsdtar and Python's ``tarfile`` write. Header blocks are decoded by
 ``ustar.decode_header`` (``TarInfo.frombuf``, faster); everything that needs the
 stream (extensions, data, padding) is handled here. Sparse members are refused: no
-snapshot needs them.
+snapshot needs them. ``next_plain`` hands a member in one plain header block over
+undecoded (``plain``), for the snapshot writer's fast path.
 
 ``TarEmitter`` writes members back as a pax-format tar into an in-memory batch that
 the caller drains as it grows, so the output is streamed too.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import tarfile
 from collections.abc import AsyncIterator
 
+from app.snapshots.plain import PlainHeader, decode_plain
 from app.snapshots.ustar import ENCODING, ERRORS, decode_header, encode_header
 
 BLOCK = tarfile.BLOCKSIZE
@@ -157,6 +159,15 @@ class TarReader:
 
     async def next(self) -> tarfile.TarInfo | None:
         """The next member (unread data of the previous one is skipped); ``None`` at the end marker."""
+        member = await self._next(plain=False)
+        assert not isinstance(member, PlainHeader)
+        return member
+
+    async def next_plain(self) -> PlainHeader | tarfile.TarInfo | None:
+        """As ``next``, but a plain member (``plain.decode_plain``) comes undecoded, as its ``PlainHeader``."""
+        return await self._next(plain=True)
+
+    async def _next(self, *, plain: bool) -> PlainHeader | tarfile.TarInfo | None:
         if self.ended:
             return None
         while self._remaining:
@@ -173,6 +184,12 @@ class TarReader:
             if block == ZERO_BLOCK:
                 self.ended = True
                 return None
+            if plain and longname is None and longlink is None and not pax:
+                member = decode_plain(block)
+                if member is not None:
+                    self._remaining = member.size
+                    self._padding = -member.size % BLOCK
+                    return member
             try:
                 info = decode_header(block)
             except (tarfile.TarError, ValueError) as exc:
@@ -300,6 +317,10 @@ class TarEmitter:
         data = encode_header(info)
         self._put(data)
         return data
+
+    def raw_header(self, data: bytes) -> None:
+        """Append a header already encoded (``plain.encode_plain``)."""
+        self._put(data)
 
     def data(self, piece: bytes) -> None:
         """Append member data (held by reference until ``take()`` joins the batch)."""

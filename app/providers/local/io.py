@@ -294,10 +294,12 @@ async def stream_output(
     )
     if track is not None:
         track.add(proc.pid)
+    # A tar export runs ahead while the snapshot parses what it already wrote.
+    grow_output_pipes(proc)
     err_task = asyncio.ensure_future(_read_capped(proc.stderr, HELPER_STDERR_BYTES))
     try:
         assert proc.stdout is not None
-        while chunk := await proc.stdout.read(CHUNK_SIZE):
+        while chunk := await proc.stdout.read(OUTPUT_READ_BYTES):
             yield chunk
         returncode = await proc.wait()
         stderr, _ = await err_task
