@@ -12,14 +12,13 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from typing import Any
 
-import httpcore
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from app.api.previews.headers import Headers, client_response_headers
 from app.errors import PayloadTooLarge, SandboxControlError
 from app.logging import get_logger
-from app.services.previews import PreviewAccess, Upstreams
+from app.services.previews import PreviewAccess, UpstreamError, Upstreams
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -87,7 +86,7 @@ async def relay_http(
             try:
                 async for chunk in response.aiter_stream():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            except UpstreamError as exc:
                 # Too late for a status: end the body short, as the sandbox did.
                 log.info("preview.upstream_broke", preview_id=access.preview.id, error=str(exc))
             await send({"type": "http.response.body", "body": b"", "more_body": False})
