@@ -84,6 +84,13 @@ class _Connection:
             raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
         return event
 
+    def poll(self) -> object:
+        """The next HTTP event if it is already read, else ``NEED_DATA`` (never waits)."""
+        try:
+            return self.http.next_event()
+        except h11.ProtocolError as exc:
+            raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
+
     def write(self, event: h11.Event) -> None:
         try:
             data = self.http.send(event)
@@ -113,15 +120,23 @@ class Http1Response:
         self._connection = connection
 
     async def aiter_stream(self) -> AsyncIterator[bytes]:
-        """The body as the upstream sends it; ``UpstreamError`` if it ends short or breaks."""
-        while not self.complete:
-            event = await self._connection.receive()
-            if type(event) is h11.Data:
-                yield bytes(event.data)
-            elif type(event) is h11.EndOfMessage:
-                self.complete = True
-            else:
-                raise UpstreamError("the upstream closed the connection in the middle of the body")
+        """The body as the upstream sends it; ``UpstreamError`` if it ends short or breaks.
+
+        ``complete`` turns true before the last chunk is yielded when the end is already
+        read, so the relay can end its answer with that chunk instead of one more message.
+        """
+        connection = self._connection
+        event = await connection.receive()
+        while type(event) is h11.Data:
+            following = connection.poll()
+            self.complete = type(following) is h11.EndOfMessage
+            yield bytes(event.data)
+            if self.complete:
+                return
+            event = await connection.receive() if following is h11.NEED_DATA else following
+        if type(event) is not h11.EndOfMessage:
+            raise UpstreamError("the upstream closed the connection in the middle of the body")
+        self.complete = True
 
 
 class Http1Pool:
