@@ -109,15 +109,17 @@ class _Connection:
 class Http1Response:
     """An upstream answer whose body is read with ``aiter_stream``."""
 
-    __slots__ = ("_connection", "complete", "headers", "status")
+    __slots__ = ("_connection", "_counted", "_keep_alive", "complete", "headers", "status")
 
-    def __init__(self, connection: _Connection, head: h11.Response) -> None:
+    def __init__(self, connection: _Connection, head: h11.Response, method: bytes) -> None:
         self.status: int = head.status_code
         #: Lower-case names, as ASGI wants them.
         self.headers: Headers = list(head.headers)
         #: The body was read to its end.
         self.complete = False
         self._connection = connection
+        self._counted = _bulk_length(method, head)
+        self._keep_alive = head.http_version == b"1.1" and b"close" not in _tokens(self.headers, b"connection")
 
     async def aiter_stream(self) -> AsyncIterator[bytes]:
         """The body as the upstream sends it; ``UpstreamError`` if it ends short or breaks.
@@ -125,6 +127,10 @@ class Http1Response:
         ``complete`` turns true before the last chunk is yielded when the end is already
         read, so the relay can end its answer with that chunk instead of one more message.
         """
+        if self._counted is not None:
+            async for chunk in self._counted_body(self._counted):
+                yield chunk
+            return
         connection = self._connection
         event = await connection.receive()
         while type(event) is h11.Data:
@@ -137,6 +143,55 @@ class Http1Response:
         if type(event) is not h11.EndOfMessage:
             raise UpstreamError("the upstream closed the connection in the middle of the body")
         self.complete = True
+
+    async def _counted_body(self, length: int) -> AsyncIterator[bytes]:
+        # A large body framed by Content-Length (h11 parsed and checked the head) is only
+        # counted: h11 copies each chunk three times (about 0.4 ms a MiB, a fifth of the proxy's cost).
+        connection = self._connection
+        buffered, _ = connection.http.trailing_data
+        self._keep_alive = self._keep_alive and connection.http.our_state is h11.DONE and len(buffered) <= length
+        connection.http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)  # the next exchange's
+        remaining = length - len(buffered[:length])
+        if buffered:
+            self.complete = remaining == 0
+            yield buffered[:length]
+        while remaining:
+            try:
+                data = await connection.reader.read(min(remaining, READ_BYTES))
+            except OSError as exc:
+                raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
+            if not data:
+                raise UpstreamError("the upstream closed the connection in the middle of the body")
+            remaining -= len(data)
+            self.complete = remaining == 0
+            yield data
+
+    def recycle(self) -> bool:
+        """Whether the connection can carry another exchange (then made ready for it)."""
+        http = self._connection.http
+        if not self.complete or http.trailing_data[0]:  # bytes after the answer: no telling what they are
+            return False
+        if self._counted is not None:
+            return self._keep_alive
+        if http.our_state is http.their_state is h11.DONE:
+            http.start_next_cycle()
+            return True
+        return False
+
+
+def _tokens(headers: Headers, name: bytes) -> list[bytes]:
+    return [token.strip().lower() for key, value in headers if key == name for token in value.split(b",")]
+
+
+def _bulk_length(method: bytes, head: h11.Response) -> int | None:
+    """The body's Content-Length when it is large enough to be counted rather than parsed."""
+    if method in (b"HEAD", b"CONNECT") or head.status_code in (204, 304):
+        return None  # no body, whatever the headers say (RFC 9112 6.3)
+    lengths = [value for key, value in head.headers if key == b"content-length"]
+    if not lengths or any(key == b"transfer-encoding" for key, _ in head.headers):
+        return None
+    length = int(lengths[0])  # h11 checked it is digits and that repeats agree
+    return length if length >= READ_BYTES else None
 
 
 class Http1Pool:
@@ -217,10 +272,8 @@ class Http1Pool:
         return _Connection(reader, writer)
 
     def _release(self, connection: _Connection, response: Http1Response | None) -> None:
-        http = connection.http
-        clean = response is not None and response.complete and http.our_state is http.their_state is h11.DONE
+        clean = response is not None and response.recycle()
         if clean and not self._closed and len(self._idle) < self.max_idle and connection.alive():
-            http.start_next_cycle()
             connection.idle_since = now = time.monotonic()
             while self._idle and now - self._idle[0].idle_since >= self.idle_seconds:
                 self._idle.pop(0).close()
@@ -298,6 +351,6 @@ class _Exchange:
                     raise failed from None
                 raise
             if type(event) is h11.Response:
-                return Http1Response(connection, event)
+                return Http1Response(connection, event, self._request.method)
             if type(event) is not h11.InformationalResponse:  # 100 Continue and the like: skipped
                 raise failed or UpstreamError("the upstream closed the connection without answering")

@@ -261,3 +261,29 @@ async def test_nothing_listening_is_a_connect_error() -> None:
     pool = Http1Pool(lambda: asyncio.open_connection("127.0.0.1", port), default_headers=[(b"host", b"sandbox")])
     with pytest.raises(UpstreamConnectError):
         await get(pool)
+
+
+@pytest.mark.parametrize("ending", ["kept", "Connection: close", "short"])
+async def test_a_large_counted_body_is_relayed_whole_and_its_connection_kept_only_when_clean(ending: str) -> None:
+    size = (1 << 20) + 7  # past the size from which a Content-Length body is only counted
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+
+    async def respond(request: h11.Request, body: bytes) -> tuple[bytes, bool]:
+        if ending == "short":
+            return f"HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n".encode() + payload[:-1], False
+        extra = ("Connection: close",) if ending != "kept" else ()
+        return answer(payload, *extra), ending == "kept"
+
+    async with Server(respond) as server:
+        pool = server.pool()
+        for _ in range(2):
+            if ending == "short":
+                with pytest.raises(UpstreamError):
+                    await get(pool)
+            else:
+                async with pool.request(b"GET", b"/", []) as response:
+                    pieces = [chunk async for chunk in response.aiter_stream()]
+                    assert response.complete
+                assert b"".join(pieces) == payload and len(pieces) > 1
+        assert server.connections == (1 if ending == "kept" else 2)
+        assert pool.idle_count == (1 if ending == "kept" else 0)
