@@ -101,6 +101,10 @@ async def relay_http(
         if not left or relaying.cancelling() > 1:
             raise
         relaying.uncancel()  # the client left: nothing more to say
+    except ConnectionResetError:
+        if not body.disconnected:
+            raise
+        # The client left in the middle of its upload: nobody to answer, nothing to log.
     finally:
         watcher.cancel()
 

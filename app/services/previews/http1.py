@@ -244,7 +244,11 @@ class Http1Pool:
         sent = self._default_headers + headers
         if body is not None and not framing:
             sent.append((b"transfer-encoding", b"chunked"))
-        return _Exchange(self, h11.Request(method=method, target=target, headers=sent), body)
+        try:
+            request = h11.Request(method=method, target=target, headers=sent)
+        except h11.LocalProtocolError as exc:  # a header or target HTTP/1.1 cannot carry
+            raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
+        return _Exchange(self, request, body)
 
     async def _acquire(self) -> None:
         if not self._slots.locked():

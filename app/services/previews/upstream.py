@@ -103,8 +103,9 @@ class Upstreams:
         No read timeout: an SSE stream or a long poll may be quiet for as long as it likes.
         """
         endpoint = await self.endpoint(ref, port)
-        exchange = self._pool(ref, port, endpoint).request(method.encode(), target.encode("latin-1"), headers, body)
+        pool = self._pool(ref, port, endpoint)
         try:
+            exchange = pool.request(method.encode(), target.encode("latin-1"), headers, body)
             response = await exchange.__aenter__()
         except UpstreamConnectError as exc:
             self._endpoints.pop((ref, port), None)  # ask the provider again next time

@@ -19,7 +19,8 @@ HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding
 
 
 class Upstream:
-    """``/small`` answers at once; ``/stream`` sends one event and then keeps the connection open."""
+    """``/small`` answers at once; ``/stream`` sends one event and then keeps the connection open; a POST
+    never answers."""
 
     def __init__(self) -> None:
         self.connections = 0
@@ -38,6 +39,10 @@ class Upstream:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                if head.startswith(b"POST "):
+                    while await reader.read(65536):  # the upload, until the proxy closes the connection
+                        pass
+                    return
                 if head.startswith(b"GET /small "):
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
                     continue
@@ -107,3 +112,23 @@ async def test_a_client_that_leaves_ends_the_upstream_exchange(
     assert bodies == [b"data: tick\n\n"]
     await asyncio.wait_for(server.ended.wait(), 5)  # the proxy closed its upstream connection
     assert not asyncio.current_task().cancelling()  # type: ignore[union-attr]
+
+
+async def test_a_client_that_leaves_during_its_upload_ends_the_exchange_quietly(
+    upstream: tuple[Upstream, Upstreams, PreviewAccess],
+) -> None:
+    server, upstreams, access = upstream
+    messages: list[Message] = [{"type": "http.request", "body": b"abc", "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        await asyncio.sleep(0.01)
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    chunked = [(b"transfer-encoding", b"chunked")]
+    await asyncio.wait_for(relay_http(receive, send, upstreams, access, "POST", "/upload", chunked, True, 1 << 20), 5)
+    assert sent == []
+    await asyncio.wait_for(server.ended.wait(), 5)

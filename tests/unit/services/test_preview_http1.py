@@ -287,3 +287,10 @@ async def test_a_large_counted_body_is_relayed_whole_and_its_connection_kept_onl
                 assert b"".join(pieces) == payload and len(pieces) > 1
         assert server.connections == (1 if ending == "kept" else 2)
         assert pool.idle_count == (1 if ending == "kept" else 0)
+
+
+async def test_a_target_http_1_1_cannot_carry_is_an_upstream_error() -> None:
+    async with Server() as server:
+        with pytest.raises(UpstreamError):
+            server.pool().request(b"GET", "/é".encode(), [])
+        assert server.connections == 0
