@@ -3,12 +3,17 @@
 Why not httpcore: profiled behind the proxy, its per-request machinery (URL
 objects, pool locks and their async-library detection, layered state) cost more
 than everything else a relayed request does. The proxy needs little: one origin
-per pool, HTTP/1.1 only, bodies streamed both ways. ``h11`` still does every
-byte of parsing and framing, so a sandbox's answers are checked as strictly.
+per pool, HTTP/1.1 only, bodies streamed both ways. ``h11`` still frames every
+request and parses every answer's head and body, so a sandbox's answers are
+checked as strictly; only a large body framed by ``Content-Length`` is counted
+instead (a download's bytes need no parsing, and h11 copies each chunk thrice).
 
 A connection goes back to its pool only after a clean exchange (both sides of
 ``h11`` done); anything else closes it: an error, an answer not read to its end
 (the client left), ``Connection: close``, HTTP/1.0, a body that ends at EOF.
+A bodiless idempotent request whose reused connection turns out closed before
+any answer (the server's keep-alive timeout raced it) is sent once more, on a
+new connection.
 
 Errors::
 
