@@ -12,14 +12,13 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from typing import Any
 
-import httpcore
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from app.api.previews.headers import Headers, client_response_headers
 from app.errors import PayloadTooLarge, SandboxControlError
 from app.logging import get_logger
-from app.services.previews import PreviewAccess, Upstreams
+from app.services.previews import PreviewAccess, UpstreamError, Upstreams
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -79,28 +78,61 @@ async def relay_http(
     if not has_body:
         body.done.set()
 
-    async def exchange() -> None:
-        content = body.chunks() if has_body else None
-        async with upstreams.request(access.ref, access.preview.port, method, target, headers, content) as response:
-            start_headers = client_response_headers(response.headers) + list(extra_headers)
-            await send({"type": "http.response.start", "status": response.status, "headers": start_headers})
-            try:
-                async for chunk in response.aiter_stream():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
-                # Too late for a status: end the body short, as the sandbox did.
-                log.info("preview.upstream_broke", preview_id=access.preview.id, error=str(exc))
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    relaying = asyncio.current_task()
+    assert relaying is not None
+    left = False
 
     async def watch_disconnect() -> None:
+        nonlocal left
         await body.done.wait()
         while not body.disconnected:
             if (await receive())["type"] == "http.disconnect":
-                return
+                break
+        left = True
+        relaying.cancel()
 
-    relay, _ = await _first_to_end(exchange(), watch_disconnect())
-    if relay.done() and not relay.cancelled():
-        relay.result()  # cancelled: the client left, nothing more to say
+    # The exchange runs in this task, the watch in one beside it: a task fewer per request
+    # than running both under ``_first_to_end``.
+    watcher = asyncio.ensure_future(watch_disconnect())
+    try:
+        await _exchange(send, upstreams, access, method, target, headers, body.chunks() if has_body else None,
+                        extra_headers)  # fmt: skip
+    except asyncio.CancelledError:
+        if not left or relaying.cancelling() > 1:
+            raise
+        relaying.uncancel()  # the client left: nothing more to say
+    except ConnectionResetError:
+        if not body.disconnected:
+            raise
+        # The client left in the middle of its upload: nobody to answer, nothing to log.
+    finally:
+        watcher.cancel()
+
+
+async def _exchange(
+    send: Send,
+    upstreams: Upstreams,
+    access: PreviewAccess,
+    method: str,
+    target: str,
+    headers: Headers,
+    content: AsyncIterator[bytes] | None,
+    extra_headers: Sequence[tuple[bytes, bytes]],
+) -> None:
+    async with upstreams.request(access.ref, access.preview.port, method, target, headers, content) as response:
+        start_headers = client_response_headers(response.headers) + list(extra_headers)
+        await send({"type": "http.response.start", "status": response.status, "headers": start_headers})
+        ended = False
+        try:
+            async for chunk in response.aiter_stream():
+                # The last chunk ends the answer itself when its end is already known.
+                ended = response.complete
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+        except UpstreamError as exc:
+            # Too late for a status: end the body short, as the sandbox did.
+            log.info("preview.upstream_broke", preview_id=access.preview.id, error=str(exc))
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _first_to_end(*steps: Coroutine[Any, Any, Any]) -> tuple[asyncio.Task[Any], ...]:

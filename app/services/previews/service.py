@@ -6,7 +6,8 @@ expired, verifies against a live row, names the preview of the host it came
 to (host form), and the sandbox is running. Those lookups are cached for
 ``CHECK_CACHE_SECONDS`` per preview, so a proxied request does not pay a
 database round trip; a revoke on another replica takes effect within that time
-(on this one, at once).
+(on this one, at once). A token's signature, once verified, is remembered (it
+cannot become false), but the row is still checked for every request.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ class PreviewService:
         self._running = running
         self._get = get
         self._checked: dict[str, tuple[float, PreviewAccess]] = {}
+        #: Tokens whose signature verified, with the (sandbox, port, expiry) it was checked for.
+        #: A signature stays true; whether its preview still stands is ``_check``'s, every time.
+        self._verified: dict[str, tuple[str, int, int]] = {}
 
     # -- the API ------------------------------------------------------------
 
@@ -158,10 +162,15 @@ class PreviewService:
             raise PreviewTokenExpired("preview token expired")
         access = await self._check(parsed.preview_id)
         preview = access.preview
-        if not self.signer.verify(parsed, preview.sandbox_id, preview.port) or parsed.expires != int(
-            preview.expires_at.timestamp()
-        ):
+        claims = (preview.sandbox_id, preview.port, int(preview.expires_at.timestamp()))
+        if parsed.expires != claims[2]:
             raise PreviewTokenInvalid("preview token signature does not verify")
+        if self._verified.get(token) != claims:
+            if not self.signer.verify(parsed, preview.sandbox_id, preview.port):
+                raise PreviewTokenInvalid("preview token signature does not verify")
+            if len(self._verified) >= _CACHE_LIMIT:
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[token] = claims
         if host is not None and host[1] != preview.id:
             raise PreviewTokenMismatch("this token belongs to another preview")
         return self._same_port(access, host)
