@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,21 @@ def s3_settings(
     return build
 
 
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[Any, Any, SandboxClient]]:
+    """The service in process; the sandboxes a test made are deleted after it (local ones outlive it)."""
+    async with serve_in_process(settings) as triple:
+        try:
+            yield triple
+        finally:
+            for sandbox in await triple[2].list_sandboxes():
+                await triple[2].delete(sandbox["id"])
+
+
 @pytest.fixture
 async def service(s3_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Any, Any, SandboxClient]]:
-    async with serve_in_process(s3_settings()) as triple:
+    async with serving(s3_settings()) as triple:
         yield triple
-        for sandbox in await triple[2].list_sandboxes():
-            await triple[2].delete(sandbox["id"])
 
 
 async def snapshot(client: SandboxClient, sandbox_id: str) -> dict[str, Any]:
@@ -147,7 +157,7 @@ async def test_corrupt_snapshot_is_refused_and_nothing_is_left(
 async def test_s3_outage_mid_chunks(s3_settings: Callable[..., Settings], s3_server: Any, s3_bucket: str) -> None:
     """S3 stops while chunks upload: 503, no manifest; the attempt's chunks are collected later."""
     settings = s3_settings(snapshot_gc_grace_seconds=0)
-    async with serve_in_process(settings) as (app, _, client):
+    async with serving(settings) as (app, _, client):
         sandbox = await client.create()
         big = "head -c 60000000 /dev/urandom > /workspace/big.bin"
         assert (await client.exec(sandbox["id"], ["sh", "-c", big]))["exit_code"] == 0
@@ -179,14 +189,14 @@ async def test_s3_outage_mid_chunks(s3_settings: Callable[..., Settings], s3_ser
 
 
 async def test_v1_snapshots_restore_after_the_switch_to_v2(s3_settings: Callable[..., Settings]) -> None:
-    async with serve_in_process(s3_settings(snapshot_format="v1")) as (app, _, client):
+    async with serving(s3_settings(snapshot_format="v1")) as (app, _, client):
         sandbox = await client.create()
         await client.exec(sandbox["id"], ["sh", "-c", "echo from-v1 > /workspace/note"])
         old = await snapshot(client, sandbox["id"])
         stored = json.loads(await app.state.services.blobs.get_bytes(f"snapshots/{old['id']}.json"))
         assert stored["format_version"] == 1 and old["format_version"] == 1
         await client.delete(sandbox["id"])
-    async with serve_in_process(s3_settings()) as (_, _, client):
+    async with serving(s3_settings()) as (_, _, client):
         restored = await client.request("POST", f"/v1/snapshots/{old['id']}/restore", json={})
         assert (await client.exec(restored["id"], ["cat", "/workspace/note"]))["stdout"] == "from-v1\n"
         newer = await snapshot(client, restored["id"])
