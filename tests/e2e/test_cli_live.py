@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -12,10 +13,13 @@ from tests.fixtures.app import LiveServer
 
 
 @pytest.fixture
-def server(live_server_factory: Callable[..., LiveServer], api_secret: str) -> LiveServer:
+def server(live_server_factory: Callable[..., LiveServer], api_secret: str) -> Iterator[LiveServer]:
     server = live_server_factory(api_secret)
     server.start()
-    return server
+    yield server
+    # A local sandbox outlives the service (its init is detached): delete what the test made.
+    for sandbox in json.loads(sandboxctl(server, "ls", "--json").stdout):
+        assert sandboxctl(server, "rm", sandbox["id"]).returncode == 0
 
 
 def test_exec_streams_and_keeps_the_exit_code(server: LiveServer) -> None:
