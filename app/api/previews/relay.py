@@ -170,6 +170,8 @@ async def relay_websocket(
             access.ref, access.preview.port, target, headers, subprotocols, origin
         )
     except SandboxControlError as exc:
+        # The client sees only a 403 (closed before the upgrade): say why here.
+        log.info("preview.websocket_refused", preview_id=access.preview.id, code=exc.code, error=exc.message)
         await send({"type": "websocket.close", "code": 4000 + exc.status_code, "reason": exc.message[:120]})
         return
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
