@@ -51,13 +51,7 @@ def port_endpoint(info: dict[str, Any], port: int) -> PortEndpoint:
     address = _address(info)
     if address is not None:
         return PortEndpoint(url=f"http://{address}:{port}", cache_seconds=30.0)
-    pid = _local_pid(info)
-    if pid is None or os.geteuid() != 0:
-        raise PreviewUnsupported(
-            "a docker sandbox without a network is reachable only by a root service on the engine's host",
-            provider="docker",
-        )
-    init_pid = pid
+    init_pid = _engine_host_pid(info, "without a network")
 
     async def find_pid() -> int:
         return init_pid
@@ -73,15 +67,19 @@ def _host_endpoint(info: dict[str, Any], port: int) -> PortEndpoint:
     be held by a process in the container's PID namespace. Seeing that takes the
     engine's host's ``/proc`` and root; without them the port is not offered.
     """
-    pid = _local_pid(info)
-    if pid is None or os.geteuid() != 0:
-        raise PreviewUnsupported(
-            "a docker sandbox on the host network is reachable only by a root service on the engine's host",
-            provider="docker",
-        )
-    init_pid = pid
+    init_pid = _engine_host_pid(info, "on the host network")
 
     def serves() -> bool:
         return holds_any(pid_namespace_members(init_pid), listening_inodes(init_pid, port))
 
     return guarded_loopback_endpoint(port, serves)
+
+
+def _engine_host_pid(info: dict[str, Any], mode: str) -> int:
+    """The container's init pid, for a service that runs as root on the engine's host (else refused)."""
+    pid = _local_pid(info)
+    if pid is None or os.geteuid() != 0:
+        raise PreviewUnsupported(
+            f"a docker sandbox {mode} is reachable only by a root service on the engine's host", provider="docker"
+        )
+    return pid
