@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import cli_live
+from app.allocator import tune_allocator
 from app.auth import make_token
 from app.secret_file import SECRET_FILE_NAME, data_dir_from_env, resolve_secrets
 
@@ -276,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, tail = argv[:split], argv[split + 1 :]
     args = build_parser().parse_args(argv)
     args.command = tail
+    tune_allocator(os.environ)  # serve and the streaming commands move large buffers
     try:
         if hasattr(args, "func"):
             return int(args.func(args))

@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.allocator import tune_allocator  # noqa: E402
 from app.client import Exit, Output, SandboxClient  # noqa: E402
 from app.providers.local import LocalProvider  # noqa: E402
 from app.providers.local.limits import AppliedLimits  # noqa: E402
@@ -126,6 +127,8 @@ async def main() -> None:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--stream-mib", type=int, default=50)
     args = parser.parse_args()
+    # The client side runs as `sandboxctl exec` does (the service sets the same itself).
+    tuned = tune_allocator(os.environ)
 
     workdir = Path(tempfile.mkdtemp(prefix="sandbox-bench-"))
     workdir.chmod(0o711)
@@ -183,6 +186,7 @@ async def main() -> None:
         f"{args.mib} MiB throughput: raw {raw_rate:.0f} MiB/s, SSE {api_rate:.0f} MiB/s, "
         f"ratio {api_rate / raw_rate:.2f} (target ≥ 0.5)"
     )
+    print(f"allocator thresholds set in the client process: {tuned} (as sandboxctl does)")
     print(f"/healthz p99 during the streams: {pct(health, 0.99):.1f} ms over {len(health)} probes (target ≤ 100 ms)")
 
 
