@@ -59,6 +59,8 @@ async def wait_pool(
 
 
 async def delete_all(app: Any) -> None:
+    # Refills first: one started after the listing below would outlive the test.
+    await app.state.services.pools.maintainer.aclose()
     sandboxes = app.state.services.sandboxes
     await asyncio.gather(*(sandboxes.delete(r.id) for r in await sandboxes.list()), return_exceptions=True)
 
