@@ -21,20 +21,31 @@ _LISTEN = "0A"
 
 def listening_inodes(pid: int, port: int, *, uid: int | None = None) -> set[int]:
     """Inodes of the TCP sockets listening on ``port`` in ``pid``'s network namespace (owned by ``uid``)."""
+    return read_listening_inodes(pid, port, uid=uid) or set()
+
+
+def read_listening_inodes(pid: int, port: int, *, uid: int | None = None) -> set[int] | None:
+    """``listening_inodes``, but None when ``pid``'s tables cannot be read (it exited meanwhile).
+
+    An empty set says the namespace has no such listener; None says nothing about it
+    (ask another of its processes).
+    """
     wanted = f":{port:04X}"
     found: set[int] = set()
+    read = False
     for table in ("tcp", "tcp6"):
         try:
             lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
         except OSError:
             continue
+        read = True
         for line in lines:
             fields = line.split()
             if len(fields) <= 9 or fields[3] != _LISTEN or not fields[1].endswith(wanted):
                 continue
             if uid is None or fields[7] == str(uid):
                 found.add(int(fields[9]))
-    return found
+    return found if read else None
 
 
 def listens(pid: int, port: int, *, uid: int | None = None) -> bool:
@@ -62,8 +73,13 @@ def pid_namespace_members(pid: int) -> list[int]:
 
 def holds_any(pids: Iterable[int], inodes: set[int]) -> bool:
     """Whether one of ``pids`` has one of the socket ``inodes`` open."""
+    return holder(pids, inodes) is not None
+
+
+def holder(pids: Iterable[int], inodes: set[int]) -> int | None:
+    """The first of ``pids`` that has one of the socket ``inodes`` open, or None."""
     if not inodes:
-        return False
+        return None
     links = {f"socket:[{inode}]" for inode in inodes}
     for pid in pids:
         try:
@@ -74,7 +90,7 @@ def holds_any(pids: Iterable[int], inodes: set[int]) -> bool:
             for fd in fds:
                 try:
                     if os.readlink(fd.path) in links:
-                        return True
+                        return pid
                 except OSError:
                     continue
-    return False
+    return None

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.client import SandboxClient
 from tests.fixtures.app import LiveServer, free_port
@@ -183,10 +183,18 @@ async def test_websocket_echo_through_both_forms(preview: Preview) -> None:
     async with connect(f"ws://{preview.host}/ws?preview_token={token}", sock=sock) as ws:
         await ws.send("by host")
         assert await ws.recv() == "by host"
+    # Refused before the upgrade with the status an HTTP request gets, not a bare 403.
     refused = socket.create_connection((host, int(port)))
-    with pytest.raises(Exception, match="403"):
+    with pytest.raises(InvalidStatus) as no_token:
         async with connect(f"ws://{preview.host}/ws", sock=refused):
             pass
+    assert no_token.value.response.status_code == 401
+    nothing = await preview.client.create_preview(preview.sandbox_id, PORT + 1)
+    with pytest.raises(InvalidStatus) as unreachable:
+        async with connect(f"{url}/p/{nothing['token']}/ws"):
+            pass
+    assert unreachable.value.response.status_code == 502
+    assert json.loads(unreachable.value.response.body)["code"] == "preview_upstream_unreachable"
 
 
 async def test_a_revoked_preview_closes_its_open_websocket(preview: Preview) -> None:

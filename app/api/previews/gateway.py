@@ -154,6 +154,7 @@ class PreviewGateway:
                 receive, send, services.preview_upstreams, access, target_path, forwarded,
                 scope.get("subprotocols", []), header(headers, b"origin"),
                 lambda: services.previews.authorize(target.token, target.host),
+                lambda exc: refuse_websocket(scope, receive, send, exc),
             )  # fmt: skip
             return
         declared = header(headers, b"content-length")
@@ -180,10 +181,24 @@ async def _redirect(send: Send, location: str, status: int, extra: Headers | Non
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, exc: SandboxControlError) -> None:
-    """Our error envelope, or for a WebSocket a close before the upgrade (code 4000 + the HTTP status)."""
+    """Our error envelope, for a WebSocket before the upgrade (``refuse_websocket``)."""
     if scope["type"] == "websocket":
         message: Message = await receive()
         if message["type"] == "websocket.connect":
-            await send({"type": "websocket.close", "code": 4000 + exc.status_code, "reason": exc.message[:120]})
+            await refuse_websocket(scope, receive, send, exc)
         return
     await error_response(exc)(scope, receive, send)
+
+
+async def refuse_websocket(scope: Scope, receive: Receive, send: Send, exc: SandboxControlError) -> None:
+    """Refuse a WebSocket whose connect was received, before the upgrade.
+
+    With the ASGI denial-response extension (uvicorn has it) the client gets the real
+    status and our error envelope, as an HTTP request would: a sandbox port that does
+    not answer is a 502, not the bare 403 a close before the upgrade turns into (which
+    reads as a token problem). Without it, a close with code 4000 + the status.
+    """
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await error_response(exc)(scope, receive, send)
+        return
+    await send({"type": "websocket.close", "code": 4000 + exc.status_code, "reason": exc.message[:120]})

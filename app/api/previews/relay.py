@@ -157,11 +157,14 @@ async def relay_websocket(
     subprotocols: Sequence[str],
     origin: str | None,
     recheck: Callable[[], Awaitable[object]],
+    refuse: Callable[[SandboxControlError], Awaitable[None]],
 ) -> None:
     """Accept the client's WebSocket once the sandbox accepted ours, then copy messages both ways.
 
-    ``recheck`` raises once the preview no longer stands: the WebSocket is then closed
-    (4000 + the status) within ``RECHECK_SECONDS``, as a new request would be refused.
+    ``refuse`` answers the client when the sandbox's WebSocket cannot be opened (the
+    connect is already received). ``recheck`` raises once the preview no longer stands:
+    the WebSocket is then closed (4000 + the status) within ``RECHECK_SECONDS``, as a
+    new request would be refused.
     """
     if (await receive())["type"] != "websocket.connect":
         return
@@ -170,9 +173,9 @@ async def relay_websocket(
             access.ref, access.preview.port, target, headers, subprotocols, origin
         )
     except SandboxControlError as exc:
-        # The client sees only a 403 (closed before the upgrade): say why here.
+        # A server without denial responses shows the client only a 403: say why here too.
         log.info("preview.websocket_refused", preview_id=access.preview.id, code=exc.code, error=exc.message)
-        await send({"type": "websocket.close", "code": 4000 + exc.status_code, "reason": exc.message[:120]})
+        await refuse(exc)
         return
     await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
     try:

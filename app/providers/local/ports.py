@@ -17,23 +17,35 @@ from app.errors import PreviewUnsupported, PreviewUpstreamUnreachable
 from app.providers.local import procs
 from app.providers.netns import guarded_loopback_endpoint, namespace_endpoint
 from app.providers.ports import PortEndpoint, loopback_endpoint
-from app.providers.procnet import listens
+from app.providers.procnet import holder, listens, read_listening_inodes
 
 
 def listener_pid(uid: int, port: int) -> int | None:
-    """A process of the sandbox running as host ``uid`` whose own network namespace listens on ``port``."""
+    """The process of the sandbox running as host ``uid`` that holds a socket listening on ``port``.
+
+    The server itself, not any process of its namespace: the caller joins the namespace
+    through ``/proc/<pid>/ns/net`` a moment later, and a network-less sandbox's namespaces
+    hold short-lived processes too (the process supervisor's ``sleep`` every 0.1 s). Once
+    the pid counter wraps, one of those is the namespace's lowest pid and is gone by the
+    time the connection is made; the holder of the listening socket lives as long as
+    the port is served.
+    """
     own = os.stat("/proc/self/ns/net").st_ino
-    seen = {own}
+    namespaces: dict[int, list[int]] = {}
     for pid in procs.pids_of_uid(uid):
         try:
             namespace = os.stat(f"/proc/{pid}/ns/net").st_ino
         except OSError:
-            continue
-        if namespace in seen:
-            continue
-        seen.add(namespace)
-        if listens(pid, port):
-            return pid
+            continue  # exited while we looked
+        if namespace != own:
+            namespaces.setdefault(namespace, []).append(pid)
+    for members in namespaces.values():
+        # The tables are the namespace's: read them through the first member still there.
+        tables = (read_listening_inodes(pid, port) for pid in members)
+        inodes = next((read for read in tables if read is not None), None)
+        server = holder(members, inodes) if inodes else None
+        if server is not None:
+            return server
     return None
 
 
