@@ -54,20 +54,28 @@ class ByteBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
-        self._changed = asyncio.Condition()
+        self._waiters: list[asyncio.Future[None]] = []
 
     @contextlib.asynccontextmanager
     async def reserve(self, size: int) -> AsyncIterator[None]:
         """Hold ``size`` bytes of the budget for the block (waits, in no fixed order, for room)."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.held == 0 or self.held + size <= self.limit)
-            self.held += size
+        while self.held and self.held + size > self.limit:  # bounded: each release wakes us to look again
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
+        self.held += size
         try:
             yield
         finally:
-            async with self._changed:
-                self.held -= size
-                self._changed.notify_all()
+            # Released synchronously (no lock to wait for), so a cancelled holder cannot keep bytes;
+            # every waiter looks again, so a cancelled waiter cannot swallow a wake-up.
+            self.held -= size
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
 
 class BucketSlots:

@@ -130,3 +130,25 @@ async def test_confirmation_failure_leaves_no_manifest(
     assert calls
     monkeypatch.undo()
     assert not await blob_store.exists(manifest_key("two"))
+
+
+async def test_byte_budget_survives_cancelled_waiters() -> None:
+    budget = ByteBudget(10)
+    entered = asyncio.Event()
+    leave = asyncio.Event()
+
+    async def hold(size: int) -> None:
+        async with budget.reserve(size):
+            entered.set()
+            await leave.wait()
+
+    async with budget.reserve(8):
+        first, second = asyncio.ensure_future(hold(5)), asyncio.ensure_future(hold(5))
+        await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.sleep(0)
+    await asyncio.wait_for(entered.wait(), 1)  # woken although the first waiter was cancelled
+    assert budget.held == 5 and first.cancelled()
+    leave.set()
+    await second
+    assert budget.held == 0
