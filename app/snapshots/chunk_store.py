@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Literal, NamedTuple, Protocol
 
 import zstandard
@@ -48,14 +48,46 @@ class NewChunk(NamedTuple):
     stored_size: int
 
 
+class ByteBudget:
+    """At most ``limit`` bytes held at once by the holders of ``reserve``; one holder may exceed it alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        """Hold ``size`` bytes of the budget for the block (waits, in no fixed order, for room)."""
+        while self.held and self.held + size > self.limit:  # bounded: each release wakes us to look again
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)
+        self.held += size
+        try:
+            yield
+        finally:
+            # Released synchronously (no lock to wait for), so a cancelled holder cannot keep bytes;
+            # every waiter looks again, so a cancelled waiter cannot swallow a wake-up.
+            self.held -= size
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
 class BucketSlots:
     """Bounds on one writer's concurrent bucket requests: existence checks are tiny, uploads are not."""
 
-    def __init__(self, concurrency: int, *, lookups_per_upload: int = 4) -> None:
+    def __init__(self, concurrency: int, *, lookups_per_upload: int = 4, upload_bytes: int | None = None) -> None:
         self.uploads = asyncio.Semaphore(concurrency)
         # A known chunk costs one HEAD: with the uploads' bound, a second snapshot would
         # wait on round trips (~20 ms on S3) rather than on hashing.
         self.lookups = asyncio.Semaphore(concurrency * lookups_per_upload)
+        #: Raw bytes of new chunks being compressed or uploaded at once (None: unbounded here).
+        self.upload_bytes = ByteBudget(upload_bytes) if upload_bytes else None
 
 
 class ChunkMarks(Protocol):
@@ -107,11 +139,13 @@ class ChunkStore:
                 stored = None
             if stored is not None:
                 return ChunkRef(sha256=sha256, size=len(raw), stored_size=stored), False
-        packed = await asyncio.to_thread(self._compress, raw)
-        if await self._adds.get(NewChunk(sha256, len(raw), len(packed))) != "live":
-            raise StorageUnavailable(f"chunk {sha256} is being garbage-collected; retry the snapshot")
-        async with upload:
-            written = await self.blobs.put_bytes(key, packed)
+        budget = slots.upload_bytes.reserve(len(raw)) if slots and slots.upload_bytes else contextlib.nullcontext()
+        async with budget:
+            packed = await asyncio.to_thread(self._compress, raw)
+            if await self._adds.get(NewChunk(sha256, len(raw), len(packed))) != "live":
+                raise StorageUnavailable(f"chunk {sha256} is being garbage-collected; retry the snapshot")
+            async with upload:
+                written = await self.blobs.put_bytes(key, packed)
         if written != len(packed):
             raise StorageUnavailable(f"blob store stored {written} of {len(packed)} bytes of chunk {sha256}")
         return ChunkRef(sha256=sha256, size=len(raw), stored_size=len(packed)), True
