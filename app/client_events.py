@@ -13,6 +13,8 @@ import codecs
 import json
 from dataclasses import dataclass
 
+from app.frames import FrameKind
+
 
 class ApiError(Exception):
     """The service answered with an error envelope."""
@@ -137,6 +139,19 @@ ExecStreamEvent = Output | Exit
 #: escaped: undone in one C pass (``codecs.escape_decode`` reads exactly those escapes),
 #: where ``json.loads`` of text with an escape on every line was a third of a client's time.
 ESCAPED = "escaped"
+
+
+def exec_frame_event(kind: int, payload: bytes) -> ExecStreamEvent | None:
+    """One frame of a streamed command (``app.frames``); ``error`` raises; unknown kinds are None."""
+    if kind == FrameKind.STDOUT:
+        return Output("stdout", payload)
+    if kind == FrameKind.STDERR:
+        return Output("stderr", payload)
+    if kind == FrameKind.EXIT:
+        return exec_stream_event("exit", payload)
+    if kind == FrameKind.ERROR:
+        return exec_stream_event("error", payload)
+    return None
 
 
 def exec_stream_event(event: str, data: str | bytes, encoding: str = "json") -> ExecStreamEvent | None:

@@ -9,10 +9,12 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import FilesDep, IdempotencyDep, LauncherDep, SandboxesDep, ServicesDep
 from app.api.idempotency import run_idempotent
+from app.api.output_frames import exec_frames
 from app.api.output_sse import ENCODINGS, exec_sse, parse_encoding
 from app.api.params import OCTET_STREAM_ANSWER, OCTET_STREAM_BODY, SandboxIdPath
 from app.api.sse import SSE_HEADERS, until_disconnected
 from app.errors import BadRequest
+from app.frames import FRAMES_MEDIA_TYPE
 from app.schemas.common import validate_labels
 from app.schemas.sandboxes import (
     CreateSandboxRequest,
@@ -129,8 +131,13 @@ async def sandbox_events(sandbox_id: SandboxIdPath, sandboxes: SandboxesDep) -> 
         200: {
             "description": "the outcome as JSON, or (`stream`, or `Accept: text/event-stream`) server-sent "
             "events: `stdout`/`stderr` chunks as produced (`{data, encoding: utf-8|base64}`), then one `exit` "
-            "(`{exit_code, timed_out, truncated, duration_ms}`) or one `error` (the error envelope)",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "(`{exit_code, timed_out, truncated, duration_ms}`) or one `error` (the error envelope); with "
+            f"`Accept: {FRAMES_MEDIA_TYPE}` the same as length-prefixed frames (8-byte header: kind 1 stdout, "
+            "2 stderr, 3 exit, 4 error; three zero bytes; the payload's length, big-endian)",
+            "content": {
+                "text/event-stream": {"schema": {"type": "string"}},
+                FRAMES_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+            },
         }
     },
 )
@@ -146,7 +153,12 @@ async def exec_in_sandbox(
     Streamed, the answer starts at once; a client that disconnects kills the command.
     """
     output_encoding = parse_encoding(encoding)
-    if body.stream or "text/event-stream" in request.headers.get("accept", ""):
+    accept = request.headers.get("accept", "")
+    if FRAMES_MEDIA_TYPE in accept:
+        events = await sandboxes.exec_stream(sandbox_id, body)
+        framed = until_disconnected(request, exec_frames(events))
+        return StreamingResponse(framed, media_type=FRAMES_MEDIA_TYPE, headers=SSE_HEADERS)
+    if body.stream or "text/event-stream" in accept:
         events = await sandboxes.exec_stream(sandbox_id, body)
         frames = until_disconnected(request, exec_sse(events, output_encoding))
         return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)

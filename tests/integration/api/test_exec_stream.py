@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 from app.client import ApiError, Exit, Output, SandboxClient, sse_events
+from app.client_events import ESCAPED, SseDecoder, exec_stream_event
+from app.frames import FRAMES_MEDIA_TYPE, FrameDecoder, FrameKind
 from tests.fixtures.app import LiveServer
 from tests.fixtures.docker import BASE_IMAGE
 from tests.support import missing_component
@@ -58,16 +60,23 @@ async def test_chunks_arrive_while_the_command_runs_then_exit(live: Live) -> Non
     assert sorted(rest[:-1], key=str) == [Output("stderr", b"\xff\x00"), Output("stdout", b"second\n")]
 
 
-async def test_event_formats_on_the_wire(live: Live) -> None:
-    client, sandbox_id, _ = live
+async def send_raw(
+    client: SandboxClient, sandbox_id: str, body: dict[str, object], accept: str, **params: str
+) -> httpx.Response:
+    """A signed streamed exec answered as the wire carries it."""
     request = client._http.build_request(
-        "POST",
-        f"/v1/sandboxes/{sandbox_id}/exec",
-        json={"command": ["sh", "-c", "printf 'h\\303\\251'; printf '\\377' >&2; sleep 5"], "timeout_seconds": 1},
-        headers={"Accept": "text/event-stream"},
+        "POST", f"/v1/sandboxes/{sandbox_id}/exec", json=body, params=params, headers={"Accept": accept}
     )
     request.headers.update(client.auth_headers("POST", request.url, hashlib.sha256(request.content).hexdigest()))
-    response = await client._http.send(request, stream=True)
+    return await client._http.send(request, stream=True)
+
+
+TIMED_OUT = {"command": ["sh", "-c", "printf 'h\\303\\251'; printf '\\377' >&2; sleep 5"], "timeout_seconds": 1}
+
+
+async def test_event_formats_on_the_wire(live: Live) -> None:
+    client, sandbox_id, _ = live
+    response = await send_raw(client, sandbox_id, TIMED_OUT, "text/event-stream")
     try:
         assert response.headers["content-type"].startswith("text/event-stream")
         frames = [(event, json.loads(data)) async for event, data, _ in sse_events(response)]
@@ -77,6 +86,23 @@ async def test_event_formats_on_the_wire(live: Live) -> None:
     assert ("stderr", {"data": "/w==", "encoding": "base64"}) in frames
     event, exit_view = frames[-1]
     assert event == "exit" and exit_view["exit_code"] == 124 and exit_view["timed_out"] is True
+    assert set(exit_view) == {"exit_code", "timed_out", "truncated", "duration_ms"}
+
+
+async def test_length_prefixed_frames_on_the_wire(live: Live) -> None:
+    client, sandbox_id, _ = live
+    response = await send_raw(client, sandbox_id, TIMED_OUT, f"{FRAMES_MEDIA_TYPE}, text/event-stream;q=0.5")
+    decoder = FrameDecoder()
+    try:
+        assert response.headers["content-type"] == FRAMES_MEDIA_TYPE
+        frames = [item async for chunk in response.aiter_raw() for item in decoder.feed(chunk)]
+    finally:
+        await response.aclose()
+    decoder.close()  # the answer ended on a frame boundary
+    assert (FrameKind.STDOUT, "hé".encode()) in frames and (FrameKind.STDERR, b"\xff") in frames
+    kind, payload = frames[-1]
+    exit_view = json.loads(payload)
+    assert kind == FrameKind.EXIT and exit_view["exit_code"] == 124 and exit_view["timed_out"] is True
     assert set(exit_view) == {"exit_code", "timed_out", "truncated", "duration_ms"}
 
 
@@ -120,12 +146,29 @@ async def test_errors_before_streaming_are_plain_http(live: Live) -> None:
     assert answer.status_code == 401
 
 
-async def test_escaped_encoding_carries_any_bytes_in_order(live: Live) -> None:
+@pytest.mark.parametrize("wire", ["frames", "escaped"])
+async def test_any_bytes_arrive_in_order(live: Live, wire: str) -> None:
+    """Through the client (frames), and as SSE with ``?encoding=escaped`` (what the CLI reads)."""
     client, sandbox_id, _ = live
     # Bytes no text encoding keeps (invalid UTF-8, CR, backslash escapes), both streams in turn.
     out, err = "printf 'o\\\\n\\r\\377\\n'", "printf 'e\\\\\\\\\\000\\342\\202' >&2"
     script = f"for i in 1 2 3; do {out}; sleep 0.05; {err}; sleep 0.05; done"
-    events = [e async for e in client.exec_stream(sandbox_id, ["sh", "-c", script], timeout_seconds=30)]
+    if wire == "frames":
+        events = [e async for e in client.exec_stream(sandbox_id, ["sh", "-c", script], timeout_seconds=30)]
+    else:
+        body = {"command": ["sh", "-c", script], "timeout_seconds": 30}
+        response = await send_raw(client, sandbox_id, body, "text/event-stream", encoding=ESCAPED)
+        try:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            decoder = SseDecoder()
+            raw = [
+                exec_stream_event(event, data, ESCAPED)
+                async for chunk in response.aiter_bytes()
+                for event, data, _ in decoder.feed_raw(chunk)
+            ]
+        finally:
+            await response.aclose()
+        events = [e for e in raw if e is not None]
     assert events[-1] == Exit(0, False, False, events[-1].duration_ms)  # type: ignore[union-attr]
     assert events[:-1] == [Output("stdout", b"o\\n\r\xff\n"), Output("stderr", b"e\\\\\x00\xe2\x82")] * 3
 
