@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from app.errors import PreviewUnsupported, PreviewUpstreamUnreachable, SandboxNotRunning
 from app.providers.docker import ports
 from app.providers.docker.ports import port_endpoint
+from app.providers.local import procs
 
 
 def inspect(mode: str, address: str = "", *, running: bool = True, pid: int = 0) -> dict[str, Any]:
@@ -54,7 +54,7 @@ async def test_host_network_refuses_a_listener_outside_the_container(monkeypatch
     other = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sleep", "30"])
     try:
         for _ in range(100):
-            inner = _children(other.pid)
+            inner = procs.children(other.pid)
             if inner:
                 break
             time.sleep(0.02)
@@ -70,18 +70,6 @@ async def test_host_network_refuses_a_listener_outside_the_container(monkeypatch
     finally:
         other.kill()
         other.wait()
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-            except (OSError, ValueError, IndexError):
-                continue
-    return found
 
 
 def test_a_bridge_network_is_the_container_address() -> None:

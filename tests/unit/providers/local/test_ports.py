@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from app.providers.local import procs
 from app.providers.local.ports import listener_pid
 from app.providers.netns import open_in_namespace
 from app.providers.procnet import holder, listening_inodes
@@ -52,7 +53,7 @@ def namespace() -> Iterator[Namespace]:
     try:
         found = None
         for _ in range(250):
-            found = holder(_children(first.pid), listening_inodes(first.pid, PORT))
+            found = holder(procs.children(first.pid), listening_inodes(first.pid, PORT))
             if found is not None:
                 break
             time.sleep(0.02)
@@ -61,7 +62,7 @@ def namespace() -> Iterator[Namespace]:
     finally:
         first.kill()
         first.wait()
-        for pid in _children(first.pid) + ([found] if found else []):
+        for pid in procs.children(first.pid) + ([found] if found else []):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
 
@@ -78,15 +79,3 @@ async def test_the_server_is_joined_not_the_namespace_s_first_process(namespace:
 def test_nothing_listens_for_another_uid_or_port(namespace: Namespace) -> None:
     assert listener_pid(namespace.uid + 1, PORT) is None
     assert listener_pid(namespace.uid, PORT + 1) is None
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-            except (OSError, ValueError, IndexError):
-                continue
-    return found
