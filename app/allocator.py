@@ -3,10 +3,10 @@
 glibc serves an allocation over its mmap threshold (128 KiB, adapting) with a
 fresh mapping, and hands the free top of the heap back to the kernel past its
 trim threshold. A streamed command's chunks are a few hundred KiB each, made and
-dropped by the thousand, so both paths fault every page of every chunk in again:
-measured on a 200 MiB streamed exec, ~260 minor faults per MiB in the service
-(all of it, once) and ~105 in the client, for 20% and 11% of their CPU per MiB.
-Fixed thresholds keep such buffers in the heap, where the next chunk reuses them;
+dropped by the thousand, so both sides fault their pages in again and again
+(``bench/streams.py`` prints faults and CPU per MiB; with ``MALLOC_PERTURB_=0``
+these thresholds are off). Fixed thresholds keep such buffers in the heap, where
+the next chunk reuses them;
 what stays mapped is bounded by ``TRIM_THRESHOLD`` per arena.
 """
 

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import secrets
 import shutil
 import statistics
@@ -51,6 +52,14 @@ def lines_script(count: int) -> str:
 
 def bulk_script(mib: int) -> str:
     return f"yes 'the quick brown fox jumps over the lazy dog 0123456789' | head -c {mib << 20}"
+
+
+def usage(server_pid: int) -> tuple[float, int, float, int]:
+    """(service CPU s, service minor faults, this client's CPU s, its minor faults) so far."""
+    fields = Path(f"/proc/{server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return (int(fields[11]) + int(fields[12])) / ticks, int(fields[7]), own.ru_utime + own.ru_stime, own.ru_minflt
 
 
 def latencies(stamps: list[tuple[bytes, int]]) -> list[float]:
@@ -166,12 +175,19 @@ async def main() -> None:
             await raw_run(workdir / "data", ref, lines_script(args.lines), raw_lines)
 
             rates: dict[str, list[float]] = {"raw": [], "frames": [], "sse": []}
+            #: Per MiB of each API side: service CPU ms, service faults, client CPU ms, client faults.
+            costs: dict[str, list[tuple[float, ...]]] = {"frames": [], "sse": []}
+            assert server.process is not None
             for _ in range(args.rounds):  # alternated, so every side sees the same machine
-                runs = {
-                    "raw": await raw_run(workdir / "data", ref, bulk_script(args.mib), None),
-                    "frames": await api_run(client, sandbox["id"], bulk_script(args.mib), None),
-                    "sse": await api_run(client, sandbox["id"], bulk_script(args.mib), None, framed=False),
-                }
+                runs = {"raw": await raw_run(workdir / "data", ref, bulk_script(args.mib), None)}
+                for side in costs:
+                    before = usage(server.process.pid)
+                    script = bulk_script(args.mib)
+                    runs[side] = await api_run(client, sandbox["id"], script, None, framed=side == "frames")
+                    spent = [b - a for a, b in zip(before, usage(server.process.pid), strict=True)]
+                    costs[side].append(
+                        (spent[0] * 1e3 / args.mib, spent[1] / args.mib, spent[2] * 1e3 / args.mib, spent[3] / args.mib)
+                    )
                 for side, (received, seconds) in runs.items():
                     assert received == args.mib << 20, (side, received)
                     rates[side].append(received / seconds / (1 << 20))
@@ -207,7 +223,10 @@ async def main() -> None:
     )
     for side, name in (("frames", "length-prefixed frames (the client's default)"), ("sse", "server-sent events")):
         print(f"  {name}: {rate[side]:.0f}, ratio {rate[side] / rate['raw']:.2f} (target ≥ 0.5)")
-    print(f"allocator thresholds set in the client process: {tuned} (as sandboxctl does)")
+    print("per MiB, median: service CPU ms, service minor faults, client CPU ms, client minor faults")
+    for side, values in costs.items():
+        print(f"  {side}: " + ", ".join(f"{statistics.median(column):.2f}" for column in zip(*values, strict=True)))
+    print(f"allocator thresholds set in the client process: {tuned} (as sandboxctl does; any MALLOC_* turns them off)")
     print(f"/healthz p99 during the streams: {pct(health, 0.99):.1f} ms over {len(health)} probes (target ≤ 100 ms)")
 
 

@@ -1,8 +1,8 @@
 """A streamed command as length-prefixed frames (``Accept: application/vnd.sandbox-control.frames``).
 
 For SDKs and CLIs that want the bytes as produced at the least cost: there is
-no text encoding to undo (undoing SSE's escapes was a fifth of a Python
-client's time per MiB). The framing is ``app.frames``; ``exit`` carries
+no text encoding to undo (``bench/streams.py``: a Python client's CPU per MiB
+2.95 ms against 3.77 for escaped SSE). The framing is ``app.frames``; ``exit`` carries
 ``ExitView`` as JSON and ``error`` the usual error envelope, and either ends the
 stream. A reader skips kinds it does not know.
 """
